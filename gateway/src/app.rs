@@ -1,0 +1,325 @@
+//! Wiring: builds the stores chosen by the configuration, the Socket.IO server (in-process or
+//! Redis adapter), the HTTP routes and the background tasks, then serves until shutdown.
+//! `run` takes its listener and shutdown token from the caller so tests use port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use socketioxide::adapter::Adapter;
+use socketioxide::{SocketIo, TransportType};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::emitter::IoEmitter;
+use crate::http::{self, EdgeState};
+use crate::limits::EdgeGuard;
+use crate::service::{Gateway, persist};
+use crate::storage::Storage;
+use crate::store::{PresenceStore, StateStore, memory::MemoryStore, redis::RedisStore};
+use crate::telemetry::Metrics;
+
+/// Everything that does not depend on the adapter type.
+struct Parts {
+    cfg: Arc<Config>,
+    db: Db,
+    presence: Arc<dyn PresenceStore>,
+    state: Arc<dyn StateStore>,
+    storage: Storage,
+    metrics: Metrics,
+}
+
+/// Opens the database, checking or migrating its schema as configured.
+pub async fn open_database(cfg: &Config) -> anyhow::Result<Db> {
+    let db = Db::connect(&cfg.database).await?;
+    if cfg.db_migrate {
+        use migration::MigratorTrait;
+        migration::Migrator::up(db.connection(), None).await?;
+    } else {
+        let missing = migration::missing_schema(db.connection()).await?;
+        if !missing.is_empty() {
+            anyhow::bail!(
+                "the database lacks what the gateway needs (run `vizora-gateway migrate`): {}",
+                missing.join(", ")
+            );
+        }
+    }
+    Ok(db)
+}
+
+/// The adapter needs RESP3 for its push subscriptions; operators pass an ordinary URL.
+pub fn resp3_url(url: &str) -> String {
+    if url.contains("protocol=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&protocol=resp3")
+    } else {
+        format!("{url}?protocol=resp3")
+    }
+}
+
+/// Runs the gateway until `shutdown` is cancelled (then drains and returns).
+pub async fn run(
+    cfg: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let metrics = Metrics::new().map_err(anyhow::Error::msg)?;
+    let db = open_database(&cfg).await?;
+    let storage = Storage::from_config(&cfg)?;
+    let parts = match &cfg.redis_url {
+        None => {
+            tracing::warn!(
+                "REDIS_URL is not set: SINGLE-NODE MODE (in-process presence, queues and rooms). Do not run more than one replica like this."
+            );
+            let mem = Arc::new(MemoryStore::new());
+            Parts {
+                presence: mem.clone(),
+                state: mem,
+                cfg: cfg.clone(),
+                db,
+                storage,
+                metrics,
+            }
+        }
+        Some(url) => {
+            let r = Arc::new(RedisStore::new(&resp3_url(url))?);
+            Parts {
+                presence: r.clone(),
+                state: r,
+                cfg: cfg.clone(),
+                db,
+                storage,
+                metrics,
+            }
+        }
+    };
+    match cfg.redis_url.clone() {
+        None => {
+            let emitter = Arc::new(IoEmitter::<socketioxide::adapter::LocalAdapter>::default());
+            let (gw, rx, persister) = gateway(parts, emitter.clone());
+            let (layer, io) = builder(&cfg).with_state(gw.clone()).build_layer();
+            emitter.set(io.clone());
+            crate::socket::register_local(&io);
+            serve(gw, io, layer, rx, persister, listener, shutdown).await
+        }
+        Some(url) => {
+            let client = redis::Client::open(resp3_url(&url))?;
+            let ctr = adapter_with_retry(&client, &shutdown).await?;
+            let emitter = Arc::new(IoEmitter::<crate::socket::RedisIo>::default());
+            let (gw, rx, persister) = gateway(parts, emitter.clone());
+            let (layer, io) = builder(&cfg)
+                .with_state(gw.clone())
+                .with_adapter::<crate::socket::RedisIo>(ctr)
+                .build_layer();
+            emitter.set(io.clone());
+            crate::socket::register_redis(&io)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            serve(gw, io, layer, rx, persister, listener, shutdown).await
+        }
+    }
+}
+
+fn gateway(
+    p: Parts,
+    emitter: Arc<dyn crate::emitter::Emitter>,
+) -> (
+    Arc<Gateway>,
+    tokio::sync::mpsc::UnboundedReceiver<crate::db::Transition>,
+    persist::Persister,
+) {
+    let (persister, rx) = persist::Persister::new();
+    let gw = Gateway::new(
+        p.cfg,
+        p.db,
+        p.presence,
+        p.state,
+        p.storage,
+        p.metrics,
+        emitter,
+        persister.clone(),
+    );
+    (gw, rx, persister)
+}
+
+/// The adapter subscribes at start; a Redis that is down then is waited for, with backoff.
+async fn adapter_with_retry(
+    client: &redis::Client,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<
+    socketioxide_redis::RedisAdapterCtr<socketioxide_redis::drivers::redis::RedisDriver>,
+> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let cfg = socketioxide_redis::RedisAdapterConfig::new()
+            .with_request_timeout(Duration::from_secs(2));
+        match socketioxide_redis::RedisAdapterCtr::new_with_redis_config(client, cfg).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis adapter not ready; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => anyhow::bail!("shut down while waiting for Redis"),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn builder(cfg: &Config) -> socketioxide::SocketIoBuilder {
+    let max = cfg.max_payload();
+    SocketIo::builder()
+        .ping_interval(cfg.ping_interval)
+        .ping_timeout(cfg.ping_timeout)
+        .connect_timeout(cfg.connect_timeout)
+        .max_payload(max as u64)
+        .ws_max_message_size(max)
+        .ws_max_frame_size(max)
+        .max_buffer_size(64)
+        .ws_read_buffer_size(1024)
+        .transports([TransportType::Polling, TransportType::Websocket])
+}
+
+async fn serve<A: Adapter>(
+    gw: Arc<Gateway>,
+    io: SocketIo<A>,
+    layer: socketioxide::layer::SocketIoLayer<A>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<crate::db::Transition>,
+    persister: persist::Persister,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cfg = gw.cfg.clone();
+    let tasks = TaskTracker::new();
+    let stop_tasks = CancellationToken::new();
+    let guard = Arc::new(EdgeGuard::new(&cfg.limits));
+    spawn_background(&tasks, &gw, &guard, &stop_tasks);
+    tasks.spawn(persist::run(
+        rx,
+        persister,
+        gw.db.clone(),
+        cfg.replica_id.clone(),
+        gw.metrics.clone(),
+        stop_tasks.clone(),
+        Duration::from_secs(5),
+    ));
+
+    let edge = EdgeState {
+        gw: gw.clone(),
+        guard,
+    };
+    let app: Router = http::routes(gw.clone())
+        .layer(layer)
+        .layer(http::cors(&cfg.cors_origins))
+        .layer(axum::middleware::from_fn_with_state(edge, http::gate));
+
+    tracing::info!(addr = %listener.local_addr()?, replica = %cfg.replica_id, "Gateway listening.");
+    let drain_gw = gw.clone();
+    let drain_io = io.clone();
+    let drain = async move {
+        shutdown.cancelled().await;
+        // Readiness goes 503 and new handshakes are refused at once; give the load balancer a
+        // moment to notice, then close every transport (not a Socket.IO disconnect: clients
+        // reconnect elsewhere). Leases are handed over, not released.
+        drain_gw.start_draining();
+        tracing::info!(sockets = drain_gw.live.len(), "Draining.");
+        tokio::time::sleep(drain_gw.cfg.drain.min(Duration::from_secs(1))).await;
+        drain_io.close().await;
+    };
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(drain)
+    .await?;
+    stop_tasks.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Background tasks did not stop in time.");
+    }
+    tracing::info!("Gateway stopped.");
+    Ok(())
+}
+
+/// Periodic work: lease refresh, sweep, offline notices, the bulk flush, limiter housekeeping.
+fn spawn_background(
+    tasks: &TaskTracker,
+    gw: &Arc<Gateway>,
+    guard: &Arc<EdgeGuard>,
+    stop: &CancellationToken,
+) {
+    let cfg = &gw.cfg;
+    let refresh_every = (cfg.lease_ttl / 3).max(Duration::from_millis(100));
+    every(tasks, stop, refresh_every, gw.clone(), |gw| async move {
+        gw.refresh_once().await
+    });
+    every(
+        tasks,
+        stop,
+        cfg.presence_sweep_interval,
+        gw.clone(),
+        |gw| async move { gw.sweep_once().await },
+    );
+    every(
+        tasks,
+        stop,
+        cfg.presence_sweep_interval.min(Duration::from_secs(1)),
+        gw.clone(),
+        |gw| async move { gw.notices_once().await },
+    );
+    every(
+        tasks,
+        stop,
+        cfg.last_seen_flush,
+        gw.clone(),
+        |gw| async move { gw.flush_once().await },
+    );
+    let guard = guard.clone();
+    every(
+        tasks,
+        stop,
+        Duration::from_secs(60),
+        gw.clone(),
+        move |gw| {
+            let guard = guard.clone();
+            async move {
+                guard.housekeeping();
+                gw.device_limiter.housekeeping();
+            }
+        },
+    );
+}
+
+fn every<F, Fut>(
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    period: Duration,
+    gw: Arc<Gateway>,
+    f: F,
+) where
+    F: Fn(Arc<Gateway>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => f(gw.clone()).await,
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+}

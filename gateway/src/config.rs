@@ -1,0 +1,491 @@
+//! Typed configuration read from environment variables, with every bad variable reported.
+//!
+//! The loader takes any `Fn(&str) -> Option<String>` as its source so tests pass a map instead of
+//! mutating the process environment. Every field documents its variable and default; the README's
+//! configuration table mirrors this file.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Secrets shorter than this are refused: HS256 keys and API keys must not be guessable.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Where relational data lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatabaseConfig {
+    /// Embedded default: a SQLite file (created if missing).
+    Sqlite { url: String },
+    /// A PostgreSQL database holding (or receiving) the Vizora schema.
+    Postgres { url: String },
+}
+
+impl DatabaseConfig {
+    pub fn url(&self) -> &str {
+        match self {
+            DatabaseConfig::Sqlite { url } | DatabaseConfig::Postgres { url } => url,
+        }
+    }
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self, DatabaseConfig::Sqlite { .. })
+    }
+}
+
+/// S3-compatible object storage (MinIO variables of the original service).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MinioConfig {
+    /// `MINIO_ENDPOINT`: host name only, as in the original.
+    pub endpoint: String,
+    /// `MINIO_PORT` (9000).
+    pub port: u16,
+    /// `MINIO_USE_SSL` (false).
+    pub use_ssl: bool,
+    /// `MINIO_ACCESS_KEY`.
+    pub access_key: String,
+    /// `MINIO_SECRET_KEY`.
+    pub secret_key: String,
+    /// `MINIO_BUCKET` (`vizora-content`).
+    pub bucket: String,
+    /// `MINIO_REGION` (`us-east-1`).
+    pub region: String,
+    /// `MINIO_PUBLIC_ENDPOINT`: base URL browsers reach (e.g. `https://files.example.com`); presigned
+    /// links are signed for it. Defaults to the endpoint.
+    pub public_endpoint: Option<String>,
+}
+
+impl MinioConfig {
+    pub fn endpoint_url(&self) -> String {
+        let scheme = if self.use_ssl { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.endpoint, self.port)
+    }
+}
+
+/// Edge protection limits. All limits are per replica.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// `MAX_CONNECTIONS` (50000): live sockets per replica; new handshakes get 503 `server_busy` above it.
+    pub max_connections: usize,
+    /// `CONNECT_RATE_GLOBAL` (500/s) and `CONNECT_BURST_GLOBAL` (1000): handshakes per replica.
+    pub connect_rate_global: u32,
+    pub connect_burst_global: u32,
+    /// `CONNECT_RATE_PER_IP` (20/s) and `CONNECT_BURST_PER_IP` (400): sized for a venue where
+    /// hundreds of screens share one NAT address and all reconnect after a network blip.
+    pub connect_rate_per_ip: u32,
+    pub connect_burst_per_ip: u32,
+    /// `CONNECT_PER_DEVICE_PER_MIN` (12) and `CONNECT_BURST_PER_DEVICE` (5).
+    pub connect_per_device_per_min: u32,
+    pub connect_burst_per_device: u32,
+    /// `MESSAGE_RATE_PER_SOCKET` (10/s) and `MESSAGE_BURST_PER_SOCKET` (40).
+    pub message_rate_per_socket: u32,
+    pub message_burst_per_socket: u32,
+    /// `TRUSTED_PROXIES` (empty): peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+/// The whole gateway configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `HOST` (`0.0.0.0`).
+    pub host: String,
+    /// `PORT` (3002).
+    pub port: u16,
+    /// `DATABASE_URL` (unset: SQLite file `vizora-gateway.sqlite` in the working directory).
+    pub database: DatabaseConfig,
+    /// `DB_MIGRATE` (true for SQLite, false for PostgreSQL).
+    pub db_migrate: bool,
+    /// `REDIS_URL` (unset: single-node mode with in-process presence, queues and adapter).
+    pub redis_url: Option<String>,
+    /// `DEVICE_JWT_SECRET` (required, >= 32 bytes).
+    pub device_jwt_secret: String,
+    /// `JWT_SECRET` (required, >= 32 bytes).
+    pub jwt_secret: String,
+    /// `INTERNAL_API_SECRET` (required, >= 32 bytes).
+    pub internal_api_secret: String,
+    /// `METRICS_TOKEN` (unset: metrics only from loopback).
+    pub metrics_token: Option<String>,
+    /// `CORS_ORIGIN` (`http://localhost:3000,http://localhost:3001`), comma list, trimmed.
+    pub cors_origins: Vec<String>,
+    /// `API_BASE_URL` (`http://localhost:3000`): base of rewritten `minio://` content URLs.
+    pub api_base_url: String,
+    /// `PUBLIC_URL` (`http://localhost:$PORT`): base of signed screenshot links in embedded mode.
+    pub public_url: String,
+    /// `STORAGE_DIR` (`./data/storage`): local object storage when no `MINIO_ENDPOINT`.
+    pub storage_dir: PathBuf,
+    /// `MINIO_*` (unset `MINIO_ENDPOINT`: local directory storage).
+    pub minio: Option<MinioConfig>,
+    /// `REPLICA_ID` (the host name).
+    pub replica_id: String,
+    /// `HEARTBEAT_INTERVAL_MS` (15000): told to devices in `config` and in heartbeat acks.
+    pub heartbeat_interval: Duration,
+    /// `PING_INTERVAL_MS` (25000) and `PING_TIMEOUT_MS` (20000): Engine.IO liveness.
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// `CONNECT_TIMEOUT_MS` (10000): time from Engine.IO open to an accepted namespace CONNECT.
+    pub connect_timeout: Duration,
+    /// `LEASE_TTL_MS` (30000): a device lease not refreshed for this long is swept.
+    pub lease_ttl: Duration,
+    /// `PRESENCE_SWEEP_INTERVAL_MS` (5000).
+    pub presence_sweep_interval: Duration,
+    /// `OFFLINE_NOTIFY_DELAY_MS` (120000): grace before a `device_offline` notification.
+    pub offline_notify_delay: Duration,
+    /// `LAST_SEEN_FLUSH_MS` (60000): period of the one-statement `lastHeartbeat` flush.
+    pub last_seen_flush: Duration,
+    /// `DRAIN_SECONDS` (30): how long a draining replica spreads transport closes.
+    pub drain: Duration,
+    /// `SCREENSHOT_MAX_BYTES` (2097152): decoded image cap.
+    pub screenshot_max_bytes: usize,
+    /// `SCREENSHOT_REQUEST_TTL_MS` (300000): lifetime of a pending screenshot request id.
+    pub screenshot_request_ttl: Duration,
+    /// `SCREENSHOT_URL_TTL_SECONDS` (604800): lifetime of signed screenshot links.
+    pub screenshot_url_ttl: Duration,
+    /// `COMMAND_QUEUE_MAX` (100) and `COMMAND_QUEUE_TTL_MS` (86400000): offline command queue bounds.
+    pub command_queue_max: usize,
+    pub command_queue_ttl: Duration,
+    /// `HTTP_BODY_LIMIT_BYTES` (1048576): internal API body cap (413 above).
+    pub http_body_limit: usize,
+    /// `LOG_FORMAT` (`text`; `json` for production log pipelines).
+    pub log_json: bool,
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Largest Engine.IO payload we accept: the base64 of the largest legal screenshot plus room
+    /// for the JSON envelope, and nothing much larger.
+    pub fn max_payload(&self) -> usize {
+        self.screenshot_max_bytes.div_ceil(3) * 4 + 16 * 1024
+    }
+
+    /// Loads from the process environment.
+    pub fn from_env() -> Result<Config, ConfigErrors> {
+        Self::load(|k| std::env::var(k).ok())
+    }
+
+    /// Loads from a map (tests, `demo`).
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Config, ConfigErrors> {
+        Self::load(|k| map.get(k).cloned())
+    }
+
+    /// Parses every variable, collecting all problems before failing.
+    pub fn load(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut p = Parser {
+            get: &get,
+            errors: Vec::new(),
+        };
+        let port = p.num::<u16>("PORT", 3002);
+        let database = match p.opt("DATABASE_URL") {
+            None => DatabaseConfig::Sqlite {
+                url: "sqlite://vizora-gateway.sqlite?mode=rwc".into(),
+            },
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                DatabaseConfig::Postgres { url }
+            }
+            Some(url) if url.starts_with("sqlite:") => DatabaseConfig::Sqlite { url },
+            Some(_) => {
+                p.err(
+                    "DATABASE_URL",
+                    "must start with postgres://, postgresql:// or sqlite:",
+                );
+                DatabaseConfig::Sqlite { url: String::new() }
+            }
+        };
+        let db_migrate = p.boolean("DB_MIGRATE", database.is_sqlite());
+        let redis_url = p.opt("REDIS_URL");
+        if let Some(u) = &redis_url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            p.err("REDIS_URL", "must start with redis:// or rediss://");
+        }
+        let device_jwt_secret = p.secret("DEVICE_JWT_SECRET");
+        let jwt_secret = p.secret("JWT_SECRET");
+        let internal_api_secret = p.secret("INTERNAL_API_SECRET");
+        let metrics_token = p.opt("METRICS_TOKEN");
+        let cors_origins = p
+            .opt("CORS_ORIGIN")
+            .unwrap_or_else(|| "http://localhost:3000,http://localhost:3001".into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let api_base_url = p
+            .opt("API_BASE_URL")
+            .unwrap_or_else(|| "http://localhost:3000".into());
+        let public_url = p
+            .opt("PUBLIC_URL")
+            .unwrap_or_else(|| format!("http://localhost:{port}"))
+            .trim_end_matches('/')
+            .to_string();
+        let storage_dir = PathBuf::from(
+            p.opt("STORAGE_DIR")
+                .unwrap_or_else(|| "./data/storage".into()),
+        );
+        let minio = match p.opt("MINIO_ENDPOINT") {
+            None => None,
+            Some(endpoint) => {
+                let access_key = p.required("MINIO_ACCESS_KEY");
+                let secret_key = p.required("MINIO_SECRET_KEY");
+                Some(MinioConfig {
+                    endpoint,
+                    port: p.num("MINIO_PORT", 9000),
+                    use_ssl: p.boolean("MINIO_USE_SSL", false),
+                    access_key,
+                    secret_key,
+                    bucket: p
+                        .opt("MINIO_BUCKET")
+                        .unwrap_or_else(|| "vizora-content".into()),
+                    region: p.opt("MINIO_REGION").unwrap_or_else(|| "us-east-1".into()),
+                    public_endpoint: p.opt("MINIO_PUBLIC_ENDPOINT"),
+                })
+            }
+        };
+        let replica_id = p.opt("REPLICA_ID").unwrap_or_else(default_replica_id);
+        let limits = Limits {
+            max_connections: p.num("MAX_CONNECTIONS", 50_000),
+            connect_rate_global: p.positive("CONNECT_RATE_GLOBAL", 500),
+            connect_burst_global: p.positive("CONNECT_BURST_GLOBAL", 1000),
+            connect_rate_per_ip: p.positive("CONNECT_RATE_PER_IP", 20),
+            connect_burst_per_ip: p.positive("CONNECT_BURST_PER_IP", 400),
+            connect_per_device_per_min: p.positive("CONNECT_PER_DEVICE_PER_MIN", 12),
+            connect_burst_per_device: p.positive("CONNECT_BURST_PER_DEVICE", 5),
+            message_rate_per_socket: p.positive("MESSAGE_RATE_PER_SOCKET", 10),
+            message_burst_per_socket: p.positive("MESSAGE_BURST_PER_SOCKET", 40),
+            trusted_proxies: p.ip_list("TRUSTED_PROXIES"),
+        };
+        let cfg = Config {
+            host: p.opt("HOST").unwrap_or_else(|| "0.0.0.0".into()),
+            port,
+            database,
+            db_migrate,
+            redis_url,
+            device_jwt_secret,
+            jwt_secret,
+            internal_api_secret,
+            metrics_token,
+            cors_origins,
+            api_base_url: api_base_url.trim_end_matches('/').to_string(),
+            public_url,
+            storage_dir,
+            minio,
+            replica_id,
+            heartbeat_interval: p.ms("HEARTBEAT_INTERVAL_MS", 15_000),
+            ping_interval: p.ms("PING_INTERVAL_MS", 25_000),
+            ping_timeout: p.ms("PING_TIMEOUT_MS", 20_000),
+            connect_timeout: p.ms("CONNECT_TIMEOUT_MS", 10_000),
+            lease_ttl: p.ms("LEASE_TTL_MS", 30_000),
+            presence_sweep_interval: p.ms("PRESENCE_SWEEP_INTERVAL_MS", 5_000),
+            offline_notify_delay: p.ms("OFFLINE_NOTIFY_DELAY_MS", 120_000),
+            last_seen_flush: p.ms("LAST_SEEN_FLUSH_MS", 60_000),
+            drain: Duration::from_secs(p.num("DRAIN_SECONDS", 30)),
+            screenshot_max_bytes: p.num("SCREENSHOT_MAX_BYTES", 2_097_152),
+            screenshot_request_ttl: p.ms("SCREENSHOT_REQUEST_TTL_MS", 300_000),
+            screenshot_url_ttl: Duration::from_secs(p.num("SCREENSHOT_URL_TTL_SECONDS", 604_800)),
+            command_queue_max: p.num("COMMAND_QUEUE_MAX", 100),
+            command_queue_ttl: p.ms("COMMAND_QUEUE_TTL_MS", 86_400_000),
+            http_body_limit: p.num("HTTP_BODY_LIMIT_BYTES", 1_048_576),
+            log_json: match p.opt("LOG_FORMAT").as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(_) => {
+                    p.err("LOG_FORMAT", "must be text or json");
+                    false
+                }
+            },
+            limits,
+        };
+        p.validate(&cfg);
+        if p.errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(p.errors))
+        }
+    }
+}
+
+fn default_replica_id() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("replica-{}", std::process::id()))
+}
+
+/// Every configuration problem found, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+struct Parser<'a, F: Fn(&str) -> Option<String>> {
+    get: &'a F,
+    errors: Vec<String>,
+}
+
+impl<F: Fn(&str) -> Option<String>> Parser<'_, F> {
+    fn err(&mut self, var: &str, problem: &str) {
+        self.errors.push(format!("{var}: {problem}"));
+    }
+    fn opt(&mut self, var: &str) -> Option<String> {
+        (self.get)(var)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+    fn required(&mut self, var: &str) -> String {
+        self.opt(var).unwrap_or_else(|| {
+            self.err(var, "is required");
+            String::new()
+        })
+    }
+    fn secret(&mut self, var: &str) -> String {
+        match (self.get)(var).filter(|v| !v.is_empty()) {
+            None => {
+                self.err(var, "is required (at least 32 bytes)");
+                String::new()
+            }
+            Some(v) if v.len() < MIN_SECRET_BYTES => {
+                self.err(
+                    var,
+                    &format!(
+                        "is {} bytes; at least {MIN_SECRET_BYTES} are required",
+                        v.len()
+                    ),
+                );
+                String::new()
+            }
+            Some(v) => v,
+        }
+    }
+    fn num<T: std::str::FromStr>(&mut self, var: &str, default: T) -> T {
+        match self.opt(var) {
+            None => default,
+            Some(v) => v.parse().unwrap_or_else(|_| {
+                self.err(
+                    var,
+                    &format!("`{v}` is not a valid non-negative whole number"),
+                );
+                default
+            }),
+        }
+    }
+    fn positive(&mut self, var: &str, default: u32) -> u32 {
+        let v = self.num(var, default);
+        if v == 0 {
+            self.err(var, "must be at least 1");
+            return default;
+        }
+        v
+    }
+    fn ms(&mut self, var: &str, default: u64) -> Duration {
+        let v = self.num(var, default);
+        if v == 0 {
+            self.err(var, "must be at least 1 millisecond");
+            return Duration::from_millis(default);
+        }
+        Duration::from_millis(v)
+    }
+    fn boolean(&mut self, var: &str, default: bool) -> bool {
+        match self.opt(var).as_deref() {
+            None => default,
+            Some("true" | "1" | "yes") => true,
+            Some("false" | "0" | "no") => false,
+            Some(v) => {
+                self.err(var, &format!("`{v}` is not true or false"));
+                default
+            }
+        }
+    }
+    fn ip_list(&mut self, var: &str) -> Vec<IpAddr> {
+        let Some(v) = self.opt(var) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for part in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match part.parse() {
+                Ok(ip) => out.push(ip),
+                Err(_) => self.err(var, &format!("`{part}` is not an IP address")),
+            }
+        }
+        out
+    }
+    /// Rules spanning several fields.
+    fn validate(&mut self, c: &Config) {
+        if c.lease_ttl <= c.presence_sweep_interval {
+            self.err(
+                "LEASE_TTL_MS",
+                "must be larger than PRESENCE_SWEEP_INTERVAL_MS",
+            );
+        }
+        if c.lease_ttl < c.heartbeat_interval.min(Duration::from_secs(3)) {
+            self.err("LEASE_TTL_MS", "is too short to be refreshed reliably");
+        }
+        if c.screenshot_max_bytes < 1024 {
+            self.err("SCREENSHOT_MAX_BYTES", "must be at least 1024");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn base() -> HashMap<String, String> {
+        [
+            ("DEVICE_JWT_SECRET", "d".repeat(32)),
+            ("JWT_SECRET", "u".repeat(32)),
+            ("INTERNAL_API_SECRET", "i".repeat(40)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::from_map(&base()).unwrap();
+        assert_eq!(c.port, 3002);
+        assert!(c.database.is_sqlite());
+        assert!(c.db_migrate);
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(15_000));
+        assert_eq!(c.offline_notify_delay, Duration::from_millis(120_000));
+        assert_eq!(c.screenshot_max_bytes, 2_097_152);
+        assert_eq!(c.api_base_url, "http://localhost:3000");
+        assert!(c.max_payload() >= 2_796_204 && c.max_payload() < 3_000_000);
+    }
+
+    #[test]
+    fn postgres_defaults_to_no_migration() {
+        let mut m = base();
+        m.insert("DATABASE_URL".into(), "postgres://x@localhost/db".into());
+        let c = Config::from_map(&m).unwrap();
+        assert!(!c.db_migrate);
+    }
+
+    #[test]
+    fn every_problem_is_reported_once_per_variable() {
+        let mut m = base();
+        m.insert("JWT_SECRET".into(), "short".into());
+        m.remove("INTERNAL_API_SECRET");
+        m.insert("PORT".into(), "eighty".into());
+        m.insert("DB_MIGRATE".into(), "maybe".into());
+        let errs = Config::from_map(&m).unwrap_err().0;
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("JWT_SECRET:")));
+        assert!(errs.iter().any(|e| e.starts_with("INTERNAL_API_SECRET:")));
+        assert!(errs.iter().any(|e| e.starts_with("PORT:")));
+        assert!(errs.iter().any(|e| e.starts_with("DB_MIGRATE:")));
+    }
+
+    #[test]
+    fn cors_list_is_trimmed() {
+        let mut m = base();
+        m.insert(
+            "CORS_ORIGIN".into(),
+            " https://a.example , https://b.example,".into(),
+        );
+        let c = Config::from_map(&m).unwrap();
+        assert_eq!(
+            c.cors_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
+    }
+}

@@ -1,0 +1,426 @@
+//! Relational storage: the Vizora tables (quoted Prisma names) and `realtime_presence`, through
+//! sea-orm on PostgreSQL or SQLite with the same SQL.
+//!
+//! Statements are written once with `$n` placeholders; on SQLite they become `?n`, which SQLite
+//! understands natively. Every write sets `"updatedAt"` and inserts generate cuid ids, because the
+//! Vizora schema leaves both to its writers.
+
+pub mod rows;
+
+use std::time::Duration;
+
+use chrono::{NaiveDateTime, Utc};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+    TransactionTrait, Value,
+};
+use serde_json::Value as Json;
+
+pub use rows::*;
+
+use crate::config::DatabaseConfig;
+
+#[derive(Debug, thiserror::Error)]
+#[error("database: {0}")]
+pub struct DbError(pub String);
+
+impl From<sea_orm::DbErr> for DbError {
+    fn from(e: sea_orm::DbErr) -> Self {
+        DbError(e.to_string())
+    }
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+/// A presence transition to persist (only transitions write `devices.status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub device_id: String,
+    pub epoch: u64,
+    pub online: bool,
+    pub at: NaiveDateTime,
+}
+
+/// The database handle shared by every service.
+#[derive(Clone)]
+pub struct Db {
+    conn: DatabaseConnection,
+    backend: DbBackend,
+    /// Whether `devices."isDisabled"` exists (later Vizora schemas add it).
+    has_disabled: bool,
+}
+
+pub fn now() -> NaiveDateTime {
+    // TIMESTAMP(3): keep millisecond precision so values round-trip exactly.
+    let n = Utc::now();
+    chrono::DateTime::from_timestamp_millis(n.timestamp_millis())
+        .unwrap_or(n)
+        .naive_utc()
+}
+
+impl Db {
+    pub async fn connect(cfg: &DatabaseConfig) -> DbResult<Db> {
+        let mut opt = ConnectOptions::new(cfg.url().to_string());
+        opt.sqlx_logging(false)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5));
+        if cfg.is_sqlite() {
+            opt.max_connections(1);
+        } else {
+            opt.max_connections(10).min_connections(1);
+        }
+        let conn = Database::connect(opt).await?;
+        let backend = conn.get_database_backend();
+        if backend == DbBackend::Sqlite {
+            // WAL keeps readers from blocking the single writer in the embedded default.
+            let _ = conn
+                .execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA busy_timeout=5000;")
+                .await;
+        }
+        let mut db = Db {
+            conn,
+            backend,
+            has_disabled: false,
+        };
+        db.has_disabled = db
+            .column_exists("devices", "isDisabled")
+            .await
+            .unwrap_or(false);
+        Ok(db)
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.backend == DbBackend::Sqlite
+    }
+
+    fn stmt(&self, sql: &str, values: Vec<Value>) -> Statement {
+        let sql = if self.is_sqlite() {
+            sql.replace('$', "?")
+        } else {
+            sql.to_string()
+        };
+        Statement::from_sql_and_values(self.backend, sql, values)
+    }
+
+    async fn column_exists(&self, table: &str, column: &str) -> DbResult<bool> {
+        let sql = if self.is_sqlite() {
+            "SELECT 1 AS x FROM pragma_table_info($1) WHERE name = $2"
+        } else {
+            "SELECT 1 AS x FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+        };
+        Ok(self
+            .conn
+            .query_one_raw(self.stmt(sql, vec![table.into(), column.into()]))
+            .await?
+            .is_some())
+    }
+
+    pub async fn ping(&self) -> DbResult<()> {
+        self.conn.execute_unprepared("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// The auth check: organisation and disabled flag of a device.
+    pub async fn device_auth(&self, id: &str) -> DbResult<Option<DeviceAuth>> {
+        let sql = if self.has_disabled {
+            r#"SELECT "organizationId" AS org, "isDisabled" AS disabled FROM devices WHERE "id" = $1"#
+        } else {
+            r#"SELECT "organizationId" AS org, false AS disabled FROM devices WHERE "id" = $1"#
+        };
+        let row = self
+            .conn
+            .query_one_raw(self.stmt(sql, vec![id.into()]))
+            .await?;
+        row.map(|r| {
+            Ok(DeviceAuth {
+                organization_id: r.try_get("", "org")?,
+                disabled: r.try_get::<Option<bool>>("", "disabled")?.unwrap_or(false),
+            })
+        })
+        .transpose()
+    }
+
+    /// What the connect-time `config` and playlist need.
+    pub async fn device_settings(&self, id: &str) -> DbResult<Option<DeviceSettings>> {
+        let sql =
+            r#"SELECT "currentPlaylistId" AS pl, "metadata" AS meta FROM devices WHERE "id" = $1"#;
+        let row = self
+            .conn
+            .query_one_raw(self.stmt(sql, vec![id.into()]))
+            .await?;
+        row.map(|r| {
+            Ok(DeviceSettings {
+                current_playlist_id: r.try_get("", "pl")?,
+                metadata: r.try_get::<Option<Json>>("", "meta")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn device_org(&self, id: &str) -> DbResult<Option<String>> {
+        let sql = r#"SELECT "organizationId" AS org FROM devices WHERE "id" = $1"#;
+        let row = self
+            .conn
+            .query_one_raw(self.stmt(sql, vec![id.into()]))
+            .await?;
+        Ok(row.map(|r| r.try_get("", "org")).transpose()?)
+    }
+
+    /// `nickname || deviceIdentifier || id`, as the original names devices in notifications.
+    pub async fn device_name(&self, id: &str) -> DbResult<String> {
+        let sql = r#"SELECT "nickname" AS n, "deviceIdentifier" AS i FROM devices WHERE "id" = $1"#;
+        let row = self
+            .conn
+            .query_one_raw(self.stmt(sql, vec![id.into()]))
+            .await?;
+        let name = row.and_then(|r| {
+            let n: Option<String> = r.try_get("", "n").ok().flatten();
+            let i: Option<String> = r.try_get("", "i").ok();
+            n.filter(|s| !s.is_empty()).or(i.filter(|s| !s.is_empty()))
+        });
+        Ok(name.unwrap_or_else(|| id.to_string()))
+    }
+
+    /// The organisation's devices, newest heartbeat first (for `device:status:batch`).
+    pub async fn org_devices(&self, org: &str, limit: u64) -> DbResult<Vec<DeviceStatusRow>> {
+        let sql = r#"SELECT "id" AS id, "status" AS st, "lastHeartbeat" AS hb FROM devices
+                     WHERE "organizationId" = $1 ORDER BY "lastHeartbeat" DESC NULLS LAST, "id" LIMIT $2"#;
+        let rows = self
+            .conn
+            .query_all_raw(self.stmt(sql, vec![org.into(), (limit as i64).into()]))
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(DeviceStatusRow {
+                    id: r.try_get("", "id")?,
+                    status: r.try_get("", "st")?,
+                    last_heartbeat: r.try_get("", "hb")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn playlist(&self, id: &str) -> DbResult<Option<PlaylistRows>> {
+        let sql = r#"SELECT "id" AS id, "name" AS name FROM "Playlist" WHERE "id" = $1"#;
+        let Some(p) = self
+            .conn
+            .query_one_raw(self.stmt(sql, vec![id.into()]))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let items_sql = r#"SELECT i."id" AS iid, i."contentId" AS cid, i."order" AS ord, i."duration" AS dur,
+                c."id" AS c_id, c."name" AS c_name, c."type" AS c_type, c."url" AS c_url, c."thumbnail" AS c_thumb,
+                c."mimeType" AS c_mime, c."duration" AS c_dur, c."metadata" AS c_meta
+            FROM "PlaylistItem" i LEFT JOIN "Content" c ON c."id" = i."contentId"
+            WHERE i."playlistId" = $1 ORDER BY i."order" ASC, i."id" ASC"#;
+        let rows = self
+            .conn
+            .query_all_raw(self.stmt(items_sql, vec![id.into()]))
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in rows {
+            let content = match r.try_get::<Option<String>>("", "c_id")? {
+                None => None,
+                Some(cid) => Some(ContentRow {
+                    id: cid,
+                    name: r.try_get("", "c_name")?,
+                    kind: r.try_get("", "c_type")?,
+                    url: r.try_get("", "c_url")?,
+                    thumbnail: r.try_get("", "c_thumb")?,
+                    mime_type: r.try_get("", "c_mime")?,
+                    duration: r.try_get::<i32>("", "c_dur")? as i64,
+                    metadata: r.try_get("", "c_meta")?,
+                }),
+            };
+            items.push(ItemRow {
+                id: r.try_get("", "iid")?,
+                content_id: r.try_get("", "cid")?,
+                order: r.try_get::<i32>("", "ord")? as i64,
+                duration: r.try_get::<Option<i32>>("", "dur")?.map(i64::from),
+                content,
+            });
+        }
+        Ok(Some(PlaylistRows {
+            id: p.try_get("", "id")?,
+            name: p.try_get("", "name")?,
+            items,
+        }))
+    }
+
+    pub async fn content(&self, id: &str) -> DbResult<Option<ContentRow>> {
+        let sql = r#"SELECT "id" AS c_id, "name" AS c_name, "type" AS c_type, "url" AS c_url, "thumbnail" AS c_thumb,
+                "mimeType" AS c_mime, "duration" AS c_dur, "metadata" AS c_meta FROM "Content" WHERE "id" = $1"#;
+        let row = self
+            .conn
+            .query_one_raw(self.stmt(sql, vec![id.into()]))
+            .await?;
+        row.map(|r| {
+            Ok(ContentRow {
+                id: r.try_get("", "c_id")?,
+                name: r.try_get("", "c_name")?,
+                kind: r.try_get("", "c_type")?,
+                url: r.try_get("", "c_url")?,
+                thumbnail: r.try_get("", "c_thumb")?,
+                mime_type: r.try_get("", "c_mime")?,
+                duration: r.try_get::<i32>("", "c_dur")? as i64,
+                metadata: r.try_get("", "c_meta")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn insert_impression(&self, i: &NewImpression) -> DbResult<()> {
+        let sql = r#"INSERT INTO content_impressions ("id","organizationId","contentId","displayId","playlistId",
+                "duration","completionPercentage","timestamp","date","hour") VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"#;
+        let values: Vec<Value> = vec![
+            cuid2::create_id().into(),
+            i.organization_id.clone().into(),
+            i.content_id.clone().into(),
+            i.device_id.clone().into(),
+            i.playlist_id.clone().into(),
+            i.duration.map(|d| d as i32).into(),
+            i.completion_percentage.map(|d| d as i32).into(),
+            i.timestamp.into(),
+            i.timestamp.date().into(),
+            (i.hour as i32).into(),
+        ];
+        self.conn.execute_raw(self.stmt(sql, values)).await?;
+        Ok(())
+    }
+
+    pub async fn insert_notification(&self, n: &NewNotification) -> DbResult<String> {
+        let id = cuid2::create_id();
+        let at = now();
+        let sql = r#"INSERT INTO notifications ("id","type","title","message","severity","read","metadata",
+                "organizationId","createdAt","updatedAt") VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"#;
+        let values: Vec<Value> = vec![
+            id.clone().into(),
+            n.kind.clone().into(),
+            n.title.clone().into(),
+            n.message.clone().into(),
+            n.severity.clone().into(),
+            false.into(),
+            n.metadata.clone().into(),
+            n.organization_id.clone().into(),
+            at.into(),
+            at.into(),
+        ];
+        self.conn.execute_raw(self.stmt(sql, values)).await?;
+        Ok(id)
+    }
+
+    pub async fn update_screenshot(&self, device: &str, org: &str, json: &str) -> DbResult<()> {
+        let at = now();
+        let sql = r#"UPDATE devices SET "lastScreenshot" = $1, "lastScreenshotAt" = $2, "updatedAt" = $2
+                     WHERE "id" = $3 AND "organizationId" = $4"#;
+        self.conn
+            .execute_raw(self.stmt(sql, vec![json.into(), at.into(), device.into(), org.into()]))
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a presence transition unless a newer epoch was already applied: the presence row
+    /// and `devices` change in one transaction, so an older epoch can never overwrite a newer one.
+    /// Returns whether anything changed.
+    pub async fn apply_transition(&self, t: &Transition, replica: &str) -> DbResult<bool> {
+        let status = if t.online { "online" } else { "offline" };
+        let txn = self.conn.begin().await?;
+        let upsert = r#"INSERT INTO realtime_presence ("deviceId","epoch","status","replicaId","updatedAt")
+            VALUES ($1,$2,$3,$4,$5)
+            ON CONFLICT ("deviceId") DO UPDATE SET "epoch" = excluded."epoch", "status" = excluded."status",
+                "replicaId" = excluded."replicaId", "updatedAt" = excluded."updatedAt"
+            WHERE realtime_presence."epoch" <= excluded."epoch"
+            RETURNING "deviceId""#;
+        let won = txn
+            .query_one_raw(self.stmt(
+                upsert,
+                vec![
+                    t.device_id.clone().into(),
+                    (t.epoch as i64).into(),
+                    status.into(),
+                    replica.into(),
+                    t.at.into(),
+                ],
+            ))
+            .await?
+            .is_some();
+        if won {
+            let sql = r#"UPDATE devices SET "status" = $1, "lastHeartbeat" = $2, "updatedAt" = $2 WHERE "id" = $3"#;
+            txn.execute_raw(self.stmt(
+                sql,
+                vec![status.into(), t.at.into(), t.device_id.clone().into()],
+            ))
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(won)
+    }
+
+    /// The periodic bulk flush: ONE statement for all of a replica's live devices, setting
+    /// `lastHeartbeat` and re-asserting `status = 'online'` (repairing an online transition lost
+    /// with a dead replica), skipped for devices whose presence moved to a newer epoch.
+    pub async fn flush_last_seen(
+        &self,
+        live: &[(String, u64)],
+        at: NaiveDateTime,
+    ) -> DbResult<u64> {
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let json: Json = live
+            .iter()
+            .map(|(id, e)| serde_json::json!({"id": id, "epoch": *e as i64}))
+            .collect();
+        let sql = if self.is_sqlite() {
+            r#"UPDATE devices SET "lastHeartbeat" = $1, "status" = 'online', "updatedAt" = $1
+               FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.epoch') AS epoch FROM json_each($2)) AS x
+               WHERE devices."id" = x.id AND NOT EXISTS
+                 (SELECT 1 FROM realtime_presence p WHERE p."deviceId" = x.id AND p."epoch" > x.epoch)"#
+        } else {
+            r#"UPDATE devices AS d SET "lastHeartbeat" = $1, "status" = 'online', "updatedAt" = $1
+               FROM jsonb_to_recordset($2::jsonb) AS x(id text, epoch bigint)
+               WHERE d."id" = x.id AND NOT EXISTS
+                 (SELECT 1 FROM realtime_presence p WHERE p."deviceId" = x.id AND p."epoch" > x.epoch)"#
+        };
+        // `$.id` inside the SQLite JSON path must not be rewritten like a placeholder.
+        let sql = if self.is_sqlite() {
+            sql.replace("$1", "?1").replace("$2", "?2")
+        } else {
+            sql.to_string()
+        };
+        let stmt = Statement::from_sql_and_values(
+            self.backend,
+            sql,
+            vec![at.into(), json.to_string().into()],
+        );
+        Ok(self.conn.execute_raw(stmt).await?.rows_affected())
+    }
+
+    /// Current `devices.status` (tests and the presence route).
+    pub async fn device_status(&self, id: &str) -> DbResult<Option<String>> {
+        let sql = r#"SELECT "status" AS st FROM devices WHERE "id" = $1"#;
+        let row = self
+            .conn
+            .query_one_raw(self.stmt(sql, vec![id.into()]))
+            .await?;
+        Ok(row.map(|r| r.try_get("", "st")).transpose()?)
+    }
+
+    /// `devices."lastHeartbeat"` of one device.
+    pub async fn org_last_heartbeat(&self, id: &str) -> DbResult<Option<NaiveDateTime>> {
+        let sql = r#"SELECT "lastHeartbeat" AS hb FROM devices WHERE "id" = $1"#;
+        let row = self
+            .conn
+            .query_one_raw(self.stmt(sql, vec![id.into()]))
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<NaiveDateTime>>("", "hb"))
+            .transpose()?
+            .flatten())
+    }
+}

@@ -1,0 +1,74 @@
+//! Plain row types read from and written to the Vizora tables (no wire shapes here).
+
+use chrono::NaiveDateTime;
+use serde_json::Value as Json;
+
+#[derive(Clone, Debug)]
+pub struct DeviceAuth {
+    pub organization_id: String,
+    pub disabled: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeviceSettings {
+    pub current_playlist_id: Option<String>,
+    pub metadata: Option<Json>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeviceStatusRow {
+    pub id: String,
+    pub status: String,
+    pub last_heartbeat: Option<NaiveDateTime>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContentRow {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub url: String,
+    pub thumbnail: Option<String>,
+    pub mime_type: Option<String>,
+    pub duration: i64,
+    pub metadata: Option<Json>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ItemRow {
+    pub id: String,
+    pub content_id: String,
+    pub order: i64,
+    pub duration: Option<i64>,
+    pub content: Option<ContentRow>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlaylistRows {
+    pub id: String,
+    pub name: String,
+    pub items: Vec<ItemRow>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewImpression {
+    pub organization_id: String,
+    pub content_id: String,
+    pub device_id: String,
+    pub playlist_id: Option<String>,
+    pub duration: Option<i64>,
+    pub completion_percentage: Option<i64>,
+    pub timestamp: NaiveDateTime,
+    /// Server-local hour, as the original computes it.
+    pub hour: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewNotification {
+    pub kind: String,
+    pub title: String,
+    pub message: String,
+    pub severity: String,
+    pub metadata: Json,
+    pub organization_id: String,
+}

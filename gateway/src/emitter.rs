@@ -1,0 +1,67 @@
+//! Emitting to rooms from the services without making them generic over the Socket.IO adapter.
+//!
+//! With the Redis adapter every emit and disconnect reaches the replica that holds the target
+//! sockets; with the in-process adapter they stay local. Both are fire-and-forget.
+
+use std::sync::OnceLock;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+
+#[async_trait]
+pub trait Emitter: Send + Sync + 'static {
+    /// Emits `event` to every socket in `room`, cluster-wide.
+    async fn emit(&self, room: String, event: &str, data: Value);
+    /// Server-disconnects every socket in `room`, cluster-wide (Socket.IO DISCONNECT, no retry).
+    async fn disconnect_room(&self, room: String);
+    /// Whether a socket with this sid is connected to this replica.
+    fn is_local(&self, sid: &str) -> bool;
+}
+
+/// The adapter-backed emitter. Filled once the Socket.IO server exists (the server's state needs
+/// the services, and the services need the emitter).
+pub struct IoEmitter<A: Adapter> {
+    io: OnceLock<SocketIo<A>>,
+}
+
+impl<A: Adapter> Default for IoEmitter<A> {
+    fn default() -> Self {
+        IoEmitter {
+            io: OnceLock::new(),
+        }
+    }
+}
+
+impl<A: Adapter> IoEmitter<A> {
+    pub fn set(&self, io: SocketIo<A>) {
+        let _ = self.io.set(io);
+    }
+}
+
+#[async_trait]
+impl<A: Adapter> Emitter for IoEmitter<A> {
+    async fn emit(&self, room: String, event: &str, data: Value) {
+        if let Some(io) = self.io.get()
+            && let Err(e) = io.to(room).emit(event, &data).await
+        {
+            tracing::warn!(event, error = %e, "Broadcast failed.");
+        }
+    }
+
+    async fn disconnect_room(&self, room: String) {
+        if let Some(io) = self.io.get()
+            && let Err(e) = io.to(room).disconnect().await
+        {
+            tracing::warn!(error = %e, "Remote disconnect failed.");
+        }
+    }
+
+    fn is_local(&self, sid: &str) -> bool {
+        let (Some(io), Ok(sid)) = (self.io.get(), sid.parse()) else {
+            return false;
+        };
+        io.get_socket(sid).is_some()
+    }
+}

@@ -1,0 +1,85 @@
+//! The edge gate: refuses new Engine.IO handshakes (requests to `/socket.io/` without `sid`) at the
+//! HTTP level — 429 `rate_limited` with `Retry-After`, 503 `server_busy`, 503 `draining` — so
+//! socket.io-client keeps retrying with its own backoff. It runs before any Redis or database work.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::limits::{EdgeGuard, Refusal};
+use crate::service::Gateway;
+
+#[derive(Clone)]
+pub struct EdgeState {
+    pub gw: Arc<Gateway>,
+    pub guard: Arc<EdgeGuard>,
+}
+
+fn is_handshake(req: &Request) -> bool {
+    req.uri().path().starts_with("/socket.io")
+        && !req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|kv| kv.starts_with("sid="))
+}
+
+pub async fn gate(
+    State(st): State<EdgeState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if !is_handshake(&req) {
+        return next.run(req).await;
+    }
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|h| h.to_str().ok());
+    let ip = st.guard.client_ip(peer.ip().to_canonical(), forwarded);
+    let g = &st.gw.metrics.gauges;
+    let live = (g.device_sockets.load(Ordering::Relaxed)
+        + g.dashboard_sockets.load(Ordering::Relaxed))
+    .max(0) as usize;
+    match st.guard.check(ip, live, st.gw.is_draining()) {
+        Ok(()) => next.run(req).await,
+        Err(r) => {
+            let (status, cause, message, retry) = match r {
+                Refusal::RateLimited { retry_after } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "Too many connection attempts from this address",
+                    retry_after.as_secs().max(1),
+                ),
+                Refusal::ServerBusy => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_busy",
+                    "This replica is at capacity",
+                    2,
+                ),
+                Refusal::Draining => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "draining",
+                    "This replica is shutting down",
+                    1,
+                ),
+            };
+            st.gw.metrics.refusal(cause);
+            (
+                status,
+                [(header::RETRY_AFTER, retry.to_string())],
+                Json(json!({"error": cause, "message": message})),
+            )
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Health routes: deep `/api/health`, `/live` (the process runs), `/ready` (503 while draining or
+//! while Redis or the database is unreachable), `/api/status`.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::service::Gateway;
+use crate::wire::iso_now;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn started() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+async fn probe<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Value {
+    let t = Instant::now();
+    match tokio::time::timeout(PROBE_TIMEOUT, f).await {
+        Ok(Ok(())) => json!({"status": "healthy", "latencyMs": t.elapsed().as_millis() as u64}),
+        Ok(Err(e)) => json!({"status": "unhealthy", "error": e}),
+        Err(_) => json!({"status": "unhealthy", "error": "timed out"}),
+    }
+}
+
+async fn dependencies(gw: &Gateway) -> (Value, Value) {
+    tokio::join!(
+        probe(async { gw.state.ping().await.map_err(|e| e.to_string()) }),
+        probe(async { gw.db.ping().await.map_err(|e| e.to_string()) })
+    )
+}
+
+pub async fn health(State(gw): State<Arc<Gateway>>) -> Json<Value> {
+    let (redis, database) = dependencies(&gw).await;
+    let ws = if gw.is_draining() {
+        json!({"status": "unhealthy", "error": "draining"})
+    } else {
+        json!({"status": "healthy"})
+    };
+    let all_ok = [&redis, &database, &ws]
+        .iter()
+        .all(|d| d["status"] == "healthy");
+    Json(json!({
+        "status": if all_ok { "healthy" } else { "unhealthy" },
+        "service": "realtime-gateway",
+        "timestamp": iso_now(),
+        "uptime": started().elapsed().as_secs_f64(),
+        "replica": gw.cfg.replica_id,
+        "mode": if gw.cfg.redis_url.is_some() { "cluster" } else { "single-node" },
+        "dependencies": {"redis": redis, "database": database, "websocket": ws},
+    }))
+}
+
+pub async fn live() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn ready(State(gw): State<Arc<Gateway>>) -> (StatusCode, Json<Value>) {
+    let (redis, database) = dependencies(&gw).await;
+    let ok = !gw.is_draining() && redis["status"] == "healthy" && database["status"] == "healthy";
+    if ok {
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "ready": true})),
+        )
+    } else {
+        let reason = if gw.is_draining() {
+            "draining"
+        } else if redis["status"] != "healthy" {
+            "redis unreachable"
+        } else {
+            "database unreachable"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "ready": false, "reason": reason})),
+        )
+    }
+}
+
+pub async fn status() -> Json<Value> {
+    Json(
+        json!({"status": "running", "service": "Vizora Realtime Gateway", "version": env!("CARGO_PKG_VERSION"), "websocket": "active"}),
+    )
+}

@@ -1,0 +1,41 @@
+//! Prometheus text, from loopback or with `Authorization: Bearer $METRICS_TOKEN` (constant time).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+use crate::service::Gateway;
+
+pub async fn metrics(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    let bearer_ok = match (
+        &gw.cfg.metrics_token,
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok()),
+    ) {
+        (Some(token), Some(h)) => h
+            .strip_prefix("Bearer ")
+            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes()))),
+        _ => false,
+    };
+    if !peer.ip().to_canonical().is_loopback() && !bearer_ok {
+        return ApiError::Forbidden("Metrics access denied").into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        gw.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,89 @@
+//! The HTTP side on the same port as Socket.IO: the internal API (pushes, commands, presence),
+//! health, metrics, signed screenshot links, and the edge gate in front of Engine.IO handshakes.
+
+mod error;
+mod gate;
+mod health;
+mod internal;
+mod metrics;
+mod screenshots;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use error::ApiError;
+pub use gate::EdgeState;
+
+use crate::service::Gateway;
+
+/// The API routes (without the Socket.IO layer, which the caller adds).
+pub fn routes(gw: Arc<Gateway>) -> Router {
+    let internal = Router::new()
+        .route("/api/push/playlist", post(internal::push_playlist))
+        .route("/api/push/content", post(internal::push_content))
+        .route("/api/push/qr-overlay", post(internal::push_qr_overlay))
+        .route("/api/push/broadcast", post(internal::push_broadcast))
+        .route("/api/internal/command", post(internal::command))
+        .route("/api/commands/broadcast", post(internal::broadcast_command))
+        .route(
+            "/api/internal/devices/{id}/presence",
+            get(internal::presence),
+        )
+        .layer(middleware::from_fn_with_state(
+            gw.clone(),
+            internal::require_key,
+        ));
+    Router::new()
+        .route("/api/health", get(health::health))
+        .route("/api/health/live", get(health::live))
+        .route("/api/health/ready", get(health::ready))
+        .route("/api/status", get(health::status))
+        .route("/api/internal/metrics", get(metrics::metrics))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/screenshots/{*key}", get(screenshots::serve))
+        .merge(internal)
+        .fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(gw.cfg.http_body_limit))
+        .layer(middleware::from_fn_with_state(gw.clone(), count_requests))
+        .with_state(gw)
+}
+
+/// CORS for the polling transport and the API, from `CORS_ORIGIN`.
+pub fn cors(origins: &[String]) -> CorsLayer {
+    let list: Vec<axum::http::HeaderValue> =
+        origins.iter().filter_map(|o| o.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(list))
+        .allow_credentials(true)
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::OPTIONS,
+        ])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderName::from_static("x-internal-api-key"),
+        ])
+}
+
+pub use gate::gate;
+
+/// Counts requests by matched route template (a bounded set) and status class.
+async fn count_requests(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    gw.metrics.http(
+        route.as_deref().unwrap_or("unmatched"),
+        resp.status().as_u16(),
+    );
+    resp
+}

@@ -1,0 +1,45 @@
+//! Serves locally stored screenshots behind HMAC-signed, expiring links (embedded mode only).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+use crate::service::Gateway;
+
+pub async fn serve(
+    State(gw): State<Arc<Gateway>>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let key = format!("screenshots/{key}");
+    let exp = q
+        .get("exp")
+        .and_then(|e| e.parse::<i64>().ok())
+        .unwrap_or(0);
+    let sig = q.get("sig").map(String::as_str).unwrap_or("");
+    if key.contains("..") || !gw.storage.verify(&key, exp, sig) {
+        return Err(ApiError::Forbidden("Invalid or expired link"));
+    }
+    let bytes = gw
+        .storage
+        .get(&key)
+        .await
+        .map_err(|_| ApiError::NotFound("Screenshot not found".into()))?;
+    let ctype = if key.ends_with(".png") {
+        "image/png"
+    } else {
+        "image/jpeg"
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, ctype),
+            (header::CACHE_CONTROL, "private, max-age=300"),
+        ],
+        bytes,
+    )
+        .into_response())
+}

@@ -1,0 +1,22 @@
+//! Vizora Gateway: a realtime Socket.IO gateway for digital-signage fleets.
+//!
+//! See ARCHITECTURE.md for the bird's-eye view. `cli::main` is the binary's entry point and
+//! `app::run` the testable server.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod emitter;
+pub mod hooks;
+pub mod http;
+pub mod limits;
+pub mod service;
+pub mod shutdown;
+pub mod socket;
+pub mod storage;
+pub mod store;
+pub mod telemetry;
+pub mod wire;

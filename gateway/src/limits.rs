@@ -1,0 +1,199 @@
+//! Edge protection with governor: per-IP and global handshake rates, the per-replica connection
+//! cap, the per-device connect pace, and per-socket message rates. All limits are per replica;
+//! refusals cost no Redis or database work.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::Limits;
+
+fn nz(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
+fn per_second(rate: u32, burst: u32) -> Quota {
+    Quota::per_second(nz(rate)).allow_burst(nz(burst))
+}
+
+/// Why a handshake was refused at the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Per-IP limit: 429 `rate_limited`.
+    RateLimited { retry_after: Duration },
+    /// Connection cap or global rate: 503 `server_busy`.
+    ServerBusy,
+    /// Shutting down: 503 `draining`.
+    Draining,
+}
+
+/// Handshake limits checked before the Engine.IO session exists.
+pub struct EdgeGuard {
+    per_ip: DefaultKeyedRateLimiter<IpAddr>,
+    global: DefaultDirectRateLimiter,
+    pub max_connections: usize,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl EdgeGuard {
+    pub fn new(l: &Limits) -> Self {
+        EdgeGuard {
+            per_ip: RateLimiter::keyed(per_second(l.connect_rate_per_ip, l.connect_burst_per_ip)),
+            global: RateLimiter::direct(per_second(l.connect_rate_global, l.connect_burst_global)),
+            max_connections: l.max_connections,
+            trusted_proxies: l.trusted_proxies.clone(),
+        }
+    }
+
+    /// The client address: the TCP peer, or the first `X-Forwarded-For` hop when the peer is a
+    /// trusted proxy.
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        if self.trusted_proxies.contains(&peer)
+            && let Some(ip) = forwarded_for
+                .and_then(|h| h.split(',').next())
+                .and_then(|s| s.trim().parse().ok())
+        {
+            return ip;
+        }
+        peer
+    }
+
+    pub fn check(&self, ip: IpAddr, live: usize, draining: bool) -> Result<(), Refusal> {
+        if draining {
+            return Err(Refusal::Draining);
+        }
+        if live >= self.max_connections {
+            return Err(Refusal::ServerBusy);
+        }
+        if let Err(nu) = self.per_ip.check_key(&ip) {
+            let retry_after = nu.wait_time_from(DefaultClock::default().now());
+            return Err(Refusal::RateLimited { retry_after });
+        }
+        if self.global.check().is_err() {
+            return Err(Refusal::ServerBusy);
+        }
+        Ok(())
+    }
+
+    /// Forgets idle keys so the per-IP map does not grow without bound.
+    pub fn housekeeping(&self) {
+        self.per_ip.retain_recent();
+        self.per_ip.shrink_to_fit();
+    }
+}
+
+/// The per-device connect pace: the device id is only known once the token is verified, so the
+/// connect is held until the bucket allows it.
+pub struct DeviceLimiter {
+    per_device: DefaultKeyedRateLimiter<String>,
+}
+
+impl DeviceLimiter {
+    pub fn new(l: &Limits) -> Self {
+        let quota = Quota::per_minute(nz(l.connect_per_device_per_min))
+            .allow_burst(nz(l.connect_burst_per_device));
+        DeviceLimiter {
+            per_device: RateLimiter::keyed(quota),
+        }
+    }
+
+    /// Zero when the device may connect now, else how long to wait.
+    pub fn wait_time(&self, device: &str) -> Duration {
+        match self.per_device.check_key(&device.to_string()) {
+            Ok(()) => Duration::ZERO,
+            Err(nu) => nu.wait_time_from(DefaultClock::default().now()),
+        }
+    }
+
+    pub fn housekeeping(&self) {
+        self.per_device.retain_recent();
+        self.per_device.shrink_to_fit();
+    }
+}
+
+/// One socket's message budget.
+pub struct MessageLimiter(DefaultDirectRateLimiter);
+
+impl MessageLimiter {
+    pub fn new(l: &Limits) -> Self {
+        MessageLimiter(RateLimiter::direct(per_second(
+            l.message_rate_per_socket,
+            l.message_burst_per_socket,
+        )))
+    }
+    pub fn allow(&self) -> bool {
+        self.0.check().is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 2,
+            connect_rate_global: 1000,
+            connect_burst_global: 1000,
+            connect_rate_per_ip: 1,
+            connect_burst_per_ip: 2,
+            connect_per_device_per_min: 1,
+            connect_burst_per_device: 1,
+            message_rate_per_socket: 1,
+            message_burst_per_socket: 1,
+            trusted_proxies: vec!["10.0.0.1".parse().unwrap_or(IpAddr::from([10, 0, 0, 1]))],
+        }
+    }
+
+    #[test]
+    fn per_ip_then_cap_then_drain() {
+        let g = EdgeGuard::new(&limits());
+        let ip: IpAddr = [192, 0, 2, 1].into();
+        assert!(g.check(ip, 0, false).is_ok());
+        assert!(g.check(ip, 0, false).is_ok());
+        assert!(matches!(
+            g.check(ip, 0, false),
+            Err(Refusal::RateLimited { .. })
+        ));
+        assert!(
+            g.check([192, 0, 2, 2].into(), 0, false).is_ok(),
+            "other IPs are independent"
+        );
+        assert_eq!(
+            g.check([192, 0, 2, 3].into(), 2, false),
+            Err(Refusal::ServerBusy)
+        );
+        assert_eq!(
+            g.check([192, 0, 2, 3].into(), 0, true),
+            Err(Refusal::Draining)
+        );
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let g = EdgeGuard::new(&limits());
+        let client: IpAddr = [203, 0, 113, 9].into();
+        assert_eq!(
+            g.client_ip([10, 0, 0, 1].into(), Some("203.0.113.9, 10.0.0.1")),
+            client
+        );
+        assert_eq!(
+            g.client_ip([192, 0, 2, 1].into(), Some("203.0.113.9")),
+            IpAddr::from([192, 0, 2, 1])
+        );
+    }
+
+    #[test]
+    fn device_pace_and_message_budget() {
+        let d = DeviceLimiter::new(&limits());
+        assert_eq!(d.wait_time("a"), Duration::ZERO);
+        assert!(d.wait_time("a") > Duration::ZERO);
+        assert_eq!(d.wait_time("b"), Duration::ZERO);
+        let m = MessageLimiter::new(&limits());
+        assert!(m.allow());
+        assert!(!m.allow());
+    }
+}

@@ -1,0 +1,157 @@
+//! What devices send: heartbeats (Redis only, one round trip), impressions, content errors and
+//! playlist requests, plus the connect-time `config` and playlist.
+
+use chrono::Timelike;
+use serde_json::{Map, Value, json};
+
+use super::{Gateway, commands::parse_commands, playlist};
+use crate::db::{DbError, NewImpression, now};
+use crate::store::now_ms;
+use crate::wire::events::{ContentError, Heartbeat, Impression};
+
+/// The `config` event's fixed fields (reference §3.2).
+const CACHE_SIZE: u64 = 524_288_000;
+
+impl Gateway {
+    /// Heartbeat: status JSON, latest sample and queued commands in one Redis round trip; never
+    /// the database. If Redis is unreachable the device still gets its ack (presence follows the
+    /// socket, not the heartbeat) and the error is counted.
+    pub async fn heartbeat(&self, device: &str, org: &str, sid: &str, hb: Heartbeat) -> Value {
+        let at = now_ms();
+        let mut status = Map::new();
+        status.insert("status".into(), json!("online"));
+        status.insert("lastHeartbeat".into(), json!(at));
+        status.insert("socketId".into(), json!(sid));
+        status.insert("organizationId".into(), json!(org));
+        let mut latest = Map::new();
+        latest.insert("deviceId".into(), json!(device));
+        latest.insert("timestamp".into(), json!(at));
+        for (k, v) in [
+            ("metrics", &hb.metrics),
+            ("currentContent", &hb.current_content),
+        ] {
+            if let Some(v) = v {
+                status.insert(k.into(), v.clone());
+                latest.insert(k.into(), v.clone());
+            }
+        }
+        for (k, v) in hb.extra {
+            status.insert(k, v);
+        }
+        let commands = match self
+            .state
+            .heartbeat(
+                device,
+                &Value::Object(status).to_string(),
+                &Value::Object(latest).to_string(),
+            )
+            .await
+        {
+            Ok(raw) => parse_commands(raw),
+            Err(e) => {
+                self.metrics.store_error("redis", "heartbeat");
+                tracing::debug!(device, error = %e, "Heartbeat could not reach Redis.");
+                Vec::new()
+            }
+        };
+        json!({"nextHeartbeatIn": self.cfg.heartbeat_interval.as_millis() as u64, "commands": commands})
+    }
+
+    pub async fn impression(
+        &self,
+        device: &str,
+        org: &str,
+        imp: Impression,
+    ) -> Result<(), DbError> {
+        let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+        if self.state.count_impression(device, &today).await.is_err() {
+            self.metrics.store_error("redis", "impression");
+        }
+        let positive = |v: Option<f64>| v.map(|x| x.round() as i64).filter(|x| *x != 0);
+        let row = NewImpression {
+            organization_id: org.into(),
+            content_id: imp.content_id,
+            device_id: device.into(),
+            playlist_id: imp.playlist_id,
+            duration: positive(imp.duration),
+            completion_percentage: positive(imp.completion_percentage),
+            timestamp: now(),
+            hour: chrono::Local::now().hour(),
+        };
+        self.db.insert_impression(&row).await
+    }
+
+    pub async fn content_error(&self, device: &str, e: ContentError) {
+        let mut entry = Map::new();
+        entry.insert("deviceId".into(), json!(device));
+        entry.insert("contentId".into(), json!(e.content_id));
+        entry.insert("errorType".into(), json!(e.error_type));
+        for (k, v) in [
+            ("playlistId", e.playlist_id),
+            ("errorMessage", e.error_message),
+            ("errorCode", e.error_code),
+        ] {
+            if let Some(v) = v {
+                entry.insert(k.into(), json!(v));
+            }
+        }
+        if let Some(c) = e.context {
+            entry.insert("context".into(), c);
+        }
+        entry.insert("timestamp".into(), json!(now_ms()));
+        if self
+            .state
+            .push_content_error(device, &Value::Object(entry).to_string())
+            .await
+            .is_err()
+        {
+            self.metrics.store_error("redis", "content_error");
+        }
+    }
+
+    /// The device's playlist in the connect form, through the Redis cache (`playlist:{id}`).
+    /// `None` when no playlist is assigned — never an invented default.
+    pub async fn device_playlist(
+        &self,
+        device: &str,
+        force_refresh: bool,
+    ) -> Result<Option<Value>, DbError> {
+        if !force_refresh
+            && let Ok(Some(cached)) = self.state.cached_playlist(device).await
+            && let Ok(v) = serde_json::from_str::<Value>(&cached)
+        {
+            return Ok(Some(v));
+        }
+        let Some(settings) = self.db.device_settings(device).await? else {
+            return Ok(None);
+        };
+        let Some(pid) = settings.current_playlist_id else {
+            return Ok(None);
+        };
+        let resolved = playlist::resolve(&self.db, &pid, &self.cfg.api_base_url).await?;
+        if let Some(p) = &resolved
+            && self
+                .state
+                .cache_playlist(device, &p.to_string())
+                .await
+                .is_err()
+        {
+            self.metrics.store_error("redis", "playlist_cache");
+        }
+        Ok(resolved)
+    }
+
+    /// The `config` event for a device.
+    pub async fn device_config(&self, device: &str) -> Result<Value, DbError> {
+        let settings = self.db.device_settings(device).await?;
+        let qr = settings
+            .and_then(|s| s.metadata)
+            .and_then(|m| m.get("qrOverlay").cloned())
+            .filter(|q| !q.is_null() && q != &Value::Bool(false))
+            .unwrap_or(Value::Null);
+        Ok(
+            json!({"heartbeatInterval": self.cfg.heartbeat_interval.as_millis() as u64, "cacheSize": CACHE_SIZE,
+                  "autoUpdate": true, "qrOverlay": qr}),
+        )
+    }
+}

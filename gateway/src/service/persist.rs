@@ -1,0 +1,88 @@
+//! The transition writer: presence transitions are written to the database in submission order by
+//! one task per replica, retried with backoff until they succeed — never dropped, never reordered.
+//! The epoch guard in `Db::apply_transition` orders them against other replicas' writes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Db, Transition};
+use crate::telemetry::Metrics;
+
+#[derive(Clone)]
+pub struct Persister {
+    tx: mpsc::UnboundedSender<Transition>,
+    pending: Arc<AtomicI64>,
+}
+
+impl Persister {
+    pub fn new() -> (Persister, mpsc::UnboundedReceiver<Transition>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Persister {
+                tx,
+                pending: Arc::new(AtomicI64::new(0)),
+            },
+            rx,
+        )
+    }
+
+    pub fn submit(&self, t: Transition) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(t).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("Transition writer is gone; transition not persisted.");
+        }
+    }
+
+    pub fn pending(&self) -> i64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs until shutdown, then keeps writing what is queued for at most `grace`.
+pub async fn run(
+    mut rx: mpsc::UnboundedReceiver<Transition>,
+    persister: Persister,
+    db: Db,
+    replica: String,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::pin!(deadline);
+    loop {
+        let t = tokio::select! {
+            t = rx.recv() => match t { Some(t) => t, None => return },
+            _ = shutdown.cancelled(), if rx.is_empty() => return,
+            _ = &mut deadline => return,
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match db.apply_transition(&t, &replica).await {
+                Ok(_) => break,
+                Err(e) => {
+                    metrics.store_error("db", "transition");
+                    tracing::warn!(device = %t.device_id, error = %e, "Transition write failed; retrying.");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut deadline => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        persister.pending.fetch_sub(1, Ordering::Relaxed);
+        metrics
+            .gauges
+            .pending_transitions
+            .store(persister.pending(), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,232 @@
+//! Presence with a connection epoch (the lease protocol of ARCHITECTURE.md): acquire on connect,
+//! release on disconnect, periodic refresh of this replica's leases, sweep of expired ones, and
+//! transitions — the only moments that write the database or emit `device:status`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::live::LiveEntry;
+use super::{Gateway, room};
+use crate::db::{Transition, now};
+use crate::store::{Expired, OfflineNotice, RefreshOutcome, StoreError, now_ms};
+use crate::wire::{events::names, iso_now};
+
+/// How many expired leases one sweep step removes (the rest wait for the next tick).
+const SWEEP_BATCH: usize = 1000;
+
+impl Gateway {
+    /// The acquire step, run in the connect middleware after auth: a new epoch, the older socket
+    /// (wherever it lives) disconnected, the online transition if the device was offline.
+    pub async fn acquire_device(
+        self: &Arc<Self>,
+        device: &str,
+        org: &str,
+        sid: &str,
+    ) -> Result<u64, StoreError> {
+        let a = self
+            .presence
+            .acquire(
+                device,
+                org,
+                &self.cfg.replica_id,
+                sid,
+                self.cfg.lease_ttl.as_millis() as u64,
+            )
+            .await?;
+        self.live.insert(
+            sid,
+            LiveEntry {
+                device_id: device.into(),
+                org: org.into(),
+                epoch: a.epoch,
+                since: Instant::now(),
+                connected: false,
+            },
+        );
+        self.hooks.pause().await;
+        if let Some(prev) = &a.previous
+            && prev.sid != sid
+        {
+            // A newer connection wins: the superseded socket gets a Socket.IO disconnect so a
+            // cloned token or a half-open old connection does not reconnect and fight back.
+            self.emitter.disconnect_room(room::socket(&prev.sid)).await;
+        }
+        if a.came_online {
+            self.online_transition(device, org, a.epoch, "connect", a.offline_notice_fired);
+        }
+        Ok(a.epoch)
+    }
+
+    /// The release step, run when a device socket disconnects.
+    pub async fn release_device(self: &Arc<Self>, sid: &str) {
+        let Some(e) = self.live.remove(sid) else {
+            return;
+        };
+        if self.is_draining() {
+            // Handed over, not released: the reconnecting socket supersedes the lease, or the
+            // sweep expires it if the device never comes back.
+            return;
+        }
+        self.hooks.pause().await;
+        match self.presence.release(&e.device_id, &e.org, e.epoch).await {
+            Ok(true) => self.offline_transition(&e.device_id, &e.org, e.epoch, "disconnect"),
+            Ok(false) => {}
+            Err(err) => {
+                // The lease will expire and be swept: the device still goes offline, just later.
+                self.metrics.store_error("redis", "release");
+                tracing::warn!(device = %e.device_id, error = %err, "Lease release failed; the sweep will expire it.");
+            }
+        }
+    }
+
+    pub(crate) fn online_transition(
+        self: &Arc<Self>,
+        device: &str,
+        org: &str,
+        epoch: u64,
+        source: &'static str,
+        notice_fired: bool,
+    ) {
+        self.metrics.transition(true, source);
+        self.persister.submit(Transition {
+            device_id: device.into(),
+            epoch,
+            online: true,
+            at: now(),
+        });
+        let gw = self.clone();
+        let (device, org) = (device.to_string(), org.to_string());
+        tokio::spawn(async move {
+            gw.emit_status(&device, &org, "online").await;
+            if notice_fired {
+                gw.online_notification(&device, &org).await;
+            }
+        });
+    }
+
+    pub(crate) fn offline_transition(
+        self: &Arc<Self>,
+        device: &str,
+        org: &str,
+        epoch: u64,
+        source: &'static str,
+    ) {
+        self.metrics.transition(false, source);
+        self.persister.submit(Transition {
+            device_id: device.into(),
+            epoch,
+            online: false,
+            at: now(),
+        });
+        let gw = self.clone();
+        let (device, org) = (device.to_string(), org.to_string());
+        tokio::spawn(async move {
+            gw.emit_status(&device, &org, "offline").await;
+            let name = gw
+                .db
+                .device_name(&device)
+                .await
+                .unwrap_or_else(|_| device.clone());
+            let at = now_ms();
+            let notice = OfflineNotice {
+                device_id: device.clone(),
+                device_name: name,
+                organization_id: org,
+                scheduled_for: at + gw.cfg.offline_notify_delay.as_millis() as i64,
+                disconnected_at: at,
+            };
+            if let Err(e) = gw.presence.schedule_offline_notice(&notice).await {
+                gw.metrics.store_error("redis", "schedule_notice");
+                tracing::warn!(device = %device, error = %e, "Could not schedule the offline notice.");
+            }
+        });
+    }
+
+    async fn emit_status(&self, device: &str, org: &str, status: &str) {
+        let ts = iso_now();
+        let data = json!({"deviceId": device, "status": status, "lastSeen": ts, "timestamp": ts});
+        self.emitter
+            .emit(room::dashboards(org), names::DEVICE_STATUS, data)
+            .await;
+    }
+
+    /// One refresh of every lease this replica holds, in one pipeline.
+    pub async fn refresh_once(self: &Arc<Self>) {
+        self.reap_unconnected().await;
+        let leases = self.live.leases();
+        match self
+            .presence
+            .refresh(
+                &self.cfg.replica_id,
+                &leases,
+                self.cfg.lease_ttl.as_millis() as u64,
+            )
+            .await
+        {
+            Err(e) => {
+                self.metrics.store_error("redis", "refresh");
+                self.set_redis_healthy(false);
+                tracing::debug!(error = %e, "Lease refresh failed.");
+            }
+            Ok(outcomes) => {
+                self.set_redis_healthy(true);
+                for (l, o) in leases.iter().zip(outcomes) {
+                    match o {
+                        RefreshOutcome::Fresh | RefreshOutcome::Restored => {}
+                        RefreshOutcome::Revived => {
+                            self.online_transition(&l.device_id, &l.org, l.epoch, "refresh", false)
+                        }
+                        RefreshOutcome::Stale => {
+                            tracing::info!(device = %l.device_id, "Socket superseded by a newer connection; disconnecting it.");
+                            self.live.remove(&l.sid);
+                            self.emitter.disconnect_room(room::socket(&l.sid)).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Registry entries whose CONNECT never completed (the socket timed out between the
+    /// middleware and the handler) would keep a lease alive forever: release them.
+    async fn reap_unconnected(self: &Arc<Self>) {
+        let grace = self.cfg.connect_timeout + Duration::from_secs(2);
+        for (sid, e) in self.live.snapshot() {
+            if !e.connected && e.since.elapsed() > grace && !self.emitter.is_local(&sid) {
+                self.release_device(&sid).await;
+            }
+        }
+    }
+
+    /// One sweep of expired leases (any replica may run it; each lease is removed once).
+    pub async fn sweep_once(self: &Arc<Self>) {
+        match self.presence.sweep(SWEEP_BATCH).await {
+            Ok(expired) => {
+                for Expired {
+                    device_id,
+                    org,
+                    epoch,
+                } in expired
+                {
+                    self.offline_transition(&device_id, &org, epoch, "sweep");
+                }
+            }
+            Err(e) => {
+                self.metrics.store_error("redis", "sweep");
+                tracing::debug!(error = %e, "Sweep failed.");
+            }
+        }
+    }
+
+    /// The bulk `lastHeartbeat` flush: one statement for all of this replica's live devices.
+    pub async fn flush_once(&self) {
+        let devices = self.live.devices();
+        if let Err(e) = self.db.flush_last_seen(&devices, now()).await {
+            self.metrics.store_error("db", "flush");
+            tracing::warn!(error = %e, "lastHeartbeat flush failed.");
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Handshake: the connect middleware authenticates and acquires the device lease before the
+//! CONNECT is accepted; the connect handler joins rooms and sends the connect-time events.
+//!
+//! Final refusals (bad, expired or revoked credentials, unknown or disabled device) are a
+//! `connect_error` `unauthorized: <code>`. Transient failures (Redis or database down, the
+//! per-device pace exceeded) must leave socket.io-client retrying, which a `connect_error` would
+//! not: the middleware then outwaits the connect timeout, so the server closes the transport and
+//! the client reconnects with its own backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{Extension, SocketRef, State, TryData};
+
+use super::SocketCtx;
+use crate::auth::{AuthError, Principal, token_from_cookie};
+use crate::limits::MessageLimiter;
+use crate::service::{Gateway, room};
+use crate::wire::events::names;
+use crate::wire::{iso_naive, iso_now};
+
+/// How many devices `device:status:batch` lists.
+const BATCH_LIMIT: u64 = 500;
+
+/// The `connect_error` message.
+#[derive(Debug)]
+pub struct ConnectRefusal(String);
+
+impl std::fmt::Display for ConnectRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The connect middleware.
+pub async fn authenticate<A: Adapter>(
+    s: SocketRef<A>,
+    State(gw): State<Arc<Gateway>>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), ConnectRefusal> {
+    match admit(&s, &gw, auth.ok()).await {
+        Ok(ctx) => {
+            let kind = if matches!(ctx.principal, Principal::Device(_)) {
+                "device"
+            } else {
+                "dashboard"
+            };
+            gw.metrics.connection(kind, "accepted");
+            s.extensions.insert(Arc::new(ctx));
+            Ok(())
+        }
+        Err(AuthError::Unavailable(why)) => {
+            gw.metrics.connection("unknown", "unavailable");
+            tracing::warn!(reason = %why, "Handshake deferred: letting the transport close so the client retries.");
+            tokio::time::sleep(gw.cfg.connect_timeout + Duration::from_secs(1)).await;
+            Err(ConnectRefusal("unavailable".into()))
+        }
+        Err(e) => {
+            gw.metrics.connection("unknown", e.code());
+            Err(ConnectRefusal(format!("unauthorized: {e}")))
+        }
+    }
+}
+
+async fn admit<A: Adapter>(
+    s: &SocketRef<A>,
+    gw: &Arc<Gateway>,
+    auth: Option<Value>,
+) -> Result<SocketCtx, AuthError> {
+    let auth_token = auth
+        .as_ref()
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty());
+    let cookie_token = || {
+        s.req_parts()
+            .headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|h| h.to_str().ok())
+            .find_map(token_from_cookie)
+            .map(str::to_string)
+    };
+    let (token, from_cookie) = match auth_token {
+        Some(t) => (t.to_string(), false),
+        None => (cookie_token().ok_or(AuthError::Invalid)?, true),
+    };
+    let principal = gw.verifier.verify(&token)?;
+    match &principal {
+        Principal::Device(d) => {
+            // Devices authenticate with `auth.token` only.
+            if from_cookie {
+                return Err(AuthError::Invalid);
+            }
+            let row = gw
+                .db
+                .device_auth(&d.device_id)
+                .await
+                .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+            let row = row.ok_or(AuthError::DeviceNotFound)?;
+            if row.organization_id != d.organization_id {
+                return Err(AuthError::Invalid);
+            }
+            if row.disabled {
+                return Err(AuthError::DeviceDisabled);
+            }
+            pace(gw, &d.device_id).await?;
+            gw.acquire_device(&d.device_id, &d.organization_id, &s.id.to_string())
+                .await
+                .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        }
+        Principal::User(u) => {
+            if let Some(jti) = &u.jti
+                && gw
+                    .state
+                    .is_revoked(jti)
+                    .await
+                    .map_err(|e| AuthError::Unavailable(e.to_string()))?
+            {
+                return Err(AuthError::Invalid);
+            }
+        }
+    }
+    Ok(SocketCtx {
+        principal,
+        limiter: MessageLimiter::new(&gw.cfg.limits),
+    })
+}
+
+/// Holds a device's connect until its bucket allows it, within the connect timeout.
+async fn pace(gw: &Gateway, device: &str) -> Result<(), AuthError> {
+    let budget = gw
+        .cfg
+        .connect_timeout
+        .saturating_sub(Duration::from_millis(500));
+    let start = tokio::time::Instant::now();
+    loop {
+        let wait = gw.device_limiter.wait_time(device);
+        if wait.is_zero() {
+            return Ok(());
+        }
+        if start.elapsed() + wait > budget {
+            gw.metrics.refusal("device_rate_limited");
+            return Err(AuthError::Unavailable(
+                "per-device connect rate exceeded".into(),
+            ));
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// The connect handler (runs after CONNECT was sent).
+pub async fn on_connect<A: Adapter>(
+    s: SocketRef<A>,
+    State(gw): State<Arc<Gateway>>,
+    Extension(ctx): Extension<Arc<SocketCtx>>,
+) {
+    super::events::register(&s);
+    s.on_disconnect(on_disconnect::<A>);
+    match &ctx.principal {
+        Principal::Device(d) => {
+            let sid = s.id.to_string();
+            s.join(vec![
+                room::device(&d.device_id),
+                room::org(&d.organization_id),
+                room::socket(&sid),
+            ]);
+            gw.live.mark_connected(&sid);
+            gw.metrics
+                .gauges
+                .device_sockets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            send_device_state(&s, &gw, &d.device_id).await;
+        }
+        Principal::User(u) => {
+            s.join(vec![
+                room::org(&u.organization_id),
+                room::dashboards(&u.organization_id),
+            ]);
+            gw.metrics
+                .gauges
+                .dashboard_sockets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let batch = status_batch(&gw, &u.organization_id).await;
+            let _ = s.emit(names::DEVICE_STATUS_BATCH, &batch);
+        }
+    }
+}
+
+/// `config`, the playlist (if one is assigned) and queued commands, in that order.
+async fn send_device_state<A: Adapter>(s: &SocketRef<A>, gw: &Arc<Gateway>, device: &str) {
+    match gw.device_config(device).await {
+        Ok(cfg) => {
+            let _ = s.emit(names::CONFIG, &cfg);
+        }
+        Err(e) => tracing::warn!(device, error = %e, "Could not load the device config."),
+    }
+    match gw.device_playlist(device, false).await {
+        Ok(Some(p)) => {
+            let _ = s.emit(
+                names::PLAYLIST_UPDATE,
+                &json!({"playlist": p, "timestamp": iso_now()}),
+            );
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(device, error = %e, "Could not resolve the device playlist."),
+    }
+    for cmd in gw.take_queued_commands(device).await {
+        let _ = s.emit(names::COMMAND, &cmd);
+    }
+}
+
+/// `[{deviceId, status, lastSeen, timestamp}]` for the organisation, live status from presence.
+async fn status_batch(gw: &Gateway, org: &str) -> Value {
+    let rows = match gw.db.org_devices(org, BATCH_LIMIT).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not list the organisation's devices.");
+            return json!([]);
+        }
+    };
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let online = gw.is_online(&ids).await.ok();
+    let ts = iso_now();
+    let list: Vec<Value> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let status = match online.as_ref().and_then(|o| o.get(i)) {
+                Some(true) => "online".to_string(),
+                Some(false) if r.status == "online" => "offline".to_string(),
+                _ => r.status.clone(),
+            };
+            json!({"deviceId": r.id, "status": status, "lastSeen": r.last_heartbeat.map(iso_naive), "timestamp": ts})
+        })
+        .collect();
+    Value::Array(list)
+}
+
+async fn on_disconnect<A: Adapter>(
+    s: SocketRef<A>,
+    State(gw): State<Arc<Gateway>>,
+    Extension(ctx): Extension<Arc<SocketCtx>>,
+) {
+    match &ctx.principal {
+        Principal::Device(_) => {
+            gw.metrics
+                .gauges
+                .device_sockets
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            gw.release_device(&s.id.to_string()).await;
+        }
+        Principal::User(_) => {
+            gw.metrics
+                .gauges
+                .dashboard_sockets
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Device event handlers: validate, call the service, answer with the envelope ack.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+
+use super::{SocketCtx, over_budget, reply};
+use crate::auth::{DevicePrincipal, Principal};
+use crate::service::Gateway;
+use crate::wire::{ack, events, events::names};
+
+pub fn register<A: Adapter>(s: &SocketRef<A>) {
+    s.on(names::HEARTBEAT, on_heartbeat::<A>);
+    s.on(names::IMPRESSION, on_impression::<A>);
+    s.on(names::CONTENT_ERROR, on_content_error::<A>);
+    s.on(names::PLAYLIST_REQUEST, on_playlist_request::<A>);
+    s.on(names::SCREENSHOT_RESPONSE, on_screenshot::<A>);
+    s.on(
+        names::JOIN_ORGANIZATION,
+        super::rooms::on_join_organization::<A>,
+    );
+    s.on(names::JOIN_ROOM, super::rooms::on_join_room::<A>);
+    s.on(names::LEAVE_ROOM, super::rooms::on_leave_room::<A>);
+}
+
+/// The payload, with a missing one read as `null` (each validator decides whether that is fine).
+pub(super) fn payload(d: Result<Value, socketioxide::ParserError>) -> Value {
+    d.unwrap_or(Value::Null)
+}
+
+/// The device principal, or an error ack for dashboard sockets.
+fn device<'a, A: Adapter>(
+    gw: &Gateway,
+    ctx: &'a SocketCtx,
+    event: &'static str,
+    ack: &mut Option<AckSender<A>>,
+) -> Option<&'a DevicePrincipal> {
+    match &ctx.principal {
+        Principal::Device(d) => Some(d),
+        Principal::User(_) => {
+            gw.metrics.event(event, "forbidden");
+            if let Some(a) = ack.take() {
+                reply(a, ack::err("This event is only accepted from devices"));
+            }
+            None
+        }
+    }
+}
+
+/// Validation failures: an error ack naming the field, counted, nothing stored.
+fn refuse<A: Adapter>(
+    gw: &Gateway,
+    event: &'static str,
+    ack: AckSender<A>,
+    e: impl std::fmt::Display,
+) {
+    gw.metrics.event(event, "invalid");
+    reply(ack, ack::err(format!("Validation failed: {e}")));
+}
+
+async fn on_heartbeat<A: Adapter>(
+    s: SocketRef<A>,
+    State(gw): State<Arc<Gateway>>,
+    Extension(ctx): Extension<Arc<SocketCtx>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender<A>,
+) {
+    const EV: &str = names::HEARTBEAT;
+    let mut ack = Some(ack);
+    if over_budget(&gw, &ctx, EV, &mut ack) {
+        return;
+    }
+    let Some(d) = device(&gw, &ctx, EV, &mut ack) else {
+        return;
+    };
+    let Some(ack) = ack else { return };
+    let hb = match events::heartbeat(&payload(data)) {
+        Ok(hb) => hb,
+        Err(e) => return refuse(&gw, EV, ack, e),
+    };
+    let started = tokio::time::Instant::now();
+    let data = gw
+        .heartbeat(&d.device_id, &d.organization_id, &s.id.to_string(), hb)
+        .await;
+    gw.metrics
+        .heartbeat_duration(started.elapsed().as_secs_f64());
+    gw.metrics.event(EV, "ok");
+    // The shipped players read `response.commands` at the top level: mirror it there.
+    let mut env = ack::ok(Some(data.clone()));
+    if let (Some(m), Some(d)) = (env.as_object_mut(), data.as_object()) {
+        for (k, v) in d {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    reply(ack, env);
+}
+
+async fn on_impression<A: Adapter>(
+    State(gw): State<Arc<Gateway>>,
+    Extension(ctx): Extension<Arc<SocketCtx>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender<A>,
+) {
+    const EV: &str = names::IMPRESSION;
+    let mut ack = Some(ack);
+    if over_budget(&gw, &ctx, EV, &mut ack) {
+        return;
+    }
+    let Some(d) = device(&gw, &ctx, EV, &mut ack) else {
+        return;
+    };
+    let Some(ack) = ack else { return };
+    let imp = match events::impression(&payload(data)) {
+        Ok(i) => i,
+        Err(e) => return refuse(&gw, EV, ack, e),
+    };
+    if let Err(e) = gw.impression(&d.device_id, &d.organization_id, imp).await {
+        // As the original: a row the database refuses (unknown content id) is logged, not fatal.
+        gw.metrics.store_error("db", "impression");
+        tracing::debug!(device = %d.device_id, error = %e, "Impression not stored.");
+    }
+    gw.metrics.event(EV, "ok");
+    reply(ack, ack::ok(None));
+}
+
+async fn on_content_error<A: Adapter>(
+    State(gw): State<Arc<Gateway>>,
+    Extension(ctx): Extension<Arc<SocketCtx>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender<A>,
+) {
+    const EV: &str = names::CONTENT_ERROR;
+    let mut ack = Some(ack);
+    if over_budget(&gw, &ctx, EV, &mut ack) {
+        return;
+    }
+    let Some(d) = device(&gw, &ctx, EV, &mut ack) else {
+        return;
+    };
+    let Some(ack) = ack else { return };
+    let err = match events::content_error(&payload(data)) {
+        Ok(e) => e,
+        Err(e) => return refuse(&gw, EV, ack, e),
+    };
+    gw.content_error(&d.device_id, err).await;
+    gw.metrics.event(EV, "ok");
+    reply(ack, ack::ok(None));
+}
+
+async fn on_playlist_request<A: Adapter>(
+    State(gw): State<Arc<Gateway>>,
+    Extension(ctx): Extension<Arc<SocketCtx>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender<A>,
+) {
+    const EV: &str = names::PLAYLIST_REQUEST;
+    let mut ack = Some(ack);
+    if over_budget(&gw, &ctx, EV, &mut ack) {
+        return;
+    }
+    let Some(d) = device(&gw, &ctx, EV, &mut ack) else {
+        return;
+    };
+    let Some(ack) = ack else { return };
+    let req = match events::playlist_request(&payload(data)) {
+        Ok(r) => r,
+        Err(e) => return refuse(&gw, EV, ack, e),
+    };
+    match gw.device_playlist(&d.device_id, req.force_refresh).await {
+        Ok(p) => {
+            gw.metrics.event(EV, "ok");
+            reply(ack, ack::ok(Some(json!({"playlist": p}))));
+        }
+        Err(e) => {
+            gw.metrics.event(EV, "error");
+            tracing::warn!(device = %d.device_id, error = %e, "Playlist request failed.");
+            reply(ack, ack::err("Failed to get playlist"));
+        }
+    }
+}
+
+async fn on_screenshot<A: Adapter>(
+    State(gw): State<Arc<Gateway>>,
+    Extension(ctx): Extension<Arc<SocketCtx>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender<A>,
+) {
+    const EV: &str = names::SCREENSHOT_RESPONSE;
+    let mut ack = Some(ack);
+    if over_budget(&gw, &ctx, EV, &mut ack) {
+        return;
+    }
+    let Some(d) = device(&gw, &ctx, EV, &mut ack) else {
+        return;
+    };
+    let Some(ack) = ack else { return };
+    let r = match events::screenshot_response(&payload(data), usize::MAX) {
+        Ok(r) => r,
+        Err(e) => return refuse(&gw, EV, ack, e),
+    };
+    match gw.screenshot(&d.device_id, &d.organization_id, r).await {
+        Ok(data) => {
+            gw.metrics.event(EV, "ok");
+            reply(ack, ack::ok(Some(data)));
+        }
+        Err(e) => {
+            gw.metrics.event(EV, "invalid");
+            reply(ack, ack::err(e.to_string()));
+        }
+    }
+}

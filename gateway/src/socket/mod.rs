@@ -1,0 +1,71 @@
+//! The Socket.IO edge: handshake authentication (connect middleware), connect-time pushes, and
+//! thin event handlers that validate, call a service and translate the result into an ack.
+//! Every handler is generic over the adapter so one set serves the in-process and Redis modes.
+
+mod connect;
+mod events;
+mod rooms;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::AckSender;
+use socketioxide::handler::ConnectHandler;
+
+use crate::auth::Principal;
+use crate::limits::MessageLimiter;
+use crate::service::Gateway;
+
+pub use connect::ConnectRefusal;
+
+/// Per-socket state, kept small: the principal and a message budget.
+pub struct SocketCtx {
+    pub principal: Principal,
+    pub limiter: MessageLimiter,
+}
+
+/// Registers the namespace on an in-process server.
+pub fn register_local(io: &SocketIo) {
+    io.ns(
+        "/",
+        connect::on_connect::<socketioxide::adapter::LocalAdapter>.with(connect::authenticate),
+    );
+}
+
+/// The Redis adapter as socketioxide names it.
+pub type RedisIo = socketioxide_redis::RedisAdapter<socketioxide::adapter::Emitter>;
+
+/// Registers the namespace on a Redis-adapter server (subscribes the adapter's channels).
+pub async fn register_redis(io: &SocketIo<RedisIo>) -> Result<(), String> {
+    type R = RedisIo;
+    io.ns(
+        "/",
+        connect::on_connect::<R>.with(connect::authenticate::<R>),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// Sends an ack if the client asked for one (a missing ack is not an error).
+fn reply<A: Adapter>(ack: AckSender<A>, v: Value) {
+    let _ = ack.send(&v);
+}
+
+/// Rejects a message when the socket's budget is spent.
+fn over_budget<A: Adapter>(
+    gw: &Arc<Gateway>,
+    ctx: &SocketCtx,
+    event: &'static str,
+    ack: &mut Option<AckSender<A>>,
+) -> bool {
+    if ctx.limiter.allow() {
+        return false;
+    }
+    gw.metrics.event(event, "rate_limited");
+    if let Some(a) = ack.take() {
+        reply(a, crate::wire::ack::err("rate_limited"));
+    }
+    true
+}

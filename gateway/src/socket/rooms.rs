@@ -1,0 +1,126 @@
+//! `join:organization`, `join:room`, `leave:room` with the original's acks and `error` events.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
+
+use super::events::payload;
+use super::{SocketCtx, over_budget, reply};
+use crate::auth::Principal;
+use crate::service::rooms::{ORG_DENIED, Refused};
+use crate::service::{Gateway, room};
+use crate::wire::{ack, events, events::names, iso_now};
+
+fn deny<A: Adapter>(
+    s: &SocketRef<A>,
+    gw: &Gateway,
+    event: &'static str,
+    ack: AckSender<A>,
+    r: Refused,
+) {
+    gw.metrics.event(event, "forbidden");
+    let _ = s.emit(names::ERROR, &json!({"message": r.event}));
+    reply(ack, ack::err(r.ack));
+}
+
+pub async fn on_join_organization<A: Adapter>(
+    s: SocketRef<A>,
+    State(gw): State<Arc<Gateway>>,
+    Extension(ctx): Extension<Arc<SocketCtx>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender<A>,
+) {
+    const EV: &str = names::JOIN_ORGANIZATION;
+    let mut ack = Some(ack);
+    if over_budget(&gw, &ctx, EV, &mut ack) {
+        return;
+    }
+    let Some(ack) = ack else { return };
+    let org = match events::organization_id(&payload(data)) {
+        Ok(o) => o,
+        Err(msg) => {
+            gw.metrics.event(EV, "invalid");
+            return reply(ack, ack::err(msg));
+        }
+    };
+    if org != ctx.principal.organization_id() {
+        return deny(&s, &gw, EV, ack, ORG_DENIED);
+    }
+    s.join(room::org(&org));
+    if matches!(ctx.principal, Principal::User(_)) {
+        s.join(room::dashboards(&org));
+    }
+    gw.metrics.event(EV, "ok");
+    let _ = s.emit(
+        names::JOINED_ORGANIZATION,
+        &json!({"organizationId": org, "timestamp": iso_now()}),
+    );
+    reply(
+        ack,
+        ack::ok(Some(json!({"joined": true, "organizationId": org}))),
+    );
+}
+
+pub async fn on_join_room<A: Adapter>(
+    s: SocketRef<A>,
+    State(gw): State<Arc<Gateway>>,
+    Extension(ctx): Extension<Arc<SocketCtx>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender<A>,
+) {
+    const EV: &str = names::JOIN_ROOM;
+    let mut ack = Some(ack);
+    if over_budget(&gw, &ctx, EV, &mut ack) {
+        return;
+    }
+    let Some(ack) = ack else { return };
+    let name = match events::room(&payload(data)) {
+        Ok(r) => r,
+        Err(msg) => {
+            gw.metrics.event(EV, "invalid");
+            return reply(ack, ack::err(msg));
+        }
+    };
+    match gw.may_join(&ctx.principal, &name).await {
+        Ok(()) => {
+            s.join(name.clone());
+            gw.metrics.event(EV, "ok");
+            reply(ack, ack::ok(Some(json!({"joined": true, "room": name}))));
+        }
+        Err(r) => deny(&s, &gw, EV, ack, r),
+    }
+}
+
+pub async fn on_leave_room<A: Adapter>(
+    s: SocketRef<A>,
+    State(gw): State<Arc<Gateway>>,
+    Extension(ctx): Extension<Arc<SocketCtx>>,
+    TryData(data): TryData<Value>,
+    ack: AckSender<A>,
+) {
+    const EV: &str = names::LEAVE_ROOM;
+    let mut ack = Some(ack);
+    if over_budget(&gw, &ctx, EV, &mut ack) {
+        return;
+    }
+    let Some(ack) = ack else { return };
+    let name = match events::room(&payload(data)) {
+        Ok(r) => r,
+        Err(msg) => {
+            gw.metrics.event(EV, "invalid");
+            return reply(ack, ack::err(msg));
+        }
+    };
+    // Internal rooms (a socket's own, the dashboards room) are not the client's to leave.
+    let member =
+        crate::service::rooms::is_client_room(&name) && s.rooms().iter().any(|r| *r == name);
+    if !member {
+        gw.metrics.event(EV, "invalid");
+        return reply(ack, ack::err("Not a member of this room"));
+    }
+    s.leave(name.clone());
+    gw.metrics.event(EV, "ok");
+    reply(ack, ack::ok(Some(json!({"left": true, "room": name}))));
+}

@@ -1,0 +1,17 @@
+-- release: on disconnect, drop the lease only if this socket's epoch still owns the device.
+-- Returns 1 when this was the offline transition, 0 when a newer socket owns the device or the
+-- sweep already expired the lease.
+-- KEYS: 1 device:epoch:{id} 2 device:lease:{id} 3 presence:deadlines 4 device:status:{id}
+-- ARGV: 1 id 2 epoch 3 org 4 offline_status_ttl_s
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then
+  return 0
+end
+local existed = redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if existed == 0 then
+  return 0
+end
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[4], cjson.encode({status = 'offline', lastHeartbeat = now_ms, socketId = cjson.null, organizationId = ARGV[3]}), 'EX', ARGV[4])
+return 1

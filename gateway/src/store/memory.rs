@@ -1,0 +1,512 @@
+//! In-process twin of the Redis stores, for the embedded single-node default and for unit tests.
+//!
+//! Same semantics as the Lua scripts in `lua/`: each method takes the lock once, so every step is
+//! atomic exactly like a script. Expired entries are dropped lazily on read and on sweep.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use super::*;
+
+#[derive(Default)]
+struct Inner {
+    epochs: HashMap<String, u64>,
+    /// Lease plus its deadline (ms).
+    leases: HashMap<String, (Lease, i64)>,
+    /// Any string key with an expiry (status JSON, latest sample, playlists, pending screenshots, errors).
+    kv: HashMap<String, (String, i64)>,
+    commands: HashMap<String, (VecDeque<String>, i64)>,
+    notices: HashMap<String, OfflineNotice>,
+    fired: HashSet<String>,
+    counters: HashMap<String, (u64, i64)>,
+}
+
+impl Inner {
+    fn get(&mut self, key: &str, now: i64) -> Option<String> {
+        match self.kv.get(key) {
+            Some((_, exp)) if *exp <= now => {
+                self.kv.remove(key);
+                None
+            }
+            Some((v, _)) => Some(v.clone()),
+            None => None,
+        }
+    }
+    fn set(&mut self, key: String, value: String, ttl_ms: i64, now: i64) {
+        self.kv.insert(key, (value, now + ttl_ms));
+    }
+    fn set_status(
+        &mut self,
+        device: &str,
+        status: &str,
+        sid: Option<&str>,
+        org: &str,
+        ttl_s: u64,
+        now: i64,
+    ) {
+        let json = serde_json::json!({"status": status, "lastHeartbeat": now, "socketId": sid, "organizationId": org});
+        self.set(
+            status_key(device),
+            json.to_string(),
+            ttl_s as i64 * 1000,
+            now,
+        );
+    }
+}
+
+/// The embedded store: presence and state in this process.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    /// Monotonic floor for epochs, mirroring Redis TIME in µs.
+    last_epoch: Mutex<u64>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means another task panicked mid-update; the maps stay usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_us(&self) -> u64 {
+        let wall = chrono::Utc::now().timestamp_micros().max(0) as u64;
+        let mut last = self.last_epoch.lock().unwrap_or_else(|p| p.into_inner());
+        *last = wall.max(*last + 1);
+        *last
+    }
+}
+
+#[async_trait]
+impl PresenceStore for MemoryStore {
+    async fn acquire(
+        &self,
+        device: &str,
+        org: &str,
+        replica: &str,
+        sid: &str,
+        ttl_ms: u64,
+    ) -> StoreResult<Acquired> {
+        let now_us = self.now_us();
+        let now = (now_us / 1000) as i64;
+        let mut g = self.lock();
+        let stored = g.epochs.get(device).copied().unwrap_or(0);
+        let epoch = (stored + 1).max(now_us);
+        g.epochs.insert(device.to_string(), epoch);
+        let lease = Lease {
+            epoch: epoch.to_string(),
+            replica: replica.into(),
+            sid: sid.into(),
+            org: org.into(),
+        };
+        let previous = g
+            .leases
+            .insert(device.to_string(), (lease, now + ttl_ms as i64))
+            .map(|(l, _)| l);
+        g.set_status(device, "online", Some(sid), org, STATUS_ONLINE_TTL_S, now);
+        let mut fired = false;
+        if previous.is_none() {
+            g.notices.remove(device);
+            fired = g.fired.remove(device);
+        }
+        Ok(Acquired {
+            epoch,
+            came_online: previous.is_none(),
+            previous,
+            offline_notice_fired: fired,
+        })
+    }
+
+    async fn refresh(
+        &self,
+        replica: &str,
+        leases: &[LiveLease],
+        ttl_ms: u64,
+    ) -> StoreResult<Vec<RefreshOutcome>> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let mut out = Vec::with_capacity(leases.len());
+        for l in leases {
+            let outcome = match g.epochs.get(&l.device_id) {
+                None => {
+                    g.epochs.insert(l.device_id.clone(), l.epoch);
+                    RefreshOutcome::Restored
+                }
+                Some(e) if *e != l.epoch => {
+                    out.push(RefreshOutcome::Stale);
+                    continue;
+                }
+                Some(_) if !g.leases.contains_key(&l.device_id) => RefreshOutcome::Revived,
+                Some(_) => RefreshOutcome::Fresh,
+            };
+            let lease = Lease {
+                epoch: l.epoch.to_string(),
+                replica: replica.into(),
+                sid: l.sid.clone(),
+                org: l.org.clone(),
+            };
+            g.leases
+                .insert(l.device_id.clone(), (lease, now + ttl_ms as i64));
+            let key = status_key(&l.device_id);
+            let keep = outcome == RefreshOutcome::Fresh && g.get(&key, now).is_some();
+            if keep {
+                if let Some(entry) = g.kv.get_mut(&key) {
+                    entry.1 = now + STATUS_ONLINE_TTL_S as i64 * 1000;
+                }
+            } else {
+                g.set_status(
+                    &l.device_id,
+                    "online",
+                    Some(&l.sid),
+                    &l.org,
+                    STATUS_ONLINE_TTL_S,
+                    now,
+                );
+            }
+            out.push(outcome);
+        }
+        Ok(out)
+    }
+
+    async fn release(&self, device: &str, org: &str, epoch: u64) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut g = self.lock();
+        if g.epochs.get(device) != Some(&epoch) {
+            return Ok(false);
+        }
+        if g.leases.remove(device).is_none() {
+            return Ok(false);
+        }
+        g.set_status(device, "offline", None, org, STATUS_OFFLINE_TTL_S, now);
+        Ok(true)
+    }
+
+    async fn sweep(&self, limit: usize) -> StoreResult<Vec<Expired>> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let due: Vec<String> = g
+            .leases
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| id.clone())
+            .take(limit)
+            .collect();
+        let mut out = Vec::with_capacity(due.len());
+        for id in due {
+            if let Some((lease, _)) = g.leases.remove(&id) {
+                g.set_status(&id, "offline", None, &lease.org, STATUS_OFFLINE_TTL_S, now);
+                out.push(Expired {
+                    epoch: lease.epoch(),
+                    org: lease.org,
+                    device_id: id,
+                });
+            }
+        }
+        // Lazy expiry of everything else, so the embedded store does not grow without bound.
+        g.kv.retain(|_, (_, exp)| *exp > now);
+        g.commands.retain(|_, (_, exp)| *exp > now);
+        g.counters.retain(|_, (_, exp)| *exp > now);
+        Ok(out)
+    }
+
+    async fn online(&self, devices: &[String]) -> StoreResult<Vec<bool>> {
+        let g = self.lock();
+        Ok(devices.iter().map(|d| g.leases.contains_key(d)).collect())
+    }
+
+    async fn lease(&self, device: &str) -> StoreResult<Option<Lease>> {
+        Ok(self.lock().leases.get(device).map(|(l, _)| l.clone()))
+    }
+
+    async fn schedule_offline_notice(&self, notice: &OfflineNotice) -> StoreResult<()> {
+        self.lock()
+            .notices
+            .insert(notice.device_id.clone(), notice.clone());
+        Ok(())
+    }
+
+    async fn claim_due_notices(&self, limit: usize) -> StoreResult<Vec<OfflineNotice>> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let due: Vec<String> = g
+            .notices
+            .values()
+            .filter(|n| n.scheduled_for <= now)
+            .map(|n| n.device_id.clone())
+            .take(limit)
+            .collect();
+        let mut out = Vec::with_capacity(due.len());
+        for id in due {
+            if let Some(n) = g.notices.remove(&id) {
+                g.fired.insert(id);
+                out.push(n);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl StateStore for MemoryStore {
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn heartbeat(
+        &self,
+        device: &str,
+        status_json: &str,
+        latest_json: &str,
+    ) -> StoreResult<Vec<String>> {
+        let now = now_ms();
+        let mut g = self.lock();
+        g.set(
+            status_key(device),
+            status_json.into(),
+            STATUS_ONLINE_TTL_S as i64 * 1000,
+            now,
+        );
+        g.set(
+            format!("heartbeat:{device}:latest"),
+            latest_json.into(),
+            LATEST_TTL_S as i64 * 1000,
+            now,
+        );
+        Ok(match g.commands.remove(&commands_key(device)) {
+            Some((q, exp)) if exp > now => q.into_iter().collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    async fn status(&self, device: &str) -> StoreResult<Option<String>> {
+        Ok(self.lock().get(&status_key(device), now_ms()))
+    }
+
+    async fn enqueue_command(
+        &self,
+        device: &str,
+        command_json: &str,
+        max: usize,
+        ttl_ms: u64,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let entry = g
+            .commands
+            .entry(commands_key(device))
+            .or_insert_with(|| (VecDeque::new(), 0));
+        if entry.1 <= now {
+            entry.0.clear();
+        }
+        entry.0.push_back(command_json.into());
+        while entry.0.len() > max {
+            entry.0.pop_front();
+        }
+        entry.1 = now + ttl_ms as i64;
+        Ok(())
+    }
+
+    async fn drain_commands(&self, device: &str) -> StoreResult<Vec<String>> {
+        let now = now_ms();
+        Ok(match self.lock().commands.remove(&commands_key(device)) {
+            Some((q, exp)) if exp > now => q.into_iter().collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    async fn put_screenshot_request(
+        &self,
+        device: &str,
+        request_id: &str,
+        ttl_ms: u64,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        self.lock().set(
+            screenshot_key(device, request_id),
+            "1".into(),
+            ttl_ms as i64,
+            now,
+        );
+        Ok(())
+    }
+
+    async fn take_screenshot_request(&self, device: &str, request_id: &str) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let key = screenshot_key(device, request_id);
+        let present = g.get(&key, now).is_some();
+        g.kv.remove(&key);
+        Ok(present)
+    }
+
+    async fn cached_playlist(&self, device: &str) -> StoreResult<Option<String>> {
+        Ok(self.lock().get(&playlist_key(device), now_ms()))
+    }
+
+    async fn cache_playlist(&self, device: &str, json: &str) -> StoreResult<()> {
+        let now = now_ms();
+        self.lock().set(
+            playlist_key(device),
+            json.into(),
+            PLAYLIST_CACHE_TTL_S as i64 * 1000,
+            now,
+        );
+        Ok(())
+    }
+
+    async fn invalidate_playlist(&self, device: &str) -> StoreResult<()> {
+        self.lock().kv.remove(&playlist_key(device));
+        Ok(())
+    }
+
+    async fn count_impression(&self, device: &str, date: &str) -> StoreResult<()> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let e = g
+            .counters
+            .entry(format!("stats:device:{device}:impressions:{date}"))
+            .or_insert((0, 0));
+        e.0 += 1;
+        e.1 = now + STATS_TTL_S as i64 * 1000;
+        Ok(())
+    }
+
+    async fn push_content_error(&self, device: &str, entry_json: &str) -> StoreResult<()> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let key = format!("errors:device:{device}");
+        let mut list: Vec<serde_json::Value> = g
+            .get(&key, now)
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or_default();
+        list.push(serde_json::from_str(entry_json).unwrap_or(serde_json::Value::Null));
+        let excess = list.len().saturating_sub(ERRORS_MAX);
+        list.drain(..excess);
+        let json = serde_json::Value::Array(list).to_string();
+        g.set(key, json, ERRORS_TTL_S as i64 * 1000, now);
+        Ok(())
+    }
+
+    async fn content_errors(&self, device: &str) -> StoreResult<Option<String>> {
+        Ok(self
+            .lock()
+            .get(&format!("errors:device:{device}"), now_ms()))
+    }
+
+    async fn is_revoked(&self, _jti: &str) -> StoreResult<bool> {
+        // Revocations are written by the Vizora middleware into Redis; without Redis there are none.
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn live(device: &str, sid: &str, epoch: u64) -> LiveLease {
+        LiveLease {
+            device_id: device.into(),
+            org: "o".into(),
+            sid: sid.into(),
+            epoch,
+        }
+    }
+
+    #[tokio::test]
+    async fn newer_connection_wins_and_older_release_is_a_no_op() {
+        let s = MemoryStore::new();
+        let a = s.acquire("d", "o", "r1", "s1", 30_000).await.unwrap();
+        assert!(a.came_online);
+        let b = s.acquire("d", "o", "r2", "s2", 30_000).await.unwrap();
+        assert!(!b.came_online);
+        assert!(b.epoch > a.epoch);
+        assert_eq!(b.previous.unwrap().sid, "s1");
+        assert!(
+            !s.release("d", "o", a.epoch).await.unwrap(),
+            "old socket's release must change nothing"
+        );
+        let r = s
+            .refresh("r1", &[live("d", "s1", a.epoch)], 30_000)
+            .await
+            .unwrap();
+        assert_eq!(r, vec![RefreshOutcome::Stale]);
+        assert!(s.release("d", "o", b.epoch).await.unwrap());
+        assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![false]);
+    }
+
+    #[tokio::test]
+    async fn sweep_expires_once_and_refresh_revives() {
+        let s = MemoryStore::new();
+        let a = s.acquire("d", "o", "r1", "s1", 1).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let swept = s.sweep(100).await.unwrap();
+        assert_eq!(swept.len(), 1);
+        assert!(s.sweep(100).await.unwrap().is_empty());
+        assert!(
+            !s.release("d", "o", a.epoch).await.unwrap(),
+            "swept lease: no second offline transition"
+        );
+        let r = s
+            .refresh("r1", &[live("d", "s1", a.epoch)], 30_000)
+            .await
+            .unwrap();
+        assert_eq!(r, vec![RefreshOutcome::Revived]);
+    }
+
+    #[tokio::test]
+    async fn commands_are_fifo_bounded_and_drained_once() {
+        let s = MemoryStore::new();
+        for i in 0..5 {
+            s.enqueue_command("d", &format!("{i}"), 3, 60_000)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            s.heartbeat("d", "{}", "{}").await.unwrap(),
+            vec!["2", "3", "4"]
+        );
+        assert!(s.drain_commands("d").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn screenshot_request_is_single_use() {
+        let s = MemoryStore::new();
+        s.put_screenshot_request("d", "r1", 60_000).await.unwrap();
+        assert!(!s.take_screenshot_request("d", "other").await.unwrap());
+        assert!(s.take_screenshot_request("d", "r1").await.unwrap());
+        assert!(!s.take_screenshot_request("d", "r1").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn offline_notice_cancelled_by_return_or_fired_once() {
+        let s = MemoryStore::new();
+        let n = OfflineNotice {
+            device_id: "d".into(),
+            device_name: "D".into(),
+            organization_id: "o".into(),
+            scheduled_for: now_ms() - 1,
+            disconnected_at: now_ms() - 10,
+        };
+        s.schedule_offline_notice(&n).await.unwrap();
+        assert_eq!(s.claim_due_notices(10).await.unwrap().len(), 1);
+        assert!(s.claim_due_notices(10).await.unwrap().is_empty());
+        let a = s.acquire("d", "o", "r", "s", 30_000).await.unwrap();
+        assert!(a.offline_notice_fired);
+        s.release("d", "o", a.epoch).await.unwrap();
+        s.schedule_offline_notice(&OfflineNotice {
+            scheduled_for: now_ms() + 60_000,
+            ..n
+        })
+        .await
+        .unwrap();
+        let b = s.acquire("d", "o", "r", "s2", 30_000).await.unwrap();
+        assert!(!b.offline_notice_fired);
+        assert!(s.claim_due_notices(10).await.unwrap().is_empty());
+    }
+}

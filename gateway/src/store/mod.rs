@@ -1,0 +1,189 @@
+//! Shared ephemeral state behind two small traits, each with a Redis implementation (cluster)
+//! and an in-process twin (embedded default) with the same semantics.
+//!
+//! [`PresenceStore`] holds the lease protocol (epochs, leases, deadlines, offline notices);
+//! [`StateStore`] holds everything else that lives in Redis (status JSON, command queues,
+//! pending screenshot requests, the playlist cache, stats). Key names are those of the original
+//! service (reference §5.2) plus the lease keys.
+
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// TTL of `device:status:{id}` while online (the original's 60 s).
+pub const STATUS_ONLINE_TTL_S: u64 = 60;
+/// TTL of `device:status:{id}` once offline (the original's 86400 s).
+pub const STATUS_OFFLINE_TTL_S: u64 = 86_400;
+/// TTL of `heartbeat:{id}:latest`.
+pub const LATEST_TTL_S: u64 = 300;
+/// TTL of the `notify:fired-offline:{id}` marker.
+pub const FIRED_MARKER_TTL_S: u64 = 86_400;
+/// TTL and length of `errors:device:{id}`.
+pub const ERRORS_TTL_S: u64 = 3_600;
+pub const ERRORS_MAX: usize = 10;
+/// TTL of `playlist:{id}`.
+pub const PLAYLIST_CACHE_TTL_S: u64 = 3_600;
+/// TTL of `stats:device:{id}:impressions:{date}`.
+pub const STATS_TTL_S: u64 = 86_400;
+
+#[derive(Debug, thiserror::Error)]
+#[error("store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The value of `device:lease:{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Decimal string: epochs are microsecond-scale integers, kept exact across Lua and JSON.
+    pub epoch: String,
+    pub replica: String,
+    pub sid: String,
+    pub org: String,
+}
+
+impl Lease {
+    pub fn epoch(&self) -> u64 {
+        self.epoch.parse().unwrap_or(0)
+    }
+}
+
+/// Result of an acquire.
+#[derive(Clone, Debug)]
+pub struct Acquired {
+    pub epoch: u64,
+    /// The lease this one replaced, if any: its socket must be disconnected.
+    pub previous: Option<Lease>,
+    /// No lease existed: this is an offline→online transition.
+    pub came_online: bool,
+    /// An offline notice had fired for this device: a "back online" notice is due.
+    pub offline_notice_fired: bool,
+}
+
+/// A replica's view of one live socket, for refresh.
+#[derive(Clone, Debug)]
+pub struct LiveLease {
+    pub device_id: String,
+    pub org: String,
+    pub sid: String,
+    pub epoch: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// A newer epoch owns the device: this socket must go.
+    Stale,
+    Fresh,
+    /// The store had lost the epoch (Redis restarted): re-asserted as is.
+    Restored,
+    /// The lease had expired and been swept (offline was reported): online again.
+    Revived,
+}
+
+/// A lease removed by the sweep.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub device_id: String,
+    pub org: String,
+    pub epoch: u64,
+}
+
+/// The value of `notify:offline:{id}` (reference §5.2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OfflineNotice {
+    pub device_id: String,
+    pub device_name: String,
+    pub organization_id: String,
+    pub scheduled_for: i64,
+    pub disconnected_at: i64,
+}
+
+/// The lease protocol's storage. Every method is one atomic step (one Redis round trip).
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// New epoch and lease for `device` held by socket `sid` on `replica`.
+    async fn acquire(
+        &self,
+        device: &str,
+        org: &str,
+        replica: &str,
+        sid: &str,
+        ttl_ms: u64,
+    ) -> StoreResult<Acquired>;
+    /// Refreshes many leases in one round trip; outcomes in input order.
+    async fn refresh(
+        &self,
+        replica: &str,
+        leases: &[LiveLease],
+        ttl_ms: u64,
+    ) -> StoreResult<Vec<RefreshOutcome>>;
+    /// Drops the lease if `epoch` still owns it; true when this is the offline transition.
+    async fn release(&self, device: &str, org: &str, epoch: u64) -> StoreResult<bool>;
+    /// Removes up to `limit` leases past their deadline.
+    async fn sweep(&self, limit: usize) -> StoreResult<Vec<Expired>>;
+    /// Whether each device holds a lease.
+    async fn online(&self, devices: &[String]) -> StoreResult<Vec<bool>>;
+    async fn lease(&self, device: &str) -> StoreResult<Option<Lease>>;
+    /// Schedules the offline notice (`notify:offline:{id}` plus the due-time index).
+    async fn schedule_offline_notice(&self, notice: &OfflineNotice) -> StoreResult<()>;
+    /// Claims due notices (exactly once across replicas).
+    async fn claim_due_notices(&self, limit: usize) -> StoreResult<Vec<OfflineNotice>>;
+}
+
+/// Everything else the gateway keeps in Redis.
+#[async_trait]
+pub trait StateStore: Send + Sync + 'static {
+    async fn ping(&self) -> StoreResult<()>;
+    /// Writes the status JSON and latest sample, and drains queued commands: one round trip.
+    async fn heartbeat(
+        &self,
+        device: &str,
+        status_json: &str,
+        latest_json: &str,
+    ) -> StoreResult<Vec<String>>;
+    async fn status(&self, device: &str) -> StoreResult<Option<String>>;
+    async fn enqueue_command(
+        &self,
+        device: &str,
+        command_json: &str,
+        max: usize,
+        ttl_ms: u64,
+    ) -> StoreResult<()>;
+    async fn drain_commands(&self, device: &str) -> StoreResult<Vec<String>>;
+    async fn put_screenshot_request(
+        &self,
+        device: &str,
+        request_id: &str,
+        ttl_ms: u64,
+    ) -> StoreResult<()>;
+    /// Consumes a pending request id: true exactly once, and only before it expires.
+    async fn take_screenshot_request(&self, device: &str, request_id: &str) -> StoreResult<bool>;
+    async fn cached_playlist(&self, device: &str) -> StoreResult<Option<String>>;
+    async fn cache_playlist(&self, device: &str, json: &str) -> StoreResult<()>;
+    async fn invalidate_playlist(&self, device: &str) -> StoreResult<()>;
+    async fn count_impression(&self, device: &str, date: &str) -> StoreResult<()>;
+    async fn push_content_error(&self, device: &str, entry_json: &str) -> StoreResult<()>;
+    async fn content_errors(&self, device: &str) -> StoreResult<Option<String>>;
+    async fn is_revoked(&self, jti: &str) -> StoreResult<bool>;
+}
+
+pub fn status_key(device: &str) -> String {
+    format!("device:status:{device}")
+}
+pub fn commands_key(device: &str) -> String {
+    format!("device:commands:{device}")
+}
+pub fn playlist_key(device: &str) -> String {
+    format!("playlist:{device}")
+}
+pub fn screenshot_key(device: &str, request_id: &str) -> String {
+    format!("screenshot:pending:{device}:{request_id}")
+}
+
+/// Wall-clock milliseconds (the unit of every timestamp in Redis values).
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

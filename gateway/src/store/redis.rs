@@ -1,0 +1,436 @@
+//! Redis implementation of the stores: every multi-step operation is a Lua script run with
+//! EVALSHA (loaded once), and batch work is one pipeline, so each hot-path step costs one round
+//! trip.
+
+use std::time::Duration;
+
+use ::redis::{Script, Value};
+use async_trait::async_trait;
+use deadpool_redis::{Pool, Runtime};
+
+use super::*;
+
+/// Bound on any single Redis call, so an outage fails fast instead of stalling handlers.
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Scripts {
+    acquire: Script,
+    refresh: Script,
+    release: Script,
+    sweep: Script,
+    claim_notices: Script,
+    heartbeat: Script,
+    push_error: Script,
+}
+
+/// Both stores on one deadpool-redis pool.
+pub struct RedisStore {
+    pool: Pool,
+    scripts: Scripts,
+}
+
+impl RedisStore {
+    /// Builds the pool (connections are made lazily, so a Redis that is down at start-up does
+    /// not stop the gateway from starting; readiness reports it).
+    pub fn new(url: &str) -> Result<Self, StoreError> {
+        let mut cfg = deadpool_redis::Config::from_url(url);
+        let mut pool_cfg = deadpool_redis::PoolConfig::new(16);
+        pool_cfg.timeouts.wait = Some(OP_TIMEOUT);
+        pool_cfg.timeouts.create = Some(OP_TIMEOUT);
+        pool_cfg.timeouts.recycle = Some(OP_TIMEOUT);
+        cfg.pool = Some(pool_cfg);
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(RedisStore {
+            pool,
+            scripts: Scripts {
+                acquire: Script::new(include_str!("lua/acquire.lua")),
+                refresh: Script::new(include_str!("lua/refresh.lua")),
+                release: Script::new(include_str!("lua/release.lua")),
+                sweep: Script::new(include_str!("lua/sweep.lua")),
+                claim_notices: Script::new(include_str!("lua/claim_notices.lua")),
+                heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+                push_error: Script::new(include_str!("lua/push_error.lua")),
+            },
+        })
+    }
+
+    async fn conn(&self) -> StoreResult<deadpool_redis::Connection> {
+        self.pool.get().await.map_err(|e| StoreError(e.to_string()))
+    }
+
+    /// Runs a script invocation with the op timeout (EVALSHA, loading the script on NOSCRIPT).
+    async fn run<T: ::redis::FromRedisValue>(
+        &self,
+        inv: ::redis::ScriptInvocation<'_>,
+    ) -> StoreResult<T> {
+        let mut c = self.conn().await?;
+        timed(inv.invoke_async(&mut c)).await
+    }
+
+    async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> StoreResult<T> {
+        let mut c = self.conn().await?;
+        timed(cmd.query_async(&mut c)).await
+    }
+
+    async fn pipeline<T: ::redis::FromRedisValue>(&self, p: &::redis::Pipeline) -> StoreResult<T> {
+        let mut c = self.conn().await?;
+        timed(p.query_async(&mut c)).await
+    }
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = ::redis::RedisResult<T>>) -> StoreResult<T> {
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StoreError(e.to_string())),
+        Err(_) => Err(StoreError("redis operation timed out".into())),
+    }
+}
+
+fn lease_keys(device: &str) -> [String; 4] {
+    [
+        format!("device:epoch:{device}"),
+        format!("device:lease:{device}"),
+        "presence:deadlines".to_string(),
+        status_key(device),
+    ]
+}
+
+fn value_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl PresenceStore for RedisStore {
+    async fn acquire(
+        &self,
+        device: &str,
+        org: &str,
+        replica: &str,
+        sid: &str,
+        ttl_ms: u64,
+    ) -> StoreResult<Acquired> {
+        let [k1, k2, k3, k4] = lease_keys(device);
+        let mut inv = self.scripts.acquire.prepare_invoke();
+        inv.key(k1)
+            .key(k2)
+            .key(k3)
+            .key(k4)
+            .key(format!("notify:offline:{device}"))
+            .key("notify:due")
+            .key(format!("notify:fired-offline:{device}"))
+            .arg(device)
+            .arg(replica)
+            .arg(sid)
+            .arg(org)
+            .arg(ttl_ms)
+            .arg(STATUS_ONLINE_TTL_S);
+        let (epoch, prev, fired): (String, String, i64) = self.run(inv).await?;
+        let epoch = epoch
+            .parse()
+            .map_err(|_| StoreError(format!("bad epoch {epoch}")))?;
+        let previous = if prev.is_empty() {
+            None
+        } else {
+            serde_json::from_str::<Lease>(&prev).ok()
+        };
+        Ok(Acquired {
+            epoch,
+            came_online: prev.is_empty(),
+            previous,
+            offline_notice_fired: fired == 1,
+        })
+    }
+
+    async fn refresh(
+        &self,
+        replica: &str,
+        leases: &[LiveLease],
+        ttl_ms: u64,
+    ) -> StoreResult<Vec<RefreshOutcome>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let build = || {
+            let mut p = ::redis::pipe();
+            for l in leases {
+                let [k1, k2, k3, k4] = lease_keys(&l.device_id);
+                p.cmd("EVALSHA")
+                    .arg(self.scripts.refresh.get_hash())
+                    .arg(4)
+                    .arg(k1)
+                    .arg(k2)
+                    .arg(k3)
+                    .arg(k4)
+                    .arg(&l.device_id)
+                    .arg(l.epoch.to_string())
+                    .arg(replica)
+                    .arg(&l.sid)
+                    .arg(&l.org)
+                    .arg(ttl_ms)
+                    .arg(STATUS_ONLINE_TTL_S);
+            }
+            p
+        };
+        let res: StoreResult<Vec<i64>> = self.pipeline(&build()).await;
+        let codes = match res {
+            Err(e) if e.0.contains("NOSCRIPT") => {
+                // Redis restarted and lost its script cache: load once and replay the pipeline.
+                let mut c = self.conn().await?;
+                timed(self.scripts.refresh.load_async(&mut c)).await?;
+                drop(c);
+                self.pipeline(&build()).await?
+            }
+            other => other?,
+        };
+        Ok(codes
+            .into_iter()
+            .map(|c| match c {
+                1 => RefreshOutcome::Fresh,
+                2 => RefreshOutcome::Restored,
+                3 => RefreshOutcome::Revived,
+                _ => RefreshOutcome::Stale,
+            })
+            .collect())
+    }
+
+    async fn release(&self, device: &str, org: &str, epoch: u64) -> StoreResult<bool> {
+        let [k1, k2, k3, k4] = lease_keys(device);
+        let mut inv = self.scripts.release.prepare_invoke();
+        inv.key(k1)
+            .key(k2)
+            .key(k3)
+            .key(k4)
+            .arg(device)
+            .arg(epoch.to_string())
+            .arg(org)
+            .arg(STATUS_OFFLINE_TTL_S);
+        let r: i64 = self.run(inv).await?;
+        Ok(r == 1)
+    }
+
+    async fn sweep(&self, limit: usize) -> StoreResult<Vec<Expired>> {
+        let mut inv = self.scripts.sweep.prepare_invoke();
+        inv.key("presence:deadlines")
+            .arg(limit)
+            .arg(STATUS_OFFLINE_TTL_S);
+        let flat: Vec<Value> = self.run(inv).await?;
+        let flat: Vec<String> = flat.iter().filter_map(value_string).collect();
+        Ok(flat
+            .chunks_exact(3)
+            .map(|c| Expired {
+                device_id: c[0].clone(),
+                epoch: c[1].parse().unwrap_or(0),
+                org: c[2].clone(),
+            })
+            .collect())
+    }
+
+    async fn online(&self, devices: &[String]) -> StoreResult<Vec<bool>> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut p = ::redis::pipe();
+        for d in devices {
+            p.cmd("EXISTS").arg(format!("device:lease:{d}"));
+        }
+        let r: Vec<i64> = self.pipeline(&p).await?;
+        Ok(r.into_iter().map(|x| x == 1).collect())
+    }
+
+    async fn lease(&self, device: &str) -> StoreResult<Option<Lease>> {
+        let raw: Option<String> = self
+            .query(::redis::cmd("GET").arg(format!("device:lease:{device}")))
+            .await?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    async fn schedule_offline_notice(&self, n: &OfflineNotice) -> StoreResult<()> {
+        let json = serde_json::to_string(n).map_err(|e| StoreError(e.to_string()))?;
+        // The key outlives the due time so a notice whose claim failed can still be found.
+        let ttl_ms = (n.scheduled_for - now_ms()).max(0) + 300_000;
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("SET")
+            .arg(format!("notify:offline:{}", n.device_id))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg("notify:due")
+            .arg(n.scheduled_for)
+            .arg(&n.device_id)
+            .ignore();
+        self.pipeline::<()>(&p).await
+    }
+
+    async fn claim_due_notices(&self, limit: usize) -> StoreResult<Vec<OfflineNotice>> {
+        let mut inv = self.scripts.claim_notices.prepare_invoke();
+        inv.key("notify:due").arg(limit).arg(FIRED_MARKER_TTL_S);
+        let raw: Vec<String> = self.run(inv).await?;
+        Ok(raw
+            .iter()
+            .filter_map(|r| serde_json::from_str(r).ok())
+            .collect())
+    }
+}
+
+#[async_trait]
+impl StateStore for RedisStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let pong: String = self.query(&::redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError(format!("unexpected PING reply {pong}")))
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        device: &str,
+        status_json: &str,
+        latest_json: &str,
+    ) -> StoreResult<Vec<String>> {
+        let mut inv = self.scripts.heartbeat.prepare_invoke();
+        inv.key(status_key(device))
+            .key(format!("heartbeat:{device}:latest"))
+            .key(commands_key(device))
+            .arg(status_json)
+            .arg(STATUS_ONLINE_TTL_S)
+            .arg(latest_json)
+            .arg(LATEST_TTL_S);
+        self.run(inv).await
+    }
+
+    async fn status(&self, device: &str) -> StoreResult<Option<String>> {
+        self.query(::redis::cmd("GET").arg(status_key(device)))
+            .await
+    }
+
+    async fn enqueue_command(
+        &self,
+        device: &str,
+        command_json: &str,
+        max: usize,
+        ttl_ms: u64,
+    ) -> StoreResult<()> {
+        let key = commands_key(device);
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("RPUSH")
+            .arg(&key)
+            .arg(command_json)
+            .ignore()
+            .cmd("LTRIM")
+            .arg(&key)
+            .arg(-(max as i64))
+            .arg(-1)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(ttl_ms)
+            .ignore();
+        self.pipeline::<()>(&p).await
+    }
+
+    async fn drain_commands(&self, device: &str) -> StoreResult<Vec<String>> {
+        let key = commands_key(device);
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("LRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1)
+            .cmd("DEL")
+            .arg(&key)
+            .ignore();
+        let (cmds,): (Vec<String>,) = self.pipeline(&p).await?;
+        Ok(cmds)
+    }
+
+    async fn put_screenshot_request(
+        &self,
+        device: &str,
+        request_id: &str,
+        ttl_ms: u64,
+    ) -> StoreResult<()> {
+        self.query(
+            ::redis::cmd("SET")
+                .arg(screenshot_key(device, request_id))
+                .arg("1")
+                .arg("PX")
+                .arg(ttl_ms),
+        )
+        .await
+    }
+
+    async fn take_screenshot_request(&self, device: &str, request_id: &str) -> StoreResult<bool> {
+        let n: i64 = self
+            .query(::redis::cmd("DEL").arg(screenshot_key(device, request_id)))
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn cached_playlist(&self, device: &str) -> StoreResult<Option<String>> {
+        self.query(::redis::cmd("GET").arg(playlist_key(device)))
+            .await
+    }
+
+    async fn cache_playlist(&self, device: &str, json: &str) -> StoreResult<()> {
+        self.query(
+            ::redis::cmd("SET")
+                .arg(playlist_key(device))
+                .arg(json)
+                .arg("EX")
+                .arg(PLAYLIST_CACHE_TTL_S),
+        )
+        .await
+    }
+
+    async fn invalidate_playlist(&self, device: &str) -> StoreResult<()> {
+        self.query(::redis::cmd("DEL").arg(playlist_key(device)))
+            .await
+    }
+
+    async fn count_impression(&self, device: &str, date: &str) -> StoreResult<()> {
+        let key = format!("stats:device:{device}:impressions:{date}");
+        let mut p = ::redis::pipe();
+        p.cmd("INCR")
+            .arg(&key)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(STATS_TTL_S)
+            .ignore();
+        self.pipeline::<()>(&p).await
+    }
+
+    async fn push_content_error(&self, device: &str, entry_json: &str) -> StoreResult<()> {
+        let mut inv = self.scripts.push_error.prepare_invoke();
+        inv.key(format!("errors:device:{device}"))
+            .arg(entry_json)
+            .arg(ERRORS_TTL_S)
+            .arg(ERRORS_MAX);
+        self.run::<i64>(inv).await.map(|_| ())
+    }
+
+    async fn content_errors(&self, device: &str) -> StoreResult<Option<String>> {
+        self.query(::redis::cmd("GET").arg(format!("errors:device:{device}")))
+            .await
+    }
+
+    async fn is_revoked(&self, jti: &str) -> StoreResult<bool> {
+        let n: i64 = self
+            .query(::redis::cmd("EXISTS").arg(format!("revoked_token:{jti}")))
+            .await?;
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,201 @@
+//! Logs (tracing, text or JSON) and metrics (OpenTelemetry instruments exported in Prometheus
+//! text through opentelemetry-prometheus). Every label takes values from a fixed set: event
+//! names, results, reasons, transports — never device ids, socket ids or addresses.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+
+/// Installs the global tracing subscriber (once; later calls are ignored, which suits tests).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,sqlx=warn,sea_orm=warn,socketioxide=warn,engineioxide=warn",
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Live gauges sampled at scrape time.
+#[derive(Default)]
+pub struct Gauges {
+    pub device_sockets: AtomicI64,
+    pub dashboard_sockets: AtomicI64,
+    pub pending_transitions: AtomicI64,
+}
+
+/// The gateway's instruments.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: prometheus::Registry,
+    _provider: SdkMeterProvider,
+    pub gauges: Arc<Gauges>,
+    connections: Counter<u64>,
+    refusals: Counter<u64>,
+    events: Counter<u64>,
+    transitions: Counter<u64>,
+    commands: Counter<u64>,
+    http: Counter<u64>,
+    store_errors: Counter<u64>,
+    notifications: Counter<u64>,
+    heartbeat_seconds: Histogram<f64>,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, String> {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let meter = provider.meter("vizora_gateway");
+        let gauges = Arc::new(Gauges::default());
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("vizora_gateway_sockets")
+            .with_description("Live Socket.IO connections on this replica, by principal")
+            .with_callback(move |o| {
+                o.observe(
+                    g.device_sockets.load(Ordering::Relaxed),
+                    &[KeyValue::new("principal", "device")],
+                );
+                o.observe(
+                    g.dashboard_sockets.load(Ordering::Relaxed),
+                    &[KeyValue::new("principal", "dashboard")],
+                );
+            })
+            .build();
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("vizora_gateway_pending_transitions")
+            .with_description("Presence transitions waiting to be written to the database")
+            .with_callback(move |o| o.observe(g.pending_transitions.load(Ordering::Relaxed), &[]))
+            .build();
+        let counter = |name: &'static str, desc: &'static str| {
+            meter.u64_counter(name).with_description(desc).build()
+        };
+        Ok(Metrics {
+            connections: counter(
+                "vizora_gateway_connections",
+                "Socket.IO connection attempts by principal and result",
+            ),
+            refusals: counter(
+                "vizora_gateway_handshake_refusals",
+                "Engine.IO handshakes refused at the edge, by reason",
+            ),
+            events: counter(
+                "vizora_gateway_events",
+                "Client events by event name and result",
+            ),
+            transitions: counter(
+                "vizora_gateway_presence_transitions",
+                "Presence transitions by status and source",
+            ),
+            commands: counter("vizora_gateway_commands", "Commands accepted, by delivery"),
+            http: counter(
+                "vizora_gateway_http_requests",
+                "Internal HTTP requests by route and status class",
+            ),
+            store_errors: counter(
+                "vizora_gateway_store_errors",
+                "Failed Redis or database operations, by store and operation",
+            ),
+            notifications: counter(
+                "vizora_gateway_notifications",
+                "Offline/online notifications created, by type",
+            ),
+            heartbeat_seconds: meter
+                .f64_histogram("vizora_gateway_heartbeat_duration")
+                .with_unit("s")
+                .with_description("Time to process a heartbeat")
+                .with_boundaries(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+                ])
+                .build(),
+            registry,
+            _provider: provider,
+            gauges,
+        })
+    }
+
+    pub fn connection(&self, principal: &'static str, result: &'static str) {
+        self.connections.add(
+            1,
+            &[
+                KeyValue::new("principal", principal),
+                KeyValue::new("result", result),
+            ],
+        );
+    }
+    pub fn refusal(&self, reason: &'static str) {
+        self.refusals.add(1, &[KeyValue::new("reason", reason)]);
+    }
+    pub fn event(&self, event: &'static str, result: &'static str) {
+        self.events.add(
+            1,
+            &[
+                KeyValue::new("event", event),
+                KeyValue::new("result", result),
+            ],
+        );
+    }
+    pub fn transition(&self, online: bool, source: &'static str) {
+        let status = if online { "online" } else { "offline" };
+        self.transitions.add(
+            1,
+            &[
+                KeyValue::new("status", status),
+                KeyValue::new("source", source),
+            ],
+        );
+    }
+    pub fn command(&self, delivery: &'static str) {
+        self.commands.add(1, &[KeyValue::new("delivery", delivery)]);
+    }
+    pub fn http(&self, route: &str, status: u16) {
+        let class = match status {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.http.add(
+            1,
+            &[
+                KeyValue::new("route", route.to_string()),
+                KeyValue::new("status", class),
+            ],
+        );
+    }
+    pub fn store_error(&self, store: &'static str, op: &'static str) {
+        self.store_errors
+            .add(1, &[KeyValue::new("store", store), KeyValue::new("op", op)]);
+    }
+    pub fn notification(&self, kind: &'static str) {
+        self.notifications.add(1, &[KeyValue::new("type", kind)]);
+    }
+    pub fn heartbeat_duration(&self, secs: f64) {
+        self.heartbeat_seconds.record(secs, &[]);
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = prometheus::TextEncoder::new();
+        if let Err(e) = prometheus::Encoder::encode(&enc, &self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "Metrics encoding failed.");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

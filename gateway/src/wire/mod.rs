@@ -1,0 +1,19 @@
+//! Wire shapes: the ack envelope, typed validation of device payloads, and event names. Only this
+//! module and `socket/` know JSON payload shapes of Socket.IO events.
+
+pub mod ack;
+pub mod events;
+pub mod validate;
+
+/// ISO-8601 with milliseconds and `Z`, like JavaScript's `toISOString()`.
+pub fn iso_now() -> String {
+    iso(chrono::Utc::now())
+}
+
+pub fn iso(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+pub fn iso_naive(t: chrono::NaiveDateTime) -> String {
+    iso(t.and_utc())
+}
