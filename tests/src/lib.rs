@@ -1,1 +1,47 @@
-//! Placeholder.
+//! The integration-test harness: starts what the tests need itself — `redis-server` processes on
+//! free ports, PostgreSQL databases created per test (the server is started if it is not
+//! running), SQLite files in temp dirs, and gateway replicas as real processes that can be
+//! SIGKILLed or SIGTERMed — so tests run in parallel and never share state.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod api;
+pub mod fixture;
+pub mod gateway;
+pub mod postgres;
+pub mod redis_server;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+pub use fixture::*;
+pub use gateway::{DbTarget, Gateway, GatewayOptions};
+pub use postgres::PgDatabase;
+pub use redis_server::RedisServer;
+
+/// A free TCP port on loopback (bound and released; the race with other tests is negligible
+/// because the kernel hands out ports round-robin).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

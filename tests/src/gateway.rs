@@ -1,0 +1,260 @@
+//! A gateway replica as a real process (`gateway-under-test`), on a free port, with test timings.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::fixture::*;
+
+/// Where the replica's database is.
+#[derive(Clone, Debug)]
+pub enum DbTarget {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DbTarget {
+    pub fn url(&self) -> String {
+        match self {
+            DbTarget::Sqlite(p) => format!("sqlite://{}?mode=rwc", p.display()),
+            DbTarget::Postgres(u) => u.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    pub db: DbTarget,
+    pub redis_url: Option<String>,
+    pub replica_id: String,
+    pub env: HashMap<String, String>,
+}
+
+impl GatewayOptions {
+    pub fn new(db: DbTarget) -> Self {
+        GatewayOptions {
+            db,
+            redis_url: None,
+            replica_id: format!("r-{}", crate::free_port()),
+            env: HashMap::new(),
+        }
+    }
+    pub fn redis(mut self, url: &str) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+    pub fn replica(mut self, id: &str) -> Self {
+        self.replica_id = id.into();
+        self
+    }
+    pub fn env(mut self, k: &str, v: impl ToString) -> Self {
+        self.env.insert(k.into(), v.to_string());
+        self
+    }
+}
+
+/// Test timings: fast liveness and presence so failure scenarios finish in seconds.
+fn default_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("DEVICE_JWT_SECRET", DEVICE_SECRET.into()),
+        ("JWT_SECRET", USER_SECRET.into()),
+        ("INTERNAL_API_SECRET", INTERNAL_KEY.into()),
+        ("API_BASE_URL", API_BASE.into()),
+        ("HOST", "127.0.0.1".into()),
+        ("PING_INTERVAL_MS", "1000".into()),
+        ("PING_TIMEOUT_MS", "2000".into()),
+        ("CONNECT_TIMEOUT_MS", "3000".into()),
+        ("LEASE_TTL_MS", "3000".into()),
+        ("PRESENCE_SWEEP_INTERVAL_MS", "500".into()),
+        ("OFFLINE_NOTIFY_DELAY_MS", "1500".into()),
+        ("LAST_SEEN_FLUSH_MS", "60000".into()),
+        ("DRAIN_SECONDS", "1".into()),
+        ("CONNECT_RATE_PER_IP", "10000".into()),
+        ("CONNECT_BURST_PER_IP", "10000".into()),
+        ("CONNECT_PER_DEVICE_PER_MIN", "10000".into()),
+        ("CONNECT_BURST_PER_DEVICE", "1000".into()),
+        ("MESSAGE_RATE_PER_SOCKET", "1000".into()),
+        ("MESSAGE_BURST_PER_SOCKET", "1000".into()),
+        (
+            "RUST_LOG",
+            "info,vizora_gateway=debug,sqlx=warn,socketioxide=warn,engineioxide=warn".into(),
+        ),
+    ]
+}
+
+pub fn gateway_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("GATEWAY_BIN") {
+        return p.into();
+    }
+    // Integration tests live in target/<profile>/deps; the binary sits one level up.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("gateway-under-test")
+}
+
+pub struct Gateway {
+    pub port: u16,
+    pub opts: GatewayOptions,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub async fn start(opts: GatewayOptions) -> Gateway {
+        let mut g = Gateway {
+            port: crate::free_port(),
+            opts,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        g.spawn().await;
+        g
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut cmd = Command::new(gateway_bin());
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in default_env() {
+            cmd.env(k, v);
+        }
+        cmd.env("PORT", self.port.to_string())
+            .env("PUBLIC_URL", self.url())
+            .env("DATABASE_URL", self.opts.db.url())
+            .env("DB_MIGRATE", "true")
+            .env("STORAGE_DIR", self.dir.path().join("storage"))
+            .env("REPLICA_ID", &self.opts.replica_id);
+        if let Some(r) = &self.opts.redis_url {
+            cmd.env("REDIS_URL", r);
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("gateway-under-test binary");
+        self.child = Some(child);
+        let url = format!("{}/api/health/live", self.url());
+        let client = reqwest::Client::new();
+        let logs = self.log_path();
+        crate::eventually(
+            Duration::from_secs(30),
+            &format!("gateway to start (log: {})", logs.display()),
+            || {
+                let (client, url) = (client.clone(), url.clone());
+                async move {
+                    client
+                        .get(url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.log")
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the replica dies without any cleanup, like a crashed pod.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit (graceful drain).
+    pub async fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        for _ in 0..300 {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+
+    /// A Socket.IO client option set aimed at this replica.
+    pub fn client(&self) -> vizora_sioclient::ClientOptions {
+        vizora_sioclient::ClientOptions::new(self.url())
+    }
+
+    pub fn api(&self) -> crate::api::Api {
+        crate::api::Api::new(&self.url())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- gateway {} log ----\n{}",
+                self.opts.replica_id,
+                self.logs()
+            );
+        }
+    }
+}
+
+/// Creates a migrated, seeded database of the requested kind.
+pub async fn seeded_db(
+    kind: &str,
+    load_devices: usize,
+) -> (DbTarget, Option<crate::PgDatabase>, tempfile::TempDir) {
+    use migration::MigratorTrait;
+    let dir = tempfile::tempdir().unwrap();
+    let (target, pg) = if kind == "postgres" {
+        let pg = crate::PgDatabase::create().await;
+        (DbTarget::Postgres(pg.url.clone()), Some(pg))
+    } else {
+        (DbTarget::Sqlite(dir.path().join("gw.sqlite")), None)
+    };
+    let conn = sea_orm::Database::connect(target.url()).await.unwrap();
+    migration::Migrator::up(&conn, None).await.unwrap();
+    seed(&conn, load_devices).await;
+    conn.close().await.unwrap();
+    (target, pg, dir)
+}
