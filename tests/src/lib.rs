@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod cluster;
 pub mod fixture;
 pub mod gateway;
 pub mod postgres;
@@ -13,6 +14,7 @@ pub mod redis_server;
 use std::net::TcpListener;
 use std::time::Duration;
 
+pub use cluster::Cluster;
 pub use fixture::*;
 pub use gateway::{DbTarget, Gateway, GatewayOptions};
 pub use postgres::PgDatabase;
