@@ -13,15 +13,29 @@ pub struct Cluster {
 
 impl Cluster {
     /// `n` replicas named r0..r{n-1}; `tweak` adjusts each replica's options.
-    pub async fn start(n: usize, load_devices: usize, tweak: impl Fn(GatewayOptions) -> GatewayOptions) -> Cluster {
+    pub async fn start(
+        n: usize,
+        load_devices: usize,
+        tweak: impl Fn(GatewayOptions) -> GatewayOptions,
+    ) -> Cluster {
         let redis = RedisServer::start().await;
         let (db, pg, dir) = seeded_db("postgres", load_devices).await;
         let mut replicas = Vec::with_capacity(n);
         for i in 0..n {
-            let opts = tweak(GatewayOptions::new(db.clone()).redis(&redis.url()).replica(&format!("r{i}")));
+            let opts = tweak(
+                GatewayOptions::new(db.clone())
+                    .redis(&redis.url())
+                    .replica(&format!("r{i}")),
+            );
             replicas.push(Gateway::start(opts).await);
         }
-        Cluster { redis, replicas, db, pg, _dir: dir }
+        Cluster {
+            redis,
+            replicas,
+            db,
+            pg,
+            _dir: dir,
+        }
     }
 
     pub async fn pg(&self) -> sea_orm::DatabaseConnection {
@@ -60,6 +74,9 @@ impl Cluster {
 
     /// Whether Redis holds a lease for the device.
     pub async fn lease(&self, device: &str) -> Option<serde_json::Value> {
-        self.redis.get(&format!("device:lease:{device}")).await.and_then(|s| serde_json::from_str(&s).ok())
+        self.redis
+            .get(&format!("device:lease:{device}"))
+            .await
+            .and_then(|s| serde_json::from_str(&s).ok())
     }
 }

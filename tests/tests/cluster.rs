@@ -11,11 +11,21 @@ use vizora_sioclient::{Client, ClientOptions, Transport, connect};
 const T: Duration = Duration::from_secs(10);
 
 async fn device(opts: ClientOptions, dev: &str) -> Client {
-    connect(opts.transport(Transport::Websocket).auth(json!({"token": device_token(dev, ORG_A)}))).await.expect("device connects")
+    connect(
+        opts.transport(Transport::Websocket)
+            .auth(json!({"token": device_token(dev, ORG_A)})),
+    )
+    .await
+    .expect("device connects")
 }
 
 async fn dashboard(opts: ClientOptions, org: &str) -> Client {
-    connect(opts.transport(Transport::Websocket).auth(json!({"token": user_token("user-1", org)}))).await.expect("dashboard connects")
+    connect(
+        opts.transport(Transport::Websocket)
+            .auth(json!({"token": user_token("user-1", org)})),
+    )
+    .await
+    .expect("dashboard connects")
 }
 
 #[tokio::test]
@@ -27,31 +37,183 @@ async fn commands_broadcasts_and_rooms_cross_replicas() {
     let dash = dashboard(b.client(), ORG_A).await;
     let batch = dash.wait_for("device:status:batch", T).await.unwrap();
     let batch = batch.as_array().unwrap();
-    let a1 = batch.iter().find(|d| d["deviceId"] == DEV_A1).expect("dev-a1 in the batch");
-    assert_eq!(a1["status"], "online", "the batch reflects presence held by another replica");
+    let a1 = batch
+        .iter()
+        .find(|d| d["deviceId"] == DEV_A1)
+        .expect("dev-a1 in the batch");
+    assert_eq!(
+        a1["status"], "online",
+        "the batch reflects presence held by another replica"
+    );
 
     // A command sent over HTTP to replica A reaches the device on replica C.
     let (st, body) = a.api().command(DEV_A1, "reload", None).await;
     assert_eq!(st, 201, "{body}");
     assert_eq!(body["delivery"], "delivered");
-    let cmd = dev.wait_for("command", T).await.expect("command crossed replicas");
+    let cmd = dev
+        .wait_for("command", T)
+        .await
+        .expect("command crossed replicas");
     assert_eq!(cmd["type"], "reload");
     assert_eq!(cmd["id"], body["commandId"]);
 
     // An org broadcast reaches devices and dashboards on all replicas.
-    let (st, _) = b.api().post("/api/push/broadcast", json!({"organizationId": ORG_A, "event": "test:broadcast", "data": {"n": 1}})).await;
+    let (st, _) = b
+        .api()
+        .post(
+            "/api/push/broadcast",
+            json!({"organizationId": ORG_A, "event": "test:broadcast", "data": {"n": 1}}),
+        )
+        .await;
     assert_eq!(st, 201);
     for client in [&dev, &dev2, &dash] {
-        let got = client.wait_for("test:broadcast", T).await.expect("broadcast on every replica");
+        let got = client
+            .wait_for("test:broadcast", T)
+            .await
+            .expect("broadcast on every replica");
         assert_eq!(got["n"], 1);
     }
 
     // join:room works across replicas: a dashboard on B joins dev-a2's room (device on A) and
     // receives what is pushed to that device through replica C.
-    let ack = dash.emit_with_ack("join:room", json!({"room": format!("device:{DEV_A2}")}), T).await.unwrap();
+    let ack = dash
+        .emit_with_ack("join:room", json!({"room": format!("device:{DEV_A2}")}), T)
+        .await
+        .unwrap();
     assert_eq!(ack["success"], true, "{ack}");
-    let (st, _) = r2.api().post("/api/push/qr-overlay", json!({"deviceId": DEV_A2, "qrOverlay": {"enabled": true}})).await;
+    let (st, _) = r2
+        .api()
+        .post(
+            "/api/push/qr-overlay",
+            json!({"deviceId": DEV_A2, "qrOverlay": {"enabled": true}}),
+        )
+        .await;
     assert_eq!(st, 201);
     assert!(dev2.wait_for("qr-overlay:update", T).await.is_some());
-    assert!(dash.wait_for("qr-overlay:update", T).await.is_some(), "the joined room spans replicas");
+    assert!(
+        dash.wait_for("qr-overlay:update", T).await.is_some(),
+        "the joined room spans replicas"
+    );
+}
+
+/// Opens `n` connections with one device token, spread over the replicas, all at once; waits
+/// until the cluster settles; asserts exactly one socket is live and returns it.
+async fn race_one_token(c: &Cluster, dev: &str, n: usize) -> Client {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let opts = c.replicas[i % c.replicas.len()].client();
+        let token = device_token(dev, ORG_A);
+        tasks.push(tokio::spawn(async move {
+            connect(
+                opts.transport(Transport::Websocket)
+                    .auth(json!({"token": token})),
+            )
+            .await
+            .ok()
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        if let Some(c) = t.await.unwrap() {
+            clients.push(c);
+        }
+    }
+    assert!(
+        !clients.is_empty(),
+        "at least one connection must be accepted"
+    );
+    let live = eventually(T, "exactly one live socket for the device", || {
+        let clients = clients.clone();
+        async move {
+            let live: Vec<&Client> = clients.iter().filter(|c| c.is_connected()).collect();
+            if std::env::var("DEBUG_RACE").is_ok() {
+                eprintln!("live={} of {}", live.len(), clients.len());
+            }
+            (live.len() == 1).then(|| live[0].clone())
+        }
+    })
+    .await;
+    // Superseded sockets were told to go away (a Socket.IO disconnect: they must not come back).
+    for other in clients.iter().filter(|c| c.sid() != live.sid()) {
+        assert_eq!(
+            other.close_reason(),
+            Some(vizora_sioclient::CloseReason::ServerDisconnect)
+        );
+    }
+    let lease = eventually(T, "the lease to name the live socket", || async {
+        c.lease(dev).await.filter(|l| l["sid"] == live.sid())
+    })
+    .await;
+    assert!(lease["epoch"].as_str().is_some());
+    eventually(T, "devices.status online", || async {
+        (c.db_status(dev).await == "online").then_some(())
+    })
+    .await;
+    live
+}
+
+fn offline_events(events: &[vizora_sioclient::Event], dev: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| {
+            e.name == "device:status"
+                && e.args[0]["deviceId"] == dev
+                && e.args[0]["status"] == "offline"
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn fifty_simultaneous_connections_leave_one_live_socket_and_no_offline() {
+    let c = Cluster::start(3, 0, |o| o).await;
+    let dash = dashboard(c.replicas[1].client(), ORG_A).await;
+    let live = race_one_token(&c, DEV_A1, 50).await;
+    // Longer than the offline grace delay (1.5 s): a spurious offline would have produced a row.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(live.is_connected());
+    assert_eq!(
+        offline_events(&dash.drain_events(), DEV_A1),
+        0,
+        "no offline status event"
+    );
+    assert_eq!(c.notifications(DEV_A1, "device_offline").await, 0);
+    assert_eq!(c.notifications(DEV_A1, "device_online").await, 0);
+    assert_eq!(
+        c.redis
+            .get(&format!("device:status:{DEV_A1}"))
+            .await
+            .map(|s| s.contains("\"online\"")),
+        Some(true)
+    );
+    assert_eq!(c.db_status(DEV_A1).await, "online");
+}
+
+#[tokio::test]
+async fn hundred_rounds_with_random_delays_between_lease_steps() {
+    let c = Cluster::start(3, 0, |o| {
+        o.env("VIZORA_TEST_LEASE_DELAY_MS", 150)
+            .env("OFFLINE_NOTIFY_DELAY_MS", 600_000)
+    })
+    .await;
+    let dash = dashboard(c.replicas[0].client(), ORG_A).await;
+    for round in 0..100 {
+        let live = race_one_token(&c, DEV_A1, 50).await;
+        let events = dash.drain_events();
+        assert_eq!(
+            offline_events(&events, DEV_A1),
+            0,
+            "round {round}: a connected device was reported offline"
+        );
+        // End the round: the last socket leaves, the device goes offline once.
+        live.disconnect().await;
+        eventually(T, "offline after the round", || async {
+            (c.db_status(DEV_A1).await == "offline").then_some(())
+        })
+        .await;
+        eventually(T, "lease released", || async {
+            c.lease(DEV_A1).await.is_none().then_some(())
+        })
+        .await;
+        dash.drain_events();
+    }
 }

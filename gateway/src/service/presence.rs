@@ -180,8 +180,9 @@ impl Gateway {
                             self.online_transition(&l.device_id, &l.org, l.epoch, "refresh", false)
                         }
                         RefreshOutcome::Stale => {
+                            // The entry stays until the socket's disconnect handler removes it, so
+                            // a socket that had not yet joined its room is retried next refresh.
                             tracing::info!(device = %l.device_id, "Socket superseded by a newer connection; disconnecting it.");
-                            self.live.remove(&l.sid);
                             self.emitter.disconnect_room(room::socket(&l.sid)).await;
                         }
                     }

@@ -180,7 +180,7 @@ impl PresenceStore for RedisStore {
         };
         let res: StoreResult<Vec<i64>> = self.pipeline(&build()).await;
         let codes = match res {
-            Err(e) if e.0.contains("NOSCRIPT") => {
+            Err(e) if e.0.to_ascii_lowercase().contains("noscript") => {
                 // Redis restarted and lost its script cache: load once and replay the pipeline.
                 let mut c = self.conn().await?;
                 timed(self.scripts.refresh.load_async(&mut c)).await?;
