@@ -153,14 +153,14 @@ async fn adapter_with_retry(
     client: &redis::Client,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<
-    socketioxide_redis::RedisAdapterCtr<socketioxide_redis::drivers::redis::RedisDriver>,
+    socketioxide_redis::RedisAdapterCtr<crate::store::pubsub::ResilientDriver>,
 > {
     let mut backoff = Duration::from_millis(200);
     loop {
         let cfg = socketioxide_redis::RedisAdapterConfig::new()
             .with_request_timeout(Duration::from_secs(2));
-        match socketioxide_redis::RedisAdapterCtr::new_with_redis_config(client, cfg).await {
-            Ok(c) => return Ok(c),
+        match crate::store::pubsub::ResilientDriver::new(client).await {
+            Ok(driver) => return Ok(socketioxide_redis::RedisAdapterCtr::new_with_driver(driver, cfg)),
             Err(e) => {
                 tracing::warn!(error = %e, "Redis adapter not ready; retrying.");
                 tokio::select! {

@@ -59,6 +59,22 @@ describe('dashboard', () => {
     }
   });
 
+  test('authenticates with the vizora_auth_token cookie when auth.token is absent', { timeout: 30000 }, async () => {
+    // Browsers send the cookie; in Node the websocket transport can set it as a header.
+    const dash = open(URL, {
+      transports: ['websocket'],
+      reconnectionAttempts: 5,
+      extraHeaders: { cookie: `theme=dark; vizora_auth_token=${env('USER_TOKEN_A')}` },
+    });
+    const rec = new Recorder(dash);
+    try {
+      await connected(dash);
+      assert.ok(Array.isArray(await rec.next('device:status:batch')));
+    } finally {
+      dash.close();
+    }
+  });
+
   test('join:room with acks: own device room allowed, another organisation refused', { timeout: 60000 }, async () => {
     const dash = open(URL, dashboardOptions(env('USER_TOKEN_A')));
     const rec = new Recorder(dash);

@@ -194,6 +194,69 @@ describe('Commands', () => {
     }
   });
 
+  test('middleware pushes (playlist, content, QR overlay) reach the player', { timeout: 60000 }, async () => {
+    const s = open(URL, playerOptions(TOKEN_A1));
+    const rec = new Recorder(s);
+    try {
+      await connected(s);
+      await rec.next('playlist:update'); // the connect-time one
+      await eventually('dev-a1 to be online', async () => (await presence('dev-a1')).json.online === true);
+
+      // What displays.service.update sends: a Prisma playlist row with items and full contents.
+      const res = await internalPost('/api/push/playlist', {
+        deviceId: 'dev-a1',
+        playlist: {
+          id: 'pl-pushed',
+          name: 'Pushed',
+          description: null,
+          isDefault: false,
+          organizationId: 'org-a',
+          createdAt: '2026-02-08T21:00:00.000Z',
+          updatedAt: '2026-02-08T21:00:00.000Z',
+          items: [
+            {
+              id: 'it-p',
+              order: 0,
+              duration: 5,
+              createdAt: '2026-02-08T21:00:00.000Z',
+              playlistId: 'pl-pushed',
+              contentId: 'c-img',
+              content: { id: 'c-img', name: 'Welcome', type: 'image', url: 'minio://bucket/welcome.png', mimeType: 'image/png', duration: 10 },
+            },
+          ],
+        },
+      });
+      assert.equal(res.status, 201, res.text);
+      assert.equal(res.json.success, true);
+      const upd = await rec.next('playlist:update', (u) => u.playlist?.id === 'pl-pushed');
+      assert.match(upd.timestamp, ISO_MS);
+      assert.equal(upd.playlist.items[0].content.url, 'http://api.test/api/device-content/c-img/file');
+      assert.equal(upd.playlist.items[0].duration, 5);
+      assert.equal(upd.playlist.description, null, 'other properties are forwarded');
+
+      const content = await internalPost('/api/push/content', {
+        deviceId: 'dev-a1',
+        content: { id: 'c-vid', name: 'Promo', type: 'video', url: 'https://cdn.test/promo.mp4', mimeType: 'video/mp4', duration: 30 },
+      });
+      assert.equal(content.status, 201, content.text);
+      const push = await rec.next('command', (c) => c.type === 'push_content');
+      assert.equal(push.payload.content.url, 'https://cdn.test/promo.mp4');
+      assert.equal(push.payload.duration, 30, 'payload.duration defaults to 30');
+      assert.match(push.timestamp, ISO_MS);
+
+      const qr = await internalPost('/api/push/qr-overlay', {
+        deviceId: 'dev-a1',
+        qrOverlay: { enabled: true, url: 'https://vizora.test/new', position: 'top-left' },
+      });
+      assert.equal(qr.status, 201, qr.text);
+      const overlay = await rec.next('qr-overlay:update');
+      assert.equal(overlay.qrOverlay.url, 'https://vizora.test/new');
+      assert.equal(s.connected, true);
+    } finally {
+      await closeAndWaitOffline(s, 'dev-a1');
+    }
+  });
+
   test('a command for an offline device is delivered when it comes back', { timeout: 60000 }, async () => {
     const res = await internalPost('/api/internal/command', { displayId: 'dev-a1', command: 'clear_cache' });
     assert.equal(res.status, 201, res.text);

@@ -83,14 +83,21 @@ export class Recorder {
       return Promise.resolve(hit.args[0]);
     }
     return new Promise((resolve, reject) => {
-      const w = { name, pred, resolve };
-      this.waiters.add(w);
-      setTimeout(() => {
+      const timer = setTimeout(() => {
         if (this.waiters.delete(w)) {
           const got = this.events.map((e) => e.name).join(', ') || 'nothing';
           reject(new Error(`no '${name}' event within ${timeout} ms (received: ${got})`));
         }
       }, timeout);
+      const w = {
+        name,
+        pred,
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v);
+        },
+      };
+      this.waiters.add(w);
     });
   }
 

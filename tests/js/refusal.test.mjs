@@ -55,12 +55,31 @@ describe('final refusals', () => {
   test('a malformed token', { timeout: 30000 }, async () => {
     await assertRefusedForGood('not-a-jwt', 'unauthorized: auth_invalid');
   });
+
+  test('a valid token for a device that does not exist', { timeout: 30000 }, async () => {
+    await assertRefusedForGood(env('MISSING_DEVICE_TOKEN'), 'unauthorized: device_not_found');
+  });
+
+  test("a device token whose organisation is not the device's", { timeout: 30000 }, async () => {
+    await assertRefusedForGood(env('WRONG_ORG_DEVICE_TOKEN'), 'unauthorized: auth_invalid');
+  });
+
+  test('a dashboard without a token (the shipped dashboard at fcfe6341)', { timeout: 30000 }, async () => {
+    const s = open(URL, { auth: { organizationId: env('ORG_A') }, transports: ['websocket', 'polling'], reconnectionAttempts: 5 });
+    try {
+      const [err] = await nextEvent(s, 'connect_error', 10000);
+      assert.equal(err.message, 'unauthorized: auth_invalid');
+      assert.equal(s.active, false);
+    } finally {
+      s.close();
+    }
+  });
 });
 
 describe('transient refusals (gateway with 1 handshake/s per IP, burst 1)', () => {
   const LIMITED = env('LIMITED_GATEWAY_URL');
 
-  test('a rate-limited client keeps retrying and gets in by itself', { timeout: 60000 }, async () => {
+  test('a rate-limited client keeps retrying and gets in by itself', { timeout: 60000 }, async (t) => {
     const first = open(LIMITED, playerOptions(env('DEVICE_TOKEN_A1')));
     await connected(first, 15000);
 
@@ -94,10 +113,29 @@ describe('transient refusals (gateway with 1 handshake/s per IP, burst 1)', () =
     }
     assert.equal(third.active, true);
 
+    t.diagnostic(
+      `polling client: ${errors.length} refusal(s) before connecting; websocket-first client: ${thirdErrors.length} ` +
+        `(${thirdErrors.map((e) => e.message).join(', ') || 'none'})`,
+    );
+
     // The first client was never disturbed.
     assert.equal(first.connected, true);
     first.close();
     second.close();
     third.close();
+
+    // What the refusal looks like on the wire: 429 with Retry-After and a JSON body naming the cause.
+    const handshake = `${LIMITED}/socket.io/?EIO=4&transport=polling`;
+    let refused = null;
+    for (let i = 0; i < 5 && !refused; i += 1) {
+      const res = await fetch(handshake);
+      const body = await res.text();
+      if (res.status === 429) {
+        refused = { res, body };
+      }
+    }
+    assert.ok(refused, 'back-to-back handshakes are refused');
+    assert.ok(Number(refused.res.headers.get('retry-after')) >= 1, 'Retry-After');
+    assert.equal(JSON.parse(refused.body).error, 'rate_limited');
   });
 });

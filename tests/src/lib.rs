@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod fixture;
 pub mod gateway;
 pub mod postgres;
+pub mod proxy;
 pub mod redis_server;
 
 use std::net::TcpListener;

@@ -71,6 +71,7 @@ impl Gateway {
             return;
         }
         self.hooks.pause().await;
+        self.hooks.before_release().await;
         match self.presence.release(&e.device_id, &e.org, e.epoch).await {
             Ok(true) => self.offline_transition(&e.device_id, &e.org, e.epoch, "disconnect"),
             Ok(false) => {}
