@@ -152,15 +152,17 @@ fn gateway(
 async fn adapter_with_retry(
     client: &redis::Client,
     shutdown: &CancellationToken,
-) -> anyhow::Result<
-    socketioxide_redis::RedisAdapterCtr<crate::store::pubsub::ResilientDriver>,
-> {
+) -> anyhow::Result<socketioxide_redis::RedisAdapterCtr<crate::store::pubsub::ResilientDriver>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let cfg = socketioxide_redis::RedisAdapterConfig::new()
             .with_request_timeout(Duration::from_secs(2));
         match crate::store::pubsub::ResilientDriver::new(client).await {
-            Ok(driver) => return Ok(socketioxide_redis::RedisAdapterCtr::new_with_driver(driver, cfg)),
+            Ok(driver) => {
+                return Ok(socketioxide_redis::RedisAdapterCtr::new_with_driver(
+                    driver, cfg,
+                ));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Redis adapter not ready; retrying.");
                 tokio::select! {

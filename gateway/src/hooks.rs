@@ -25,7 +25,10 @@ impl Hooks {
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|v| *v > 0)
             .map(Duration::from_millis);
-        Hooks { max_delay, release_delay }
+        Hooks {
+            max_delay,
+            release_delay,
+        }
     }
 
     #[cfg(not(feature = "test-hooks"))]

@@ -2,6 +2,7 @@
 //! Handlers (socket and HTTP) only translate between the wire and these functions.
 
 pub mod commands;
+pub mod device_auth;
 pub mod device_events;
 pub mod live;
 pub mod notifications;
@@ -53,6 +54,7 @@ pub struct Gateway {
     pub live: live::LiveRegistry,
     pub persister: persist::Persister,
     pub device_limiter: crate::limits::DeviceLimiter,
+    pub auth_cache: device_auth::DeviceAuthCache,
     draining: AtomicBool,
     redis_healthy: AtomicBool,
     /// Test-only delays between lease steps (feature `test-hooks`).
@@ -74,6 +76,7 @@ impl Gateway {
         Arc::new(Gateway {
             verifier: TokenVerifier::new(&cfg.device_jwt_secret, &cfg.jwt_secret),
             device_limiter: crate::limits::DeviceLimiter::new(&cfg.limits),
+            auth_cache: device_auth::DeviceAuthCache::default(),
             live: live::LiveRegistry::default(),
             hooks: crate::hooks::Hooks::from_env(),
             cfg,

@@ -95,7 +95,6 @@ async fn admit<A: Adapter>(
                 return Err(AuthError::Invalid);
             }
             let row = gw
-                .db
                 .device_auth(&d.device_id)
                 .await
                 .map_err(|e| AuthError::Unavailable(e.to_string()))?;

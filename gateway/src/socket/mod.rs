@@ -35,7 +35,10 @@ pub fn register_local(io: &SocketIo) {
 }
 
 /// The Redis adapter as socketioxide names it.
-pub type RedisIo = socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, crate::store::pubsub::ResilientDriver>;
+pub type RedisIo = socketioxide_redis::CustomRedisAdapter<
+    socketioxide::adapter::Emitter,
+    crate::store::pubsub::ResilientDriver,
+>;
 
 /// Registers the namespace on a Redis-adapter server (subscribes the adapter's channels).
 pub async fn register_redis(io: &SocketIo<RedisIo>) -> Result<(), String> {

@@ -29,8 +29,13 @@ fn route(msg: PushInfo, handlers: &Handlers) {
         return;
     }
     let mut it = msg.data.into_iter();
-    let (Some(c), Some(m)) = (it.next(), it.next()) else { return };
-    let (Ok(chan), Ok(payload)) = (String::from_redis_value(c), Vec::<u8>::from_redis_value(m)) else { return };
+    let (Some(c), Some(m)) = (it.next(), it.next()) else {
+        return;
+    };
+    let (Ok(chan), Ok(payload)) = (String::from_redis_value(c), Vec::<u8>::from_redis_value(m))
+    else {
+        return;
+    };
     let map = handlers.read().unwrap_or_else(|p| p.into_inner());
     if let Some(tx) = map.get(&chan)
         && tx.try_send((chan, payload)).is_err()
@@ -62,27 +67,45 @@ impl Driver for ResilientDriver {
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
         // Best effort: an error here would also stop local delivery (the adapter publishes first).
-        if let Err(e) = redis::cmd("PUBLISH").arg(chan).arg(val).query_async::<redis::Value>(&mut self.conn.clone()).await {
+        if let Err(e) = redis::cmd("PUBLISH")
+            .arg(chan)
+            .arg(val)
+            .query_async::<redis::Value>(&mut self.conn.clone())
+            .await
+        {
             tracing::debug!(error = %e, "Cluster publish failed; delivering locally only.");
         }
         Ok(())
     }
 
-    async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, Self::Error> {
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size);
-        self.handlers.write().unwrap_or_else(|p| p.into_inner()).insert(chan.clone(), tx);
+        self.handlers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(chan.clone(), tx);
         self.conn.clone().subscribe(chan).await?;
         Ok(MessageStream::new(rx))
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
-        self.handlers.write().unwrap_or_else(|p| p.into_inner()).remove(&chan);
+        self.handlers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&chan);
         self.conn.clone().unsubscribe(chan).await
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
-        let (_, count): (String, u16) =
-            redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).query_async(&mut self.conn.clone()).await?;
+        let (_, count): (String, u16) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(chan)
+            .query_async(&mut self.conn.clone())
+            .await?;
         Ok(count)
     }
 }
