@@ -43,6 +43,27 @@ async function assertRefusedForGood(token, message) {
   }
 }
 
+/** `{e}` on the first `connect_error`, `{}` on `connect`, whichever comes first. */
+function firstOf(socket, timeout) {
+  return new Promise((resolve, reject) => {
+    const done = (v) => {
+      clearTimeout(timer);
+      socket.off('connect_error', onErr);
+      socket.off('connect', onConnect);
+      resolve(v);
+    };
+    const onErr = (e) => done({ e });
+    const onConnect = () => done({});
+    const timer = setTimeout(() => {
+      socket.off('connect_error', onErr);
+      socket.off('connect', onConnect);
+      reject(new Error(`neither connect nor connect_error within ${timeout} ms`));
+    }, timeout);
+    socket.on('connect_error', onErr);
+    socket.on('connect', onConnect);
+  });
+}
+
 describe('final refusals', () => {
   test('a device token signed with the wrong secret', { timeout: 30000 }, async () => {
     await assertRefusedForGood(env('BAD_SECRET_DEVICE_TOKEN'), 'unauthorized: auth_invalid');
@@ -83,11 +104,25 @@ describe('transient refusals (gateway with 1 handshake/s per IP, burst 1)', () =
     const first = open(LIMITED, playerOptions(env('DEVICE_TOKEN_A1')));
     await connected(first, 15000);
 
-    // The bucket is empty now: a polling client's handshake gets HTTP 429.
-    const second = open(LIMITED, { ...playerOptions(env('DEVICE_TOKEN_A2')), transports: ['polling'] });
-    const errors = [];
-    second.on('connect_error', (err) => errors.push(err));
-    const [err] = await nextEvent(second, 'connect_error', 10000);
+    // The bucket is empty now: a polling client's handshake gets HTTP 429. (On a loaded machine
+    // the bucket may have refilled already; then that client's own handshake empties it and the
+    // next attempt is refused.)
+    let second = null;
+    let errors = [];
+    let err = null;
+    for (let attempt = 0; attempt < 3 && !err; attempt += 1) {
+      second = open(LIMITED, { ...playerOptions(env('DEVICE_TOKEN_A2')), transports: ['polling'] });
+      errors = [];
+      second.on('connect_error', (e) => errors.push(e));
+      const outcome = await firstOf(second, 10000);
+      if (outcome.e) {
+        err = outcome.e;
+      } else {
+        t.diagnostic('the bucket had refilled: trying again');
+        second.close();
+      }
+    }
+    assert.ok(err, 'a handshake right after another one is refused');
     assert.ok(
       err.description === 429 || err.context?.status === 429,
       `a transport error with HTTP 429, got message=${err.message} description=${err.description} status=${err.context?.status}`,
