@@ -10,15 +10,32 @@ use vizora_sioclient::{Client, ClientOptions, CloseReason, Event, Transport, con
 const T: Duration = Duration::from_secs(15);
 
 async fn device(opts: ClientOptions, dev: &str) -> Client {
-    connect(opts.transport(Transport::Websocket).auth(json!({"token": device_token(dev, ORG_A)}))).await.expect("device connects")
+    connect(
+        opts.transport(Transport::Websocket)
+            .auth(json!({"token": device_token(dev, ORG_A)})),
+    )
+    .await
+    .expect("device connects")
 }
 
 async fn dashboard(opts: ClientOptions) -> Client {
-    connect(opts.transport(Transport::Websocket).auth(json!({"token": user_token("ops", ORG_A)}))).await.expect("dashboard connects")
+    connect(
+        opts.transport(Transport::Websocket)
+            .auth(json!({"token": user_token("ops", ORG_A)})),
+    )
+    .await
+    .expect("dashboard connects")
 }
 
 fn statuses(events: &[Event], dev: &str, status: &str) -> usize {
-    events.iter().filter(|e| e.name == "device:status" && e.args[0]["deviceId"] == dev && e.args[0]["status"] == status).count()
+    events
+        .iter()
+        .filter(|e| {
+            e.name == "device:status"
+                && e.args[0]["deviceId"] == dev
+                && e.args[0]["status"] == status
+        })
+        .count()
 }
 
 #[tokio::test]
@@ -27,22 +44,26 @@ async fn reconnect_elsewhere_while_old_disconnect_is_slow_is_never_offline() {
     let c = Cluster::start(2, 0, |o| o.env("VIZORA_TEST_RELEASE_DELAY_MS", 1500)).await;
     let dash = dashboard(c.replicas[1].client()).await;
     let old = device(c.replicas[0].client(), DEV_A1).await;
-    eventually(T, "online in the database", || async { (c.db_status(DEV_A1).await == "online").then_some(()) }).await;
-    for _ in 0..3 {
-        old.disconnect().await;
-        let new = device(c.replicas[1].client(), DEV_A1).await;
-        tokio::time::sleep(Duration::from_secs(3)).await; // the slow release has run by now
-        assert!(new.is_connected());
-        assert_eq!(c.lease(DEV_A1).await.unwrap()["sid"], new.sid());
-        assert_eq!(c.db_status(DEV_A1).await, "online");
-        new.disconnect().await;
-        let again = device(c.replicas[0].client(), DEV_A1).await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(again.is_connected());
-        assert_eq!(statuses(&dash.drain_events(), DEV_A1, "offline"), 0, "never reported offline");
-        again.disconnect().await;
-        break;
-    }
+    eventually(T, "online in the database", || async {
+        (c.db_status(DEV_A1).await == "online").then_some(())
+    })
+    .await;
+    old.disconnect().await;
+    let new = device(c.replicas[1].client(), DEV_A1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the slow release has run by now
+    assert!(new.is_connected());
+    assert_eq!(c.lease(DEV_A1).await.unwrap()["sid"], new.sid());
+    assert_eq!(c.db_status(DEV_A1).await, "online");
+    new.disconnect().await;
+    let again = device(c.replicas[0].client(), DEV_A1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(again.is_connected());
+    assert_eq!(
+        statuses(&dash.drain_events(), DEV_A1, "offline"),
+        0,
+        "never reported offline"
+    );
+    again.disconnect().await;
 }
 
 #[tokio::test]
@@ -52,7 +73,10 @@ async fn killed_replica_devices_move_and_the_missing_one_goes_offline_once() {
     let moving = device(c.replicas[2].client(), DEV_A1).await;
     let lost = device(c.replicas[2].client(), DEV_A2).await;
     for d in [DEV_A1, DEV_A2] {
-        eventually(T, "online in the database", || async { (c.db_status(d).await == "online").then_some(()) }).await;
+        eventually(T, "online in the database", || async {
+            (c.db_status(d).await == "online").then_some(())
+        })
+        .await;
     }
     dash.drain_events();
 
@@ -64,9 +88,17 @@ async fn killed_replica_devices_move_and_the_missing_one_goes_offline_once() {
     assert!(lost.closed(T).await.is_some());
 
     // Lease TTL (3 s) + sweep interval (0.5 s), with slack for scheduling.
-    eventually(Duration::from_secs(8), "the lost device offline in Redis", || async {
-        c.redis.get(&format!("device:status:{DEV_A2}")).await.filter(|s| s.contains("\"offline\"")).map(|_| ())
-    })
+    eventually(
+        Duration::from_secs(8),
+        "the lost device offline in Redis",
+        || async {
+            c.redis
+                .get(&format!("device:status:{DEV_A2}"))
+                .await
+                .filter(|s| s.contains("\"offline\""))
+                .map(|_| ())
+        },
+    )
     .await;
     eventually(T, "the lost device offline in the database", || async {
         (c.db_status(DEV_A2).await == "offline").then_some(())
@@ -75,11 +107,23 @@ async fn killed_replica_devices_move_and_the_missing_one_goes_offline_once() {
     // Past the notification grace delay (1.5 s) and several sweeps.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let events = dash.drain_events();
-    assert_eq!(statuses(&events, DEV_A2, "offline"), 1, "exactly one offline transition");
-    assert_eq!(statuses(&events, DEV_A1, "offline"), 0, "the moved device never went offline");
+    assert_eq!(
+        statuses(&events, DEV_A2, "offline"),
+        1,
+        "exactly one offline transition"
+    );
+    assert_eq!(
+        statuses(&events, DEV_A1, "offline"),
+        0,
+        "the moved device never went offline"
+    );
     assert!(moved.is_connected());
     assert_eq!(c.db_status(DEV_A1).await, "online");
-    assert_eq!(c.notifications(DEV_A2, "device_offline").await, 1, "one offline notification");
+    assert_eq!(
+        c.notifications(DEV_A2, "device_offline").await,
+        1,
+        "one offline notification"
+    );
     assert_eq!(c.notifications(DEV_A1, "device_offline").await, 0);
 }
 
@@ -99,35 +143,66 @@ async fn redis_restart_under_load_reports_nobody_offline_and_recovers() {
 
     // Commands and broadcasts work again within seconds (sent through another replica).
     let target = &screens[2]; // on replica 2
-    eventually(T, "a command crosses replicas after the restart", || async {
-        let (st, body) = c.replicas[0].api().command(&load_device(2), "reload", None).await;
-        if st != 201 {
-            return None;
-        }
-        let id = body["commandId"].clone();
-        let got = target.wait_for("command", Duration::from_millis(500)).await?;
-        (got["id"] == id).then_some(())
-    })
+    eventually(
+        T,
+        "a command crosses replicas after the restart",
+        || async {
+            let (st, body) = c.replicas[0]
+                .api()
+                .command(&load_device(2), "reload", None)
+                .await;
+            if st != 201 {
+                return None;
+            }
+            let id = body["commandId"].clone();
+            let got = target
+                .wait_for("command", Duration::from_millis(500))
+                .await?;
+            (got["id"] == id).then_some(())
+        },
+    )
     .await;
     eventually(T, "an org broadcast reaches every replica", || async {
-        let (st, _) = c.replicas[1].api().post("/api/push/broadcast", json!({"organizationId": ORG_A, "event": "ping:all", "data": {}})).await;
+        let (st, _) = c.replicas[1]
+            .api()
+            .post(
+                "/api/push/broadcast",
+                json!({"organizationId": ORG_A, "event": "ping:all", "data": {}}),
+            )
+            .await;
         if st != 201 {
             return None;
         }
-        let a = screens[0].wait_for("ping:all", Duration::from_millis(500)).await;
-        let b = screens[1].wait_for("ping:all", Duration::from_millis(500)).await;
+        let a = screens[0]
+            .wait_for("ping:all", Duration::from_millis(500))
+            .await;
+        let b = screens[1]
+            .wait_for("ping:all", Duration::from_millis(500))
+            .await;
         (a.is_some() && b.is_some()).then_some(())
     })
     .await;
     // Give sweeps several lease TTLs to do damage if they were going to.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let events = dash.drain_events();
-    let offline = events.iter().filter(|e| e.name == "device:status" && e.args[0]["status"] == "offline").count();
-    assert_eq!(offline, 0, "no device reported offline after the Redis restart");
-    assert!(screens.iter().all(Client::is_connected), "every screen kept its socket");
+    let offline = events
+        .iter()
+        .filter(|e| e.name == "device:status" && e.args[0]["status"] == "offline")
+        .count();
+    assert_eq!(
+        offline, 0,
+        "no device reported offline after the Redis restart"
+    );
+    assert!(
+        screens.iter().all(Client::is_connected),
+        "every screen kept its socket"
+    );
     for i in [0, 1, 2, n - 1] {
         assert_eq!(c.db_status(&load_device(i)).await, "online");
-        assert!(c.lease(&load_device(i)).await.is_some(), "leases re-asserted");
+        assert!(
+            c.lease(&load_device(i)).await.is_some(),
+            "leases re-asserted"
+        );
     }
     let now: Vec<_> = c.replicas.iter().map(|r| r.pid()).collect();
     assert_eq!(pids, now, "no replica restarted");
@@ -142,12 +217,26 @@ async fn redis_restart_under_load_reports_nobody_offline_and_recovers() {
 async fn epoch_stays_monotonic_across_a_redis_restart() {
     let mut c = Cluster::start(2, 0, |o| o).await;
     let old = device(c.replicas[0].client(), DEV_A1).await;
-    let first: u64 = eventually(T, "lease", || async { c.lease(DEV_A1).await }).await["epoch"].as_str().unwrap().parse().unwrap();
+    let first: u64 = eventually(T, "lease", || async { c.lease(DEV_A1).await }).await["epoch"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     c.redis.restart().await; // no persistence: every key, the epoch included, is gone
     // The old replica re-asserts the lease of its live socket with the old epoch.
-    let reasserted = eventually(T, "the old replica re-asserts its lease", || async { c.lease(DEV_A1).await }).await;
+    let reasserted = eventually(T, "the old replica re-asserts its lease", || async {
+        c.lease(DEV_A1).await
+    })
+    .await;
     assert_eq!(reasserted["sid"], old.sid());
-    assert_eq!(reasserted["epoch"].as_str().unwrap().parse::<u64>().unwrap(), first);
+    assert_eq!(
+        reasserted["epoch"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+        first
+    );
     // The device reconnects elsewhere: its new epoch must beat the re-asserted one.
     let new = device(c.replicas[1].client(), DEV_A1).await;
     let lease = eventually(T, "the new socket owns the lease", || async {
@@ -155,6 +244,10 @@ async fn epoch_stays_monotonic_across_a_redis_restart() {
     })
     .await;
     assert!(lease["epoch"].as_str().unwrap().parse::<u64>().unwrap() > first);
-    assert_eq!(old.closed(T).await, Some(CloseReason::ServerDisconnect), "the superseded socket is told to go");
+    assert_eq!(
+        old.closed(T).await,
+        Some(CloseReason::ServerDisconnect),
+        "the superseded socket is told to go"
+    );
     assert!(new.is_connected());
 }
