@@ -15,7 +15,11 @@ pub async fn serve(
     Path(key): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let key = format!("screenshots/{key}");
+    // `Storage::url` links to `/api/screenshots/{object key}` and object keys already start with
+    // `screenshots/`: the captured path is the key itself (prefixing it again broke every link).
+    if !key.starts_with("screenshots/") {
+        return Err(ApiError::Forbidden("Invalid or expired link"));
+    }
     let exp = q
         .get("exp")
         .and_then(|e| e.parse::<i64>().ok())
