@@ -67,13 +67,14 @@ impl Gateway {
     }
 
     async fn deliver(&self, device: &str, cmd: Value) -> Result<Delivery, StoreError> {
-        let online = self
-            .presence
-            .online(&[device.to_string()])
-            .await?
-            .first()
-            .copied()
-            .unwrap_or(false);
+        // Live means a lease whose socket can receive room emits. A lease held by one of this
+        // replica's sockets that is still in the connect middleware names a socket that is in no
+        // namespace yet: an emit now would be lost, so queue it and let the connect drain it.
+        let online = match self.presence.lease(device).await? {
+            None => false,
+            Some(l) if l.replica == self.cfg.replica_id => self.emitter.is_local(&l.sid),
+            Some(_) => true,
+        };
         if online {
             self.emitter
                 .emit(room::device(device), names::COMMAND, cmd)

@@ -24,7 +24,15 @@ impl Gateway {
                 return;
             }
         };
-        for n in due {
+        for mut n in due {
+            // Notices are scheduled inside the lease scripts, which do not know device names.
+            if n.device_name == n.device_id {
+                n.device_name = self
+                    .db
+                    .device_name(&n.device_id)
+                    .await
+                    .unwrap_or_else(|_| n.device_id.clone());
+            }
             let disconnected =
                 chrono::DateTime::from_timestamp_millis(n.disconnected_at).unwrap_or_default();
             let row = NewNotification {

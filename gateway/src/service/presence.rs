@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::live::LiveEntry;
 use super::{Gateway, room};
 use crate::db::{Transition, now};
-use crate::store::{Expired, OfflineNotice, RefreshOutcome, StoreError, now_ms};
+use crate::store::{Expired, RefreshOutcome, StoreError};
 use crate::wire::{events::names, iso_now};
 
 /// How many expired leases one sweep step removes (the rest wait for the next tick).
@@ -72,7 +72,11 @@ impl Gateway {
         }
         self.hooks.pause().await;
         self.hooks.before_release().await;
-        match self.presence.release(&e.device_id, &e.org, e.epoch).await {
+        match self
+            .presence
+            .release(&e.device_id, &e.org, e.epoch, self.notify_delay_ms())
+            .await
+        {
             Ok(true) => self.offline_transition(&e.device_id, &e.org, e.epoch, "disconnect"),
             Ok(false) => {}
             Err(err) => {
@@ -124,26 +128,12 @@ impl Gateway {
         });
         let gw = self.clone();
         let (device, org) = (device.to_string(), org.to_string());
-        tokio::spawn(async move {
-            gw.emit_status(&device, &org, "offline").await;
-            let name = gw
-                .db
-                .device_name(&device)
-                .await
-                .unwrap_or_else(|_| device.clone());
-            let at = now_ms();
-            let notice = OfflineNotice {
-                device_id: device.clone(),
-                device_name: name,
-                organization_id: org,
-                scheduled_for: at + gw.cfg.offline_notify_delay.as_millis() as i64,
-                disconnected_at: at,
-            };
-            if let Err(e) = gw.presence.schedule_offline_notice(&notice).await {
-                gw.metrics.store_error("redis", "schedule_notice");
-                tracing::warn!(device = %device, error = %e, "Could not schedule the offline notice.");
-            }
-        });
+        // The offline notice was scheduled atomically with the transition (release/sweep).
+        tokio::spawn(async move { gw.emit_status(&device, &org, "offline").await });
+    }
+
+    fn notify_delay_ms(&self) -> u64 {
+        self.cfg.offline_notify_delay.as_millis() as u64
     }
 
     async fn emit_status(&self, device: &str, org: &str, status: &str) {
@@ -205,7 +195,11 @@ impl Gateway {
 
     /// One sweep of expired leases (any replica may run it; each lease is removed once).
     pub async fn sweep_once(self: &Arc<Self>) {
-        match self.presence.sweep(SWEEP_BATCH).await {
+        match self
+            .presence
+            .sweep(SWEEP_BATCH, self.notify_delay_ms())
+            .await
+        {
             Ok(expired) => {
                 for Expired {
                     device_id,

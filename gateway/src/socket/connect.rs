@@ -106,9 +106,14 @@ async fn admit<A: Adapter>(
                 return Err(AuthError::DeviceDisabled);
             }
             pace(gw, &d.device_id).await?;
-            gw.acquire_device(&d.device_id, &d.organization_id, &s.id.to_string())
+            let sid = s.id.to_string();
+            gw.acquire_device(&d.device_id, &d.organization_id, &sid)
                 .await
                 .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+            // Join before the socket enters the namespace, so no room emit can fall between the
+            // socket becoming reachable and the connect handler running (socketioxide removes
+            // these memberships if the handshake still fails).
+            s.join(device_rooms(d, &sid));
         }
         Principal::User(u) => {
             if let Some(jti) = &u.jti
@@ -126,6 +131,15 @@ async fn admit<A: Adapter>(
         principal,
         limiter: MessageLimiter::new(&gw.cfg.limits),
     })
+}
+
+/// A device socket's rooms: its device, its organisation, and its own (for targeted disconnects).
+fn device_rooms(d: &crate::auth::DevicePrincipal, sid: &str) -> Vec<String> {
+    vec![
+        room::device(&d.device_id),
+        room::org(&d.organization_id),
+        room::socket(sid),
+    ]
 }
 
 /// Holds a device's connect until its bucket allows it, within the connect timeout.
@@ -161,11 +175,7 @@ pub async fn on_connect<A: Adapter>(
     match &ctx.principal {
         Principal::Device(d) => {
             let sid = s.id.to_string();
-            s.join(vec![
-                room::device(&d.device_id),
-                room::org(&d.organization_id),
-                room::socket(&sid),
-            ]);
+            s.join(device_rooms(d, &sid));
             gw.live.mark_connected(&sid);
             gw.metrics
                 .gauges

@@ -37,6 +37,16 @@ impl Inner {
     fn set(&mut self, key: String, value: String, ttl_ms: i64, now: i64) {
         self.kv.insert(key, (value, now + ttl_ms));
     }
+    fn schedule(&mut self, device: &str, org: &str, now: i64, delay_ms: u64) {
+        let n = OfflineNotice {
+            device_id: device.into(),
+            device_name: device.into(),
+            organization_id: org.into(),
+            scheduled_for: now + delay_ms as i64,
+            disconnected_at: now,
+        };
+        self.notices.insert(device.into(), n);
+    }
     fn set_status(
         &mut self,
         device: &str,
@@ -173,7 +183,13 @@ impl PresenceStore for MemoryStore {
         Ok(out)
     }
 
-    async fn release(&self, device: &str, org: &str, epoch: u64) -> StoreResult<bool> {
+    async fn release(
+        &self,
+        device: &str,
+        org: &str,
+        epoch: u64,
+        notify_delay_ms: u64,
+    ) -> StoreResult<bool> {
         let now = now_ms();
         let mut g = self.lock();
         if g.epochs.get(device) != Some(&epoch) {
@@ -183,10 +199,11 @@ impl PresenceStore for MemoryStore {
             return Ok(false);
         }
         g.set_status(device, "offline", None, org, STATUS_OFFLINE_TTL_S, now);
+        g.schedule(device, org, now, notify_delay_ms);
         Ok(true)
     }
 
-    async fn sweep(&self, limit: usize) -> StoreResult<Vec<Expired>> {
+    async fn sweep(&self, limit: usize, notify_delay_ms: u64) -> StoreResult<Vec<Expired>> {
         let now = now_ms();
         let mut g = self.lock();
         let due: Vec<String> = g
@@ -200,6 +217,7 @@ impl PresenceStore for MemoryStore {
         for id in due {
             if let Some((lease, _)) = g.leases.remove(&id) {
                 g.set_status(&id, "offline", None, &lease.org, STATUS_OFFLINE_TTL_S, now);
+                g.schedule(&id, &lease.org, now, notify_delay_ms);
                 out.push(Expired {
                     epoch: lease.epoch(),
                     org: lease.org,
@@ -428,7 +446,7 @@ mod tests {
         assert!(b.epoch > a.epoch);
         assert_eq!(b.previous.unwrap().sid, "s1");
         assert!(
-            !s.release("d", "o", a.epoch).await.unwrap(),
+            !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
             "old socket's release must change nothing"
         );
         let r = s
@@ -436,7 +454,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r, vec![RefreshOutcome::Stale]);
-        assert!(s.release("d", "o", b.epoch).await.unwrap());
+        assert!(s.release("d", "o", b.epoch, 60_000).await.unwrap());
         assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![false]);
     }
 
@@ -445,11 +463,11 @@ mod tests {
         let s = MemoryStore::new();
         let a = s.acquire("d", "o", "r1", "s1", 1).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let swept = s.sweep(100).await.unwrap();
+        let swept = s.sweep(100, 60_000).await.unwrap();
         assert_eq!(swept.len(), 1);
-        assert!(s.sweep(100).await.unwrap().is_empty());
+        assert!(s.sweep(100, 60_000).await.unwrap().is_empty());
         assert!(
-            !s.release("d", "o", a.epoch).await.unwrap(),
+            !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
             "swept lease: no second offline transition"
         );
         let r = s
@@ -498,7 +516,7 @@ mod tests {
         assert!(s.claim_due_notices(10).await.unwrap().is_empty());
         let a = s.acquire("d", "o", "r", "s", 30_000).await.unwrap();
         assert!(a.offline_notice_fired);
-        s.release("d", "o", a.epoch).await.unwrap();
+        s.release("d", "o", a.epoch, 60_000).await.unwrap();
         s.schedule_offline_notice(&OfflineNotice {
             scheduled_for: now_ms() + 60_000,
             ..n

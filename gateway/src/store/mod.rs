@@ -121,14 +121,21 @@ pub trait PresenceStore: Send + Sync + 'static {
         leases: &[LiveLease],
         ttl_ms: u64,
     ) -> StoreResult<Vec<RefreshOutcome>>;
-    /// Drops the lease if `epoch` still owns it; true when this is the offline transition.
-    async fn release(&self, device: &str, org: &str, epoch: u64) -> StoreResult<bool>;
-    /// Removes up to `limit` leases past their deadline.
-    async fn sweep(&self, limit: usize) -> StoreResult<Vec<Expired>>;
+    /// Drops the lease if `epoch` still owns it; true when this is the offline transition, whose
+    /// offline notice (due after `notify_delay_ms`) is scheduled in the same atomic step.
+    async fn release(
+        &self,
+        device: &str,
+        org: &str,
+        epoch: u64,
+        notify_delay_ms: u64,
+    ) -> StoreResult<bool>;
+    /// Removes up to `limit` leases past their deadline, scheduling their offline notices.
+    async fn sweep(&self, limit: usize, notify_delay_ms: u64) -> StoreResult<Vec<Expired>>;
     /// Whether each device holds a lease.
     async fn online(&self, devices: &[String]) -> StoreResult<Vec<bool>>;
     async fn lease(&self, device: &str) -> StoreResult<Option<Lease>>;
-    /// Schedules the offline notice (`notify:offline:{id}` plus the due-time index).
+    /// (Re)schedules an offline notice (`notify:offline:{id}` plus the due-time index).
     async fn schedule_offline_notice(&self, notice: &OfflineNotice) -> StoreResult<()>;
     /// Claims due notices (exactly once across replicas).
     async fn claim_due_notices(&self, limit: usize) -> StoreResult<Vec<OfflineNotice>>;

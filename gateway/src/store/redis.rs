@@ -200,26 +200,37 @@ impl PresenceStore for RedisStore {
             .collect())
     }
 
-    async fn release(&self, device: &str, org: &str, epoch: u64) -> StoreResult<bool> {
+    async fn release(
+        &self,
+        device: &str,
+        org: &str,
+        epoch: u64,
+        notify_delay_ms: u64,
+    ) -> StoreResult<bool> {
         let [k1, k2, k3, k4] = lease_keys(device);
         let mut inv = self.scripts.release.prepare_invoke();
         inv.key(k1)
             .key(k2)
             .key(k3)
             .key(k4)
+            .key(format!("notify:offline:{device}"))
+            .key("notify:due")
             .arg(device)
             .arg(epoch.to_string())
             .arg(org)
-            .arg(STATUS_OFFLINE_TTL_S);
+            .arg(STATUS_OFFLINE_TTL_S)
+            .arg(notify_delay_ms);
         let r: i64 = self.run(inv).await?;
         Ok(r == 1)
     }
 
-    async fn sweep(&self, limit: usize) -> StoreResult<Vec<Expired>> {
+    async fn sweep(&self, limit: usize, notify_delay_ms: u64) -> StoreResult<Vec<Expired>> {
         let mut inv = self.scripts.sweep.prepare_invoke();
         inv.key("presence:deadlines")
+            .key("notify:due")
             .arg(limit)
-            .arg(STATUS_OFFLINE_TTL_S);
+            .arg(STATUS_OFFLINE_TTL_S)
+            .arg(notify_delay_ms);
         let flat: Vec<Value> = self.run(inv).await?;
         let flat: Vec<String> = flat.iter().filter_map(value_string).collect();
         Ok(flat

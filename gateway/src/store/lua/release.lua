@@ -1,8 +1,11 @@
 -- release: on disconnect, drop the lease only if this socket's epoch still owns the device.
 -- Returns 1 when this was the offline transition, 0 when a newer socket owns the device or the
 -- sweep already expired the lease.
+-- The offline notice is scheduled in the same step, so a reconnect (whose acquire cancels it)
+-- can never slip in between the transition and the scheduling.
 -- KEYS: 1 device:epoch:{id} 2 device:lease:{id} 3 presence:deadlines 4 device:status:{id}
--- ARGV: 1 id 2 epoch 3 org 4 offline_status_ttl_s
+--       5 notify:offline:{id} 6 notify:due
+-- ARGV: 1 id 2 epoch 3 org 4 offline_status_ttl_s 5 notify_delay_ms
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then
   return 0
 end
@@ -14,4 +17,7 @@ end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('SET', KEYS[4], cjson.encode({status = 'offline', lastHeartbeat = now_ms, socketId = cjson.null, organizationId = ARGV[3]}), 'EX', ARGV[4])
+local due = now_ms + tonumber(ARGV[5])
+redis.call('SET', KEYS[5], cjson.encode({deviceId = ARGV[1], deviceName = ARGV[1], organizationId = ARGV[3], scheduledFor = due, disconnectedAt = now_ms}), 'PX', tonumber(ARGV[5]) + 300000)
+redis.call('ZADD', KEYS[6], due, ARGV[1])
 return 1
