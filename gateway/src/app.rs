@@ -2,7 +2,6 @@
 //! Redis adapter), the HTTP routes and the background tasks, then serves until shutdown.
 //! `run` takes its listener and shutdown token from the caller so tests use port 0.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -227,17 +226,12 @@ async fn serve<A: Adapter>(
     let drain_io = io.clone();
     let drain = async move {
         shutdown.cancelled().await;
-        // Readiness goes 503 and new handshakes are refused at once; give the load balancer a
-        // moment to notice, then close every transport (not a Socket.IO disconnect: clients
-        // reconnect elsewhere). Leases are handed over, not released.
-        drain_gw.start_draining();
-        tracing::info!(sockets = drain_gw.live.len(), "Draining.");
-        tokio::time::sleep(drain_gw.cfg.drain.min(Duration::from_secs(1))).await;
-        drain_io.close().await;
+        drain_sockets(&drain_gw, &drain_io).await;
     };
+    let listener = crate::net::KillListener(listener);
     axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app.into_make_service_with_connect_info::<crate::net::Peer>(),
     )
     .with_graceful_shutdown(drain)
     .await?;
@@ -251,6 +245,40 @@ async fn serve<A: Adapter>(
     }
     tracing::info!("Gateway stopped.");
     Ok(())
+}
+
+/// The drain: readiness goes 503 and new handshakes get 503 `draining` at once; after a moment
+/// for the load balancer to notice, live sockets' transports are closed in batches spread over
+/// `DRAIN_SECONDS` (a transport close, not a Socket.IO disconnect: clients reconnect elsewhere,
+/// without a storm); whatever is left (polling sessions) is closed at the end. Leases are handed
+/// over, not released, so no offline status or notification is produced for a screen that
+/// reconnects. `io.close()` skips disconnect handlers, which is fine: nothing is released anyway.
+async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
+    gw.start_draining();
+    let window = gw.cfg.drain.mul_f32(0.8);
+    let settle = window.min(Duration::from_secs(1));
+    tracing::info!(
+        sockets = io.sockets().len(),
+        window_s = window.as_secs_f32(),
+        "Draining."
+    );
+    tokio::time::sleep(settle).await;
+    let kills: Vec<Arc<crate::net::Kill>> = io
+        .sockets()
+        .iter()
+        .filter_map(|s| s.extensions.get::<Arc<crate::socket::SocketCtx>>())
+        .filter_map(|ctx| ctx.kill.clone())
+        .collect();
+    let batches = 10usize;
+    let per = kills.len().div_ceil(batches).max(1);
+    let pause = window.saturating_sub(settle) / batches as u32;
+    for chunk in kills.chunks(per) {
+        for k in chunk {
+            k.kill();
+        }
+        tokio::time::sleep(pause).await;
+    }
+    io.close().await;
 }
 
 /// Periodic work: lease refresh, sweep, offline notices, the bulk flush, limiter housekeeping.

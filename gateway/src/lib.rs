@@ -13,6 +13,7 @@ pub mod emitter;
 pub mod hooks;
 pub mod http;
 pub mod limits;
+pub mod net;
 pub mod service;
 pub mod shutdown;
 pub mod socket;

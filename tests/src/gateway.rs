@@ -211,6 +211,30 @@ impl Gateway {
         c.wait().ok()
     }
 
+    /// Sends SIGTERM without waiting (the drain runs while the test observes it).
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(s)) = c.try_wait()
+            {
+                self.child = None;
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     pub async fn restart(&mut self) {
         self.kill9();
         self.spawn().await;

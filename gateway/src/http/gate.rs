@@ -2,7 +2,6 @@
 //! HTTP level — 429 `rate_limited` with `Retry-After`, 503 `server_busy`, 503 `draining` — so
 //! socket.io-client keeps retrying with its own backoff. It runs before any Redis or database work.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -34,7 +33,7 @@ fn is_handshake(req: &Request) -> bool {
 
 pub async fn gate(
     State(st): State<EdgeState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<crate::net::Peer>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -45,7 +44,7 @@ pub async fn gate(
         .headers()
         .get("x-forwarded-for")
         .and_then(|h| h.to_str().ok());
-    let ip = st.guard.client_ip(peer.ip().to_canonical(), forwarded);
+    let ip = st.guard.client_ip(peer.addr.ip().to_canonical(), forwarded);
     let g = &st.gw.metrics.gauges;
     let live = (g.device_sockets.load(Ordering::Relaxed)
         + g.dashboard_sockets.load(Ordering::Relaxed))

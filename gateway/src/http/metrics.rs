@@ -1,6 +1,5 @@
 //! Prometheus text, from loopback or with `Authorization: Bearer $METRICS_TOKEN` (constant time).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
@@ -13,7 +12,7 @@ use crate::service::Gateway;
 
 pub async fn metrics(
     State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<crate::net::Peer>,
     headers: HeaderMap,
 ) -> Response {
     let bearer_ok = match (
@@ -27,7 +26,7 @@ pub async fn metrics(
             .is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes()))),
         _ => false,
     };
-    if !peer.ip().to_canonical().is_loopback() && !bearer_ok {
+    if !peer.addr.ip().to_canonical().is_loopback() && !bearer_ok {
         return ApiError::Forbidden("Metrics access denied").into_response();
     }
     (

@@ -127,9 +127,15 @@ async fn admit<A: Adapter>(
             }
         }
     }
+    let kill = s
+        .req_parts()
+        .extensions
+        .get::<axum::extract::ConnectInfo<crate::net::Peer>>()
+        .map(|c| c.0.kill.clone());
     Ok(SocketCtx {
         principal,
         limiter: MessageLimiter::new(&gw.cfg.limits),
+        kill,
     })
 }
 

@@ -20,10 +20,12 @@ use crate::service::Gateway;
 
 pub use connect::ConnectRefusal;
 
-/// Per-socket state, kept small: the principal and a message budget.
+/// Per-socket state, kept small: the principal, a message budget, and the kill switch of the
+/// connection that carried the handshake (used by the drain).
 pub struct SocketCtx {
     pub principal: Principal,
     pub limiter: MessageLimiter,
+    pub kill: Option<Arc<crate::net::Kill>>,
 }
 
 /// Registers the namespace on an in-process server.
