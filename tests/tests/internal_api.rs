@@ -794,6 +794,29 @@ async fn health_metrics_and_not_found() {
             format!("Cannot {method} {path}")
         );
     }
+    // A known path with the wrong method is an unknown route too (Express answers 404).
+    let http = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/api/push/playlist"),
+        ("GET", "/api/internal/command"),
+        ("POST", "/api/health"),
+        ("DELETE", "/api/status"),
+    ] {
+        for key in [None, Some(INTERNAL_KEY)] {
+            let mut req = http.request(method.parse().unwrap(), format!("{}{path}", gw.url()));
+            if let Some(k) = key {
+                req = req.header("x-internal-api-key", k);
+            }
+            let r = req.send().await.unwrap();
+            let s = r.status().as_u16();
+            let b: Value = r.json().await.unwrap_or(Value::Null);
+            assert_eq!(s, 404, "{method} {path} key {key:?}: {b}");
+            assert_eq!(
+                assert_error_body(&b, 404, "Not Found", path),
+                format!("Cannot {method} {path}")
+            );
+        }
+    }
     drop(dash);
 }
 

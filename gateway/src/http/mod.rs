@@ -35,7 +35,9 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
             "/api/internal/devices/{id}/presence",
             get(internal::presence),
         )
-        .layer(middleware::from_fn_with_state(
+        // Only for matched routes: a known path with another method is an unknown route (404
+        // like Express), not a 401 and not axum's bare 405.
+        .route_layer(middleware::from_fn_with_state(
             gw.clone(),
             internal::require_key,
         ));
@@ -49,6 +51,7 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
         .route("/api/screenshots/{*key}", get(screenshots::serve))
         .merge(internal)
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::not_found)
         .layer(DefaultBodyLimit::max(gw.cfg.http_body_limit))
         .layer(middleware::from_fn_with_state(gw.clone(), count_requests))
         .with_state(gw)
