@@ -387,3 +387,71 @@ async fn revoked_user_token_is_refused() {
         c.disconnect().await;
     }
 }
+
+/// Browsers poll from the dashboard's origin: `CORS_ORIGIN` (comma list, trimmed) is allowed
+/// with credentials, any other origin gets no CORS grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_cors_follows_cors_origin() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db).env(
+        "CORS_ORIGIN",
+        " https://dash.vizora.test , http://localhost:3001 ",
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let handshake = format!("{}/socket.io/?EIO=4&transport=polling", gw.url());
+    for origin in ["https://dash.vizora.test", "http://localhost:3001"] {
+        let r = http
+            .get(&handshake)
+            .header("Origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{origin}");
+        assert_eq!(
+            r.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap()),
+            Some(origin),
+            "{origin}"
+        );
+        assert_eq!(
+            r.headers()
+                .get("access-control-allow-credentials")
+                .map(|v| v.to_str().unwrap()),
+            Some("true"),
+            "{origin}"
+        );
+        let pre = http
+            .request(reqwest::Method::OPTIONS, &handshake)
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            pre.status().is_success(),
+            "{origin} preflight: {}",
+            pre.status()
+        );
+        assert_eq!(
+            pre.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap()),
+            Some(origin),
+            "{origin} preflight"
+        );
+    }
+    let r = http
+        .get(&handshake)
+        .header("Origin", "https://evil.test")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers().get("access-control-allow-origin").is_none(),
+        "no grant for other origins: {:?}",
+        r.headers()
+    );
+}

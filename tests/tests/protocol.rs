@@ -39,6 +39,7 @@ per_db!(
     room_rules,
     malformed_payloads,
     raw_garbage_and_oversized_frames,
+    disabled_devices,
 );
 
 fn content_url(id: &str) -> String {
@@ -374,6 +375,27 @@ async fn handshake_refusals(kind: &str) {
             device_token(DEV_A1, ORG_B),
             "unauthorized: auth_invalid",
         ),
+        (
+            "not valid before a future nbf",
+            encode(
+                &Header::default(),
+                &json!({"sub": DEV_A1, "deviceIdentifier": "mac-a1", "organizationId": ORG_A,
+                        "type": "device", "iat": now, "nbf": now + 600, "exp": now + 3600}),
+                &EncodingKey::from_secret(DEVICE_SECRET.as_bytes()),
+            )
+            .unwrap(),
+            "unauthorized: auth_invalid",
+        ),
+        (
+            "type claim missing (user path) signed with the device secret",
+            encode(
+                &Header::default(),
+                &json!({"sub": DEV_A1, "organizationId": ORG_A, "exp": now + 3600}),
+                &EncodingKey::from_secret(DEVICE_SECRET.as_bytes()),
+            )
+            .unwrap(),
+            "unauthorized: auth_invalid",
+        ),
     ];
     for t in TRANSPORTS {
         for (what, token, msg) in &cases {
@@ -420,9 +442,48 @@ async fn handshake_refusals(kind: &str) {
         .await;
     assert_eq!(s, 200);
     assert_eq!(p["online"], false, "{p}");
-    // The real token still works afterwards.
+    // The real token still works afterwards, and so does one without `exp` (the original
+    // accepted those; the middleware's tokens always carry one).
     let c = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
     expect_event(&c, "config", kind).await;
+    c.disconnect().await;
+    let no_exp = encode(
+        &Header::default(),
+        &json!({"sub": DEV_A2, "deviceIdentifier": "mac-a2", "organizationId": ORG_A, "type": "device", "iat": now}),
+        &EncodingKey::from_secret(DEVICE_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let c = connect(gw.client().auth(json!({"token": no_exp})))
+        .await
+        .expect("a token without exp is accepted");
+    expect_event(&c, "config", kind).await;
+}
+
+/// Later Vizora schemas add `devices."isDisabled"`: where it exists, a disabled device is refused.
+async fn disabled_devices(kind: &str) {
+    let (db, _pg, _dir) = gateway::seeded_db(kind, 0).await;
+    let conn = db_conn(&db).await;
+    conn.execute_unprepared(
+        r#"ALTER TABLE devices ADD COLUMN "isDisabled" BOOLEAN NOT NULL DEFAULT false"#,
+    )
+    .await
+    .unwrap();
+    conn.execute_unprepared(r#"UPDATE devices SET "isDisabled" = true WHERE "id" = 'dev-a3'"#)
+        .await
+        .unwrap();
+    let gw = Gateway::start(GatewayOptions::new(db)).await;
+    for t in TRANSPORTS {
+        let r = connect(
+            gw.client()
+                .transport(t)
+                .auth(json!({"token": device_token(DEV_A3, ORG_A)})),
+        )
+        .await;
+        assert_refused(r, "unauthorized: device_disabled", &format!("{kind}/{t:?}"));
+        let c = device(&gw, DEV_A2, ORG_A, t).await;
+        expect_event(&c, "config", kind).await;
+        c.disconnect().await;
+    }
 }
 
 async fn expect_error_event(c: &vizora_sioclient::Client, msg: &str, what: &str) {
