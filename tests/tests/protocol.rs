@@ -158,10 +158,18 @@ async fn device_core_flow(kind: &str) {
     let gw = Gateway::start(GatewayOptions::new(db.clone())).await;
     let conn = db_conn(&db).await;
     let mut impressions_expected = 0;
-    for t in TRANSPORTS {
+    // Also socket.io-client's default: handshake over polling, then the websocket upgrade.
+    for t in [
+        Transport::Websocket,
+        Transport::Polling,
+        Transport::PollingUpgrade,
+    ] {
         let what = format!("{kind}/{t:?}");
         // --- connect: config then the playlist's connect form ---
         let c = device(&gw, DEV_A1, ORG_A, t).await;
+        if t == Transport::PollingUpgrade {
+            assert_eq!(c.transport(), Transport::Websocket, "{what}: upgraded");
+        }
         let cfg = expect_event(&c, "config", &what).await;
         assert_eq!(
             cfg,
@@ -916,4 +924,116 @@ async fn raw_garbage_and_oversized_frames(kind: &str) {
         !gw.logs().contains("panicked"),
         "the gateway must not panic on garbage"
     );
+}
+
+async fn ttl(redis: &RedisServer, key: &str) -> i64 {
+    redis::cmd("TTL")
+        .arg(key)
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap()
+}
+
+async fn redis_json(redis: &RedisServer, key: &str) -> Value {
+    let raw = redis
+        .get(key)
+        .await
+        .unwrap_or_else(|| panic!("{key} must exist"));
+    serde_json::from_str(&raw).unwrap()
+}
+
+/// The Redis keys keep the reference's names, JSON shapes and TTLs (§5.2): a mixed Node/Rust
+/// deployment or a rollback shares them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_keys_keep_the_reference_shapes() {
+    let redis = RedisServer::start().await;
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db).redis(&redis.url())).await;
+    let c = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    expect_event(&c, "playlist:update", "connect").await;
+
+    let key = format!("device:status:{DEV_A1}");
+    let st = redis_json(&redis, &key).await;
+    assert_eq!(st["status"], "online", "{st}");
+    assert_eq!(st["organizationId"], ORG_A, "{st}");
+    assert!(st["socketId"].is_string(), "{st}");
+    assert!(st["lastHeartbeat"].is_i64(), "{st}");
+    assert!((1..=60).contains(&ttl(&redis, &key).await));
+    let pl_key = format!("playlist:{DEV_A1}");
+    let cached = redis_json(&redis, &pl_key).await;
+    assert_eq!(
+        cached["id"], PLAYLIST_MAIN,
+        "the resolved playlist is cached"
+    );
+    assert!((1..=3600).contains(&ttl(&redis, &pl_key).await));
+
+    let hb = json!({"metrics": {"cpuUsage": 12.5, "memoryUsage": 40}, "currentContent": {"contentId": "c-img", "playlistId": PLAYLIST_MAIN}});
+    c.emit_with_ack("heartbeat", hb, T).await.unwrap();
+    let st = redis_json(&redis, &key).await;
+    assert_eq!(
+        st["metrics"],
+        json!({"cpuUsage": 12.5, "memoryUsage": 40.0}),
+        "{st}"
+    );
+    assert_eq!(st["currentContent"]["contentId"], "c-img", "{st}");
+    assert!((1..=60).contains(&ttl(&redis, &key).await));
+    let latest_key = format!("heartbeat:{DEV_A1}:latest");
+    let latest = redis_json(&redis, &latest_key).await;
+    assert_eq!(latest["deviceId"], DEV_A1);
+    assert!(latest["timestamp"].is_i64());
+    assert_eq!(latest["metrics"]["cpuUsage"], 12.5);
+    assert!((1..=300).contains(&ttl(&redis, &latest_key).await));
+
+    for _ in 0..2 {
+        c.emit_with_ack("content:impression", json!({"contentId": "c-img"}), T)
+            .await
+            .unwrap();
+    }
+    let stats_key = format!("stats:device:{DEV_A1}:impressions:{}", utc_today());
+    assert_eq!(redis.get(&stats_key).await.as_deref(), Some("2"));
+    assert!((1..=86_400).contains(&ttl(&redis, &stats_key).await));
+
+    for i in 0..15 {
+        c.emit_with_ack(
+            "content:error",
+            json!({"contentId": "c-vid", "errorType": "network_error", "errorMessage": format!("e{i}")}),
+            T,
+        )
+        .await
+        .unwrap();
+    }
+    let errors_key = format!("errors:device:{DEV_A1}");
+    let errors = redis_json(&redis, &errors_key).await;
+    let errors = errors.as_array().unwrap();
+    assert_eq!(errors.len(), 10, "at most 10, oldest dropped");
+    assert_eq!(errors[0]["errorMessage"], "e5");
+    assert_eq!(errors[9]["errorMessage"], "e14");
+    assert_eq!(errors[9]["deviceId"], DEV_A1);
+    assert_eq!(errors[9]["contentId"], "c-vid");
+    assert_eq!(errors[9]["errorType"], "network_error");
+    assert!(errors[9]["timestamp"].is_i64());
+    assert!((1..=3600).contains(&ttl(&redis, &errors_key).await));
+
+    // A push invalidates the cached playlist.
+    gw.api()
+        .post(
+            "/api/push/playlist",
+            json!({"deviceId": DEV_A1, "playlist": {"id": "x"}}),
+        )
+        .await;
+    assert!(
+        !redis.exists(&pl_key).await,
+        "push/playlist drops playlist:{{id}}"
+    );
+
+    c.disconnect().await;
+    let st = eventually(Duration::from_secs(10), "offline status JSON", || async {
+        let st = redis_json(&redis, &key).await;
+        (st["status"] == "offline").then_some(st)
+    })
+    .await;
+    assert_eq!(st["socketId"], Value::Null, "{st}");
+    assert_eq!(st["organizationId"], ORG_A, "{st}");
+    let t = ttl(&redis, &key).await;
+    assert!(t > 60 && t <= 86_400, "offline status lives a day: {t}");
 }
