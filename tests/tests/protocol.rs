@@ -1037,3 +1037,87 @@ async fn redis_keys_keep_the_reference_shapes() {
     let t = ttl(&redis, &key).await;
     assert!(t > 60 && t <= 86_400, "offline status lives a day: {t}");
 }
+
+/// A database or Redis failure during auth is transient: the client must never get a
+/// `connect_error` (socket.io-client does not retry one; with `unauthorized` the players even wipe
+/// their credentials), only see the transport close so it retries with its own backoff.
+fn assert_transient(
+    r: Result<vizora_sioclient::Client, vizora_sioclient::ConnectError>,
+    what: &str,
+) {
+    use vizora_sioclient::ConnectError;
+    match r {
+        Err(ConnectError::TransportClosed(_) | ConnectError::Timeout) => {}
+        Err(ConnectError::Http { status, .. }) if status >= 500 || status == 429 => {}
+        Err(e) => panic!("{what}: a transient failure must close the transport, got {e:?}"),
+        Ok(c) => panic!("{what}: connected without its dependency ({c:?})"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependency_failures_during_auth_are_not_unauthorized() {
+    // Redis down.
+    let mut redis = RedisServer::start().await;
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db).redis(&redis.url())).await;
+    let c = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    expect_event(&c, "config", "before").await;
+    c.disconnect().await;
+    redis.stop();
+    for (what, auth) in [
+        (
+            "device, Redis down",
+            json!({"token": device_token(DEV_A2, ORG_A)}),
+        ),
+        (
+            "dashboard, Redis down",
+            json!({"token": user_token("u-a", ORG_A)}),
+        ),
+    ] {
+        let r = connect(
+            gw.client()
+                .auth(auth)
+                .connect_timeout(Duration::from_secs(10)),
+        )
+        .await;
+        assert_transient(r, what);
+    }
+    redis.restart().await;
+    assert_alive(&gw, "after Redis came back").await;
+    let c = eventually(
+        Duration::from_secs(20),
+        "a device connects again",
+        || async {
+            connect(
+                gw.client()
+                    .auth(json!({"token": device_token(DEV_A3, ORG_A)}))
+                    .connect_timeout(Duration::from_secs(5)),
+            )
+            .await
+            .ok()
+        },
+    )
+    .await;
+    expect_event(&c, "config", "after").await;
+    drop(gw);
+
+    // The database gone.
+    let (db, pg, _dir) = gateway::seeded_db("postgres", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db)).await;
+    let admin = sea_orm::Database::connect(vizora_gateway_tests::postgres::admin_url())
+        .await
+        .unwrap();
+    let name = pg.as_ref().unwrap().name.clone();
+    admin
+        .execute_unprepared(&format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
+        .await
+        .unwrap();
+    let r = connect(
+        gw.client()
+            .auth(json!({"token": device_token(DEV_A1, ORG_A)}))
+            .connect_timeout(Duration::from_secs(10)),
+    )
+    .await;
+    assert_transient(r, "device, database gone");
+    assert_alive(&gw, "database gone").await;
+}
