@@ -521,3 +521,34 @@ async fn the_largest_legal_screenshot_fits() {
         c.disconnect().await;
     }
 }
+
+/// A screenshot command for an offline device is queued with its request id recorded; the
+/// device gets it on connect and its answer is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_screenshot_command_is_answerable_after_connect() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db)).await;
+    let (s, r) = gw
+        .api()
+        .post(
+            "/api/internal/command",
+            json!({"deviceId": DEV_A2, "command": {"type": "screenshot", "payload": {"requestId": "queued-1"}}}),
+        )
+        .await;
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["delivery"], "queued", "{r}");
+    let c = device(&gw, DEV_A2, ORG_A, Transport::Websocket).await;
+    let cmd = expect_event(&c, "command", "queued screenshot").await;
+    assert_eq!(cmd["type"], "screenshot");
+    assert_eq!(cmd["payload"]["requestId"], "queued-1");
+    let ack = c
+        .emit_with_ack(
+            "screenshot:response",
+            response("queued-1", &png(10, 10, None), 10, 10),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_ok_ack(&ack, "queued screenshot");
+    assert_eq!(ack["data"]["saved"], true);
+}
