@@ -75,6 +75,11 @@ impl RedisServer {
         }
     }
 
+    /// Starts a stopped server again on the same port (empty).
+    pub async fn start_again(&mut self) {
+        self.spawn().await;
+    }
+
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().await;

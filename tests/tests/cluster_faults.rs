@@ -296,3 +296,51 @@ async fn offline_and_online_notifications_once_per_offline_period() {
     );
     assert!(back.is_connected());
 }
+
+#[tokio::test]
+async fn during_a_redis_outage_live_sockets_are_served_and_readiness_reports_it() {
+    let mut c = Cluster::start(2, 0, |o| o).await;
+    let screen = device(c.replicas[0].client(), DEV_A1).await;
+    let api = c.replicas[0].api();
+    c.redis.stop();
+    // Heartbeats are still answered (presence follows the socket), readiness reports the outage.
+    let ack = screen
+        .emit_with_ack("heartbeat", json!({"metrics": {"cpuUsage": 5}}), T)
+        .await
+        .unwrap();
+    assert_eq!(ack["success"], true, "{ack}");
+    eventually(T, "readiness 503 during the outage", || async {
+        let (st, body) = api.get_text("/api/health/ready", &[]).await;
+        (st == 503 && body.contains("redis")).then_some(())
+    })
+    .await;
+    let (_, health) = api.get("/api/health").await;
+    assert_eq!(health["dependencies"]["redis"]["status"], "unhealthy");
+    tokio::time::sleep(Duration::from_secs(4)).await; // longer than the lease TTL
+    assert!(screen.is_connected(), "the socket outlives the outage");
+
+    c.redis.start_again().await;
+    eventually(T, "readiness back without a restart", || async {
+        (api.get_text("/api/health/ready", &[]).await.0 == 200).then_some(())
+    })
+    .await;
+    eventually(T, "the lease re-asserted", || async {
+        c.lease(DEV_A1)
+            .await
+            .filter(|l| l["sid"] == screen.sid())
+            .map(|_| ())
+    })
+    .await;
+    eventually(T, "commands flow again across replicas", || async {
+        let (st, body) = c.replicas[1].api().command(DEV_A1, "reload", None).await;
+        if st != 201 {
+            return None;
+        }
+        let got = screen
+            .wait_for("command", Duration::from_millis(500))
+            .await?;
+        (got["id"] == body["commandId"]).then_some(())
+    })
+    .await;
+    assert_eq!(c.db_status(DEV_A1).await, "online");
+}

@@ -106,11 +106,8 @@ async fn sigterm_drains_to_the_other_replica_without_offline_reports() {
         offline, 0,
         "drained screens are handed over, never reported offline"
     );
-    for i in 0..n {
+    for (i, m) in moved.iter().enumerate() {
         assert_eq!(c.db_status(&load_device(i)).await, "online");
-        assert_eq!(
-            c.lease(&load_device(i)).await.unwrap()["sid"],
-            moved[i].sid()
-        );
+        assert_eq!(c.lease(&load_device(i)).await.unwrap()["sid"], m.sid());
     }
 }
