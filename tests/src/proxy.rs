@@ -12,7 +12,11 @@ pub struct PausableProxy {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, mut paused: watch::Receiver<bool>) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         while *paused.borrow() {
@@ -44,14 +48,20 @@ impl PausableProxy {
         let target = target.to_string();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(&target).await else { continue };
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    continue;
+                };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 tokio::spawn(pump(cr, sw, rx.clone()));
                 tokio::spawn(pump(sr, cw, rx.clone()));
             }
         });
-        PausableProxy { port, paused: tx, task }
+        PausableProxy {
+            port,
+            paused: tx,
+            task,
+        }
     }
 
     pub fn pause(&self) {
