@@ -1121,3 +1121,27 @@ async fn dependency_failures_during_auth_are_not_unauthorized() {
     assert_transient(r, "device, database gone");
     assert_alive(&gw, "database gone").await;
 }
+
+/// The Engine.IO OPEN packet carries the configured ping timings and a max payload that fits the
+/// largest legal screenshot (2 MiB decoded → 2,796,204 base64 characters plus the envelope) and
+/// nothing much larger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_io_open_packet_carries_the_configuration() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db)).await;
+    let body = reqwest::get(format!("{}/socket.io/?EIO=4&transport=polling", gw.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: Value = serde_json::from_str(body.strip_prefix('0').expect("OPEN packet")).unwrap();
+    assert_eq!(open["pingInterval"], 1000, "{open}");
+    assert_eq!(open["pingTimeout"], 2000, "{open}");
+    assert_eq!(open["upgrades"], json!(["websocket"]), "{open}");
+    let max = open["maxPayload"].as_u64().unwrap();
+    assert!(
+        (2_796_204 + 200..3_000_000).contains(&max),
+        "maxPayload {max} must fit the largest screenshot and little more"
+    );
+}
