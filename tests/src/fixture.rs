@@ -104,3 +104,29 @@ pub fn device_token(device: &str, org: &str) -> String {
 pub fn user_token(user: &str, org: &str) -> String {
     mint::user_token(USER_SECRET, user, org, "admin", 3600).unwrap()
 }
+
+/// A device of org A connected over websocket (panics if refused).
+pub async fn ws_device(
+    opts: vizora_sioclient::ClientOptions,
+    dev: &str,
+) -> vizora_sioclient::Client {
+    vizora_sioclient::connect(
+        opts.transport(vizora_sioclient::Transport::Websocket)
+            .auth(json!({"token": device_token(dev, ORG_A)})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("device {dev} must connect: {e}"))
+}
+
+/// A dashboard user of `org` connected over websocket (panics if refused).
+pub async fn ws_dashboard(
+    opts: vizora_sioclient::ClientOptions,
+    org: &str,
+) -> vizora_sioclient::Client {
+    vizora_sioclient::connect(
+        opts.transport(vizora_sioclient::Transport::Websocket)
+            .auth(json!({"token": user_token("ops", org)})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("dashboard must connect: {e}"))
+}

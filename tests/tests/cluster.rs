@@ -6,35 +6,17 @@ use std::time::Duration;
 
 use serde_json::json;
 use vizora_gateway_tests::*;
-use vizora_sioclient::{Client, ClientOptions, Transport, connect};
+use vizora_sioclient::{Client, Transport, connect};
 
 const T: Duration = Duration::from_secs(10);
-
-async fn device(opts: ClientOptions, dev: &str) -> Client {
-    connect(
-        opts.transport(Transport::Websocket)
-            .auth(json!({"token": device_token(dev, ORG_A)})),
-    )
-    .await
-    .expect("device connects")
-}
-
-async fn dashboard(opts: ClientOptions, org: &str) -> Client {
-    connect(
-        opts.transport(Transport::Websocket)
-            .auth(json!({"token": user_token("user-1", org)})),
-    )
-    .await
-    .expect("dashboard connects")
-}
 
 #[tokio::test]
 async fn commands_broadcasts_and_rooms_cross_replicas() {
     let c = Cluster::start(3, 0, |o| o).await;
     let (a, b, r2) = (&c.replicas[0], &c.replicas[1], &c.replicas[2]);
-    let dev = device(r2.client(), DEV_A1).await;
-    let dev2 = device(a.client(), DEV_A2).await;
-    let dash = dashboard(b.client(), ORG_A).await;
+    let dev = ws_device(r2.client(), DEV_A1).await;
+    let dev2 = ws_device(a.client(), DEV_A2).await;
+    let dash = ws_dashboard(b.client(), ORG_A).await;
     let batch = dash.wait_for("device:status:batch", T).await.unwrap();
     let batch = batch.as_array().unwrap();
     let a1 = batch
@@ -166,7 +148,7 @@ fn offline_events(events: &[vizora_sioclient::Event], dev: &str) -> usize {
 #[tokio::test]
 async fn fifty_simultaneous_connections_leave_one_live_socket_and_no_offline() {
     let c = Cluster::start(3, 0, |o| o).await;
-    let dash = dashboard(c.replicas[1].client(), ORG_A).await;
+    let dash = ws_dashboard(c.replicas[1].client(), ORG_A).await;
     let live = race_one_token(&c, DEV_A1, 50).await;
     // Longer than the offline grace delay (1.5 s): a spurious offline would have produced a row.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -195,7 +177,7 @@ async fn hundred_rounds_with_random_delays_between_lease_steps() {
             .env("OFFLINE_NOTIFY_DELAY_MS", 600_000)
     })
     .await;
-    let dash = dashboard(c.replicas[0].client(), ORG_A).await;
+    let dash = ws_dashboard(c.replicas[0].client(), ORG_A).await;
     for round in 0..100 {
         let live = race_one_token(&c, DEV_A1, 50).await;
         let events = dash.drain_events();

@@ -5,27 +5,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use vizora_gateway_tests::*;
-use vizora_sioclient::{Client, ClientOptions, CloseReason, Event, Transport, connect};
+use vizora_sioclient::{Client, CloseReason, Event};
 
 const T: Duration = Duration::from_secs(15);
-
-async fn device(opts: ClientOptions, dev: &str) -> Client {
-    connect(
-        opts.transport(Transport::Websocket)
-            .auth(json!({"token": device_token(dev, ORG_A)})),
-    )
-    .await
-    .expect("device connects")
-}
-
-async fn dashboard(opts: ClientOptions) -> Client {
-    connect(
-        opts.transport(Transport::Websocket)
-            .auth(json!({"token": user_token("ops", ORG_A)})),
-    )
-    .await
-    .expect("dashboard connects")
-}
 
 fn statuses(events: &[Event], dev: &str, status: &str) -> usize {
     events
@@ -42,20 +24,20 @@ fn statuses(events: &[Event], dev: &str, status: &str) -> usize {
 async fn reconnect_elsewhere_while_old_disconnect_is_slow_is_never_offline() {
     // Every release waits 1.5 s before it runs: the reconnect on B always wins the race.
     let c = Cluster::start(2, 0, |o| o.env("VIZORA_TEST_RELEASE_DELAY_MS", 1500)).await;
-    let dash = dashboard(c.replicas[1].client()).await;
-    let old = device(c.replicas[0].client(), DEV_A1).await;
+    let dash = ws_dashboard(c.replicas[1].client(), ORG_A).await;
+    let old = ws_device(c.replicas[0].client(), DEV_A1).await;
     eventually(T, "online in the database", || async {
         (c.db_status(DEV_A1).await == "online").then_some(())
     })
     .await;
     old.disconnect().await;
-    let new = device(c.replicas[1].client(), DEV_A1).await;
+    let new = ws_device(c.replicas[1].client(), DEV_A1).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // the slow release has run by now
     assert!(new.is_connected());
     assert_eq!(c.lease(DEV_A1).await.unwrap()["sid"], new.sid());
     assert_eq!(c.db_status(DEV_A1).await, "online");
     new.disconnect().await;
-    let again = device(c.replicas[0].client(), DEV_A1).await;
+    let again = ws_device(c.replicas[0].client(), DEV_A1).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(again.is_connected());
     assert_eq!(
@@ -69,9 +51,9 @@ async fn reconnect_elsewhere_while_old_disconnect_is_slow_is_never_offline() {
 #[tokio::test]
 async fn killed_replica_devices_move_and_the_missing_one_goes_offline_once() {
     let mut c = Cluster::start(3, 0, |o| o).await;
-    let dash = dashboard(c.replicas[0].client()).await;
-    let moving = device(c.replicas[2].client(), DEV_A1).await;
-    let lost = device(c.replicas[2].client(), DEV_A2).await;
+    let dash = ws_dashboard(c.replicas[0].client(), ORG_A).await;
+    let moving = ws_device(c.replicas[2].client(), DEV_A1).await;
+    let lost = ws_device(c.replicas[2].client(), DEV_A2).await;
     for d in [DEV_A1, DEV_A2] {
         eventually(T, "online in the database", || async {
             (c.db_status(d).await == "online").then_some(())
@@ -84,7 +66,7 @@ async fn killed_replica_devices_move_and_the_missing_one_goes_offline_once() {
     // The screen notices its connection died and reconnects to a surviving replica; the other
     // screen is gone for good.
     assert!(moving.closed(T).await.is_some());
-    let moved = device(c.replicas[1].client(), DEV_A1).await;
+    let moved = ws_device(c.replicas[1].client(), DEV_A1).await;
     assert!(lost.closed(T).await.is_some());
 
     // Lease TTL (3 s) + sweep interval (0.5 s), with slack for scheduling.
@@ -131,10 +113,10 @@ async fn killed_replica_devices_move_and_the_missing_one_goes_offline_once() {
 async fn redis_restart_under_load_reports_nobody_offline_and_recovers() {
     let n = 100;
     let mut c = Cluster::start(3, n, |o| o).await;
-    let dash = dashboard(c.replicas[0].client()).await;
+    let dash = ws_dashboard(c.replicas[0].client(), ORG_A).await;
     let mut screens = Vec::new();
     for i in 0..n {
-        screens.push(device(c.replicas[i % 3].client(), &load_device(i)).await);
+        screens.push(ws_device(c.replicas[i % 3].client(), &load_device(i)).await);
     }
     let pids: Vec<_> = c.replicas.iter().map(|r| r.pid()).collect();
     dash.drain_events();
@@ -216,7 +198,7 @@ async fn redis_restart_under_load_reports_nobody_offline_and_recovers() {
 #[tokio::test]
 async fn epoch_stays_monotonic_across_a_redis_restart() {
     let mut c = Cluster::start(2, 0, |o| o).await;
-    let old = device(c.replicas[0].client(), DEV_A1).await;
+    let old = ws_device(c.replicas[0].client(), DEV_A1).await;
     let first: u64 = eventually(T, "lease", || async { c.lease(DEV_A1).await }).await["epoch"]
         .as_str()
         .unwrap()
@@ -238,7 +220,7 @@ async fn epoch_stays_monotonic_across_a_redis_restart() {
         first
     );
     // The device reconnects elsewhere: its new epoch must beat the re-asserted one.
-    let new = device(c.replicas[1].client(), DEV_A1).await;
+    let new = ws_device(c.replicas[1].client(), DEV_A1).await;
     let lease = eventually(T, "the new socket owns the lease", || async {
         c.lease(DEV_A1).await.filter(|l| l["sid"] == new.sid())
     })
@@ -255,12 +237,12 @@ async fn epoch_stays_monotonic_across_a_redis_restart() {
 #[tokio::test]
 async fn offline_and_online_notifications_once_per_offline_period() {
     let c = Cluster::start(3, 0, |o| o).await;
-    let dash = dashboard(c.replicas[2].client()).await;
+    let dash = ws_dashboard(c.replicas[2].client(), ORG_A).await;
 
     // A short absence (within the grace delay) produces no notification at all.
-    let s = device(c.replicas[0].client(), DEV_A1).await;
+    let s = ws_device(c.replicas[0].client(), DEV_A1).await;
     s.disconnect().await;
-    let s = device(c.replicas[1].client(), DEV_A1).await;
+    let s = ws_device(c.replicas[1].client(), DEV_A1).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(c.notifications(DEV_A1, "device_offline").await, 0);
 
@@ -278,7 +260,7 @@ async fn offline_and_online_notifications_once_per_offline_period() {
         "exactly once across replicas"
     );
     dash.drain_events();
-    let back = device(c.replicas[0].client(), DEV_A1).await;
+    let back = ws_device(c.replicas[0].client(), DEV_A1).await;
     let note = dash
         .wait_for("notification:new", T)
         .await
@@ -300,7 +282,7 @@ async fn offline_and_online_notifications_once_per_offline_period() {
 #[tokio::test]
 async fn during_a_redis_outage_live_sockets_are_served_and_readiness_reports_it() {
     let mut c = Cluster::start(2, 0, |o| o).await;
-    let screen = device(c.replicas[0].client(), DEV_A1).await;
+    let screen = ws_device(c.replicas[0].client(), DEV_A1).await;
     let api = c.replicas[0].api();
     c.redis.stop();
     // Heartbeats are still answered (presence follows the socket), readiness reports the outage.

@@ -10,18 +10,8 @@ use serde_json::json;
 use vizora_gateway_tests::gateway::{DbTarget, seeded_db};
 use vizora_gateway_tests::proxy::PausableProxy;
 use vizora_gateway_tests::*;
-use vizora_sioclient::{Client, ClientOptions, Transport, connect};
 
 const T: Duration = Duration::from_secs(15);
-
-async fn device(opts: ClientOptions, dev: &str) -> Client {
-    connect(
-        opts.transport(Transport::Websocket)
-            .auth(json!({"token": device_token(dev, ORG_A)})),
-    )
-    .await
-    .expect("device connects")
-}
 
 async fn rows(conn: &DatabaseConnection, sql: &str) -> Vec<sea_orm::QueryResult> {
     conn.query_all_raw(Statement::from_string(
@@ -66,7 +56,7 @@ async fn a_thousand_heartbeats_write_nothing_to_devices() {
     let c = Cluster::start(2, n, |o| o.env("LAST_SEEN_FLUSH_MS", 600_000)).await;
     let mut screens = Vec::new();
     for i in 0..n {
-        screens.push(device(c.replicas[i % 2].client(), &load_device(i)).await);
+        screens.push(ws_device(c.replicas[i % 2].client(), &load_device(i)).await);
     }
     for i in 0..n {
         eventually(T, "online transition written", || async {
@@ -122,7 +112,7 @@ async fn the_bulk_flush_is_one_statement_per_replica_per_interval() {
     let c = Cluster::start(1, n, |o| o.env("LAST_SEEN_FLUSH_MS", 1000)).await;
     let mut screens = Vec::new();
     for i in 0..n {
-        screens.push(device(c.replicas[0].client(), &load_device(i)).await);
+        screens.push(ws_device(c.replicas[0].client(), &load_device(i)).await);
     }
     let conn = c.pg().await;
     for i in 0..n {
@@ -209,7 +199,7 @@ async fn transitions_stay_ordered_through_a_postgres_pause() {
     };
     // Warm both replicas (their device checks are cached for reconnects during the pause).
     for g in [&a, &b] {
-        let s = device(g.client(), DEV_A1).await;
+        let s = ws_device(g.client(), DEV_A1).await;
         s.disconnect().await;
     }
     eventually(T, "offline before the pause", || async {
@@ -219,12 +209,12 @@ async fn transitions_stay_ordered_through_a_postgres_pause() {
 
     proxy.pause();
     for g in [&a, &b, &a, &b] {
-        let s = device(g.client(), DEV_A1).await;
+        let s = ws_device(g.client(), DEV_A1).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         s.disconnect().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let last = device(a.client(), DEV_A1).await; // the flap ends online
+    let last = ws_device(a.client(), DEV_A1).await; // the flap ends online
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         status().await,

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 
-use super::{SocketCtx, over_budget, reply};
+use super::{SocketCtx, reply, within_budget};
 use crate::auth::{DevicePrincipal, Principal};
 use crate::service::Gateway;
 use crate::wire::{ack, events, events::names};
@@ -30,34 +30,40 @@ pub(super) fn payload(d: Result<Value, socketioxide::ParserError>) -> Value {
     d.unwrap_or(Value::Null)
 }
 
-/// The device principal, or an error ack for dashboard sockets.
-fn device<'a, A: Adapter>(
+/// The common start of a device event: within the socket's message budget and from a device
+/// (dashboard sockets get an error ack). Returns the principal and the ack to answer with.
+fn admit_device<'a, A: Adapter>(
     gw: &Gateway,
     ctx: &'a SocketCtx,
     event: &'static str,
-    ack: &mut Option<AckSender<A>>,
-) -> Option<&'a DevicePrincipal> {
+    ack: AckSender<A>,
+) -> Option<(&'a DevicePrincipal, AckSender<A>)> {
+    let ack = within_budget(gw, ctx, event, ack)?;
     match &ctx.principal {
-        Principal::Device(d) => Some(d),
+        Principal::Device(d) => Some((d, ack)),
         Principal::User(_) => {
             gw.metrics.event(event, "forbidden");
-            if let Some(a) = ack.take() {
-                reply(a, ack::err("This event is only accepted from devices"));
-            }
+            reply(ack, ack::err("This event is only accepted from devices"));
             None
         }
     }
 }
 
-/// Validation failures: an error ack naming the field, counted, nothing stored.
-fn refuse<A: Adapter>(
+/// A validated payload, or the error ack naming the field (counted; nothing is stored).
+fn validated<T, A: Adapter>(
     gw: &Gateway,
     event: &'static str,
     ack: AckSender<A>,
-    e: impl std::fmt::Display,
-) {
-    gw.metrics.event(event, "invalid");
-    reply(ack, ack::err(format!("Validation failed: {e}")));
+    r: Result<T, crate::wire::validate::Invalid>,
+) -> Option<(T, AckSender<A>)> {
+    match r {
+        Ok(v) => Some((v, ack)),
+        Err(e) => {
+            gw.metrics.event(event, "invalid");
+            reply(ack, ack::err(format!("Validation failed: {e}")));
+            None
+        }
+    }
 }
 
 async fn on_heartbeat<A: Adapter>(
@@ -68,17 +74,11 @@ async fn on_heartbeat<A: Adapter>(
     ack: AckSender<A>,
 ) {
     const EV: &str = names::HEARTBEAT;
-    let mut ack = Some(ack);
-    if over_budget(&gw, &ctx, EV, &mut ack) {
-        return;
-    }
-    let Some(d) = device(&gw, &ctx, EV, &mut ack) else {
+    let Some((d, ack)) = admit_device(&gw, &ctx, EV, ack) else {
         return;
     };
-    let Some(ack) = ack else { return };
-    let hb = match events::heartbeat(&payload(data)) {
-        Ok(hb) => hb,
-        Err(e) => return refuse(&gw, EV, ack, e),
+    let Some((hb, ack)) = validated(&gw, EV, ack, events::heartbeat(&payload(data))) else {
+        return;
     };
     let started = tokio::time::Instant::now();
     let data = gw
@@ -104,17 +104,11 @@ async fn on_impression<A: Adapter>(
     ack: AckSender<A>,
 ) {
     const EV: &str = names::IMPRESSION;
-    let mut ack = Some(ack);
-    if over_budget(&gw, &ctx, EV, &mut ack) {
-        return;
-    }
-    let Some(d) = device(&gw, &ctx, EV, &mut ack) else {
+    let Some((d, ack)) = admit_device(&gw, &ctx, EV, ack) else {
         return;
     };
-    let Some(ack) = ack else { return };
-    let imp = match events::impression(&payload(data)) {
-        Ok(i) => i,
-        Err(e) => return refuse(&gw, EV, ack, e),
+    let Some((imp, ack)) = validated(&gw, EV, ack, events::impression(&payload(data))) else {
+        return;
     };
     if let Err(e) = gw.impression(&d.device_id, &d.organization_id, imp).await {
         // As the original: a row the database refuses (unknown content id) is logged, not fatal.
@@ -132,17 +126,11 @@ async fn on_content_error<A: Adapter>(
     ack: AckSender<A>,
 ) {
     const EV: &str = names::CONTENT_ERROR;
-    let mut ack = Some(ack);
-    if over_budget(&gw, &ctx, EV, &mut ack) {
-        return;
-    }
-    let Some(d) = device(&gw, &ctx, EV, &mut ack) else {
+    let Some((d, ack)) = admit_device(&gw, &ctx, EV, ack) else {
         return;
     };
-    let Some(ack) = ack else { return };
-    let err = match events::content_error(&payload(data)) {
-        Ok(e) => e,
-        Err(e) => return refuse(&gw, EV, ack, e),
+    let Some((err, ack)) = validated(&gw, EV, ack, events::content_error(&payload(data))) else {
+        return;
     };
     gw.content_error(&d.device_id, err).await;
     gw.metrics.event(EV, "ok");
@@ -156,17 +144,11 @@ async fn on_playlist_request<A: Adapter>(
     ack: AckSender<A>,
 ) {
     const EV: &str = names::PLAYLIST_REQUEST;
-    let mut ack = Some(ack);
-    if over_budget(&gw, &ctx, EV, &mut ack) {
-        return;
-    }
-    let Some(d) = device(&gw, &ctx, EV, &mut ack) else {
+    let Some((d, ack)) = admit_device(&gw, &ctx, EV, ack) else {
         return;
     };
-    let Some(ack) = ack else { return };
-    let req = match events::playlist_request(&payload(data)) {
-        Ok(r) => r,
-        Err(e) => return refuse(&gw, EV, ack, e),
+    let Some((req, ack)) = validated(&gw, EV, ack, events::playlist_request(&payload(data))) else {
+        return;
     };
     match gw.device_playlist(&d.device_id, req.force_refresh).await {
         Ok(p) => {
@@ -188,17 +170,16 @@ async fn on_screenshot<A: Adapter>(
     ack: AckSender<A>,
 ) {
     const EV: &str = names::SCREENSHOT_RESPONSE;
-    let mut ack = Some(ack);
-    if over_budget(&gw, &ctx, EV, &mut ack) {
-        return;
-    }
-    let Some(d) = device(&gw, &ctx, EV, &mut ack) else {
+    let Some((d, ack)) = admit_device(&gw, &ctx, EV, ack) else {
         return;
     };
-    let Some(ack) = ack else { return };
-    let r = match events::screenshot_response(&payload(data), usize::MAX) {
-        Ok(r) => r,
-        Err(e) => return refuse(&gw, EV, ack, e),
+    let Some((r, ack)) = validated(
+        &gw,
+        EV,
+        ack,
+        events::screenshot_response(&payload(data), usize::MAX),
+    ) else {
+        return;
     };
     match gw.screenshot(&d.device_id, &d.organization_id, r).await {
         Ok(data) => {

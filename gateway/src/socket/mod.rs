@@ -58,19 +58,18 @@ fn reply<A: Adapter>(ack: AckSender<A>, v: Value) {
     let _ = ack.send(&v);
 }
 
-/// Rejects a message when the socket's budget is spent.
-fn over_budget<A: Adapter>(
-    gw: &Arc<Gateway>,
+/// The ack back when the socket's message budget allows the message; otherwise the message is
+/// answered with the error ack `rate_limited` and counted.
+fn within_budget<A: Adapter>(
+    gw: &Gateway,
     ctx: &SocketCtx,
     event: &'static str,
-    ack: &mut Option<AckSender<A>>,
-) -> bool {
+    ack: AckSender<A>,
+) -> Option<AckSender<A>> {
     if ctx.limiter.allow() {
-        return false;
+        return Some(ack);
     }
     gw.metrics.event(event, "rate_limited");
-    if let Some(a) = ack.take() {
-        reply(a, crate::wire::ack::err("rate_limited"));
-    }
-    true
+    reply(ack, crate::wire::ack::err("rate_limited"));
+    None
 }

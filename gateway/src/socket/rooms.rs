@@ -7,7 +7,7 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Extension, SocketRef, State, TryData};
 
 use super::events::payload;
-use super::{SocketCtx, over_budget, reply};
+use super::{SocketCtx, reply, within_budget};
 use crate::auth::Principal;
 use crate::service::rooms::{ORG_DENIED, Refused};
 use crate::service::{Gateway, room};
@@ -33,11 +33,9 @@ pub async fn on_join_organization<A: Adapter>(
     ack: AckSender<A>,
 ) {
     const EV: &str = names::JOIN_ORGANIZATION;
-    let mut ack = Some(ack);
-    if over_budget(&gw, &ctx, EV, &mut ack) {
+    let Some(ack) = within_budget(&gw, &ctx, EV, ack) else {
         return;
-    }
-    let Some(ack) = ack else { return };
+    };
     let org = match events::organization_id(&payload(data)) {
         Ok(o) => o,
         Err(msg) => {
@@ -71,11 +69,9 @@ pub async fn on_join_room<A: Adapter>(
     ack: AckSender<A>,
 ) {
     const EV: &str = names::JOIN_ROOM;
-    let mut ack = Some(ack);
-    if over_budget(&gw, &ctx, EV, &mut ack) {
+    let Some(ack) = within_budget(&gw, &ctx, EV, ack) else {
         return;
-    }
-    let Some(ack) = ack else { return };
+    };
     let name = match events::room(&payload(data)) {
         Ok(r) => r,
         Err(msg) => {
@@ -101,11 +97,9 @@ pub async fn on_leave_room<A: Adapter>(
     ack: AckSender<A>,
 ) {
     const EV: &str = names::LEAVE_ROOM;
-    let mut ack = Some(ack);
-    if over_budget(&gw, &ctx, EV, &mut ack) {
+    let Some(ack) = within_budget(&gw, &ctx, EV, ack) else {
         return;
-    }
-    let Some(ack) = ack else { return };
+    };
     let name = match events::room(&payload(data)) {
         Ok(r) => r,
         Err(msg) => {
