@@ -197,15 +197,20 @@ async fn transitions_stay_ordered_through_a_postgres_pause() {
         .await;
         r[0].try_get::<String>("", "s").unwrap()
     };
-    // Warm both replicas (their device checks are cached for reconnects during the pause).
+    // Warm both replicas (their device checks are cached for reconnects during the pause), one
+    // transition at a time so nothing is still in flight when the pause starts.
     for g in [&a, &b] {
         let s = ws_device(g.client(), DEV_A1).await;
+        eventually(T, "online", || async {
+            (status().await == "online").then_some(())
+        })
+        .await;
         s.disconnect().await;
+        eventually(T, "offline", || async {
+            (status().await == "offline").then_some(())
+        })
+        .await;
     }
-    eventually(T, "offline before the pause", || async {
-        (status().await == "offline").then_some(())
-    })
-    .await;
 
     proxy.pause();
     for g in [&a, &b, &a, &b] {

@@ -116,8 +116,15 @@ impl Gateway {
             tracing::warn!(device, error = %e, "Screenshot row update failed.");
             return Err(ScreenshotError::SaveFailed);
         }
-        let event = json!({"deviceId": device, "requestId": r.request_id, "url": url, "width": r.width, "height": r.height,
-                           "capturedAt": r.captured_at.unwrap_or(Value::Null), "timestamp": iso_now()});
+        let mut event = json!({"deviceId": device, "requestId": r.request_id, "url": url, "width": r.width, "height": r.height,
+                               "timestamp": iso_now()});
+        // As the original: `capturedAt` is the device's timestamp, absent when it sent none.
+        if let (Some(at), Some(m)) = (
+            r.captured_at.filter(|v| !v.is_null()),
+            event.as_object_mut(),
+        ) {
+            m.insert("capturedAt".into(), at);
+        }
         self.emitter
             .emit(room::dashboards(org), names::SCREENSHOT_READY, event)
             .await;
