@@ -67,14 +67,10 @@ impl Gateway {
     }
 
     async fn deliver(&self, device: &str, cmd: Value) -> Result<Delivery, StoreError> {
-        // Live means a lease whose socket can receive room emits. A lease held by one of this
-        // replica's sockets that is still in the connect middleware names a socket that is in no
-        // namespace yet: an emit now would be lost, so queue it and let the connect drain it.
-        let online = match self.presence.lease(device).await? {
-            None => false,
-            Some(l) if l.replica == self.cfg.replica_id => self.emitter.is_local(&l.sid),
-            Some(_) => true,
-        };
+        // Live means a lease whose socket can receive room emits. A `pending` lease names a socket
+        // still in its connect middleware, in no namespace yet on whichever replica holds it: an
+        // emit now would be lost, so queue it; the socket drains the queue once it is in.
+        let online = matches!(self.presence.lease(device).await?, Some(l) if !l.pending);
         if online {
             self.emitter
                 .emit(room::device(device), names::COMMAND, cmd)

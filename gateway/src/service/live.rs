@@ -58,6 +58,7 @@ impl LiveRegistry {
                 org: e.org.clone(),
                 sid: sid.clone(),
                 epoch: e.epoch,
+                pending: !e.connected,
             })
             .collect()
     }

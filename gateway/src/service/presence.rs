@@ -60,6 +60,17 @@ impl Gateway {
         Ok(a.epoch)
     }
 
+    /// The socket entered the namespace and joined its rooms: commands may now be sent live.
+    /// Runs before the connect-time drain of queued commands, so nothing queued meanwhile is missed.
+    pub async fn confirm_device(&self, device: &str, sid: &str) {
+        self.live.mark_connected(sid);
+        if let Err(e) = self.presence.confirm(device, sid).await {
+            // The next lease refresh clears `pending` anyway (the socket is marked connected).
+            self.metrics.store_error("redis", "confirm");
+            tracing::debug!(device, error = %e, "Lease confirm failed.");
+        }
+    }
+
     /// The release step, run when a device socket disconnects.
     pub async fn release_device(self: &Arc<Self>, sid: &str) {
         let Some(e) = self.live.remove(sid) else {

@@ -182,7 +182,7 @@ pub async fn on_connect<A: Adapter>(
         Principal::Device(d) => {
             let sid = s.id.to_string();
             s.join(device_rooms(d, &sid));
-            gw.live.mark_connected(&sid);
+            gw.confirm_device(&d.device_id, &sid).await;
             gw.metrics
                 .gauges
                 .device_sockets

@@ -113,6 +113,7 @@ impl PresenceStore for MemoryStore {
             replica: replica.into(),
             sid: sid.into(),
             org: org.into(),
+            pending: true,
         };
         let previous = g
             .leases
@@ -159,6 +160,7 @@ impl PresenceStore for MemoryStore {
                 replica: replica.into(),
                 sid: l.sid.clone(),
                 org: l.org.clone(),
+                pending: l.pending,
             };
             g.leases
                 .insert(l.device_id.clone(), (lease, now + ttl_ms as i64));
@@ -181,6 +183,15 @@ impl PresenceStore for MemoryStore {
             out.push(outcome);
         }
         Ok(out)
+    }
+
+    async fn confirm(&self, device: &str, sid: &str) -> StoreResult<()> {
+        if let Some((lease, _)) = self.lock().leases.get_mut(device)
+            && lease.sid == sid
+        {
+            lease.pending = false;
+        }
+        Ok(())
     }
 
     async fn release(
@@ -433,6 +444,7 @@ mod tests {
             org: "o".into(),
             sid: sid.into(),
             epoch,
+            pending: false,
         }
     }
 
@@ -456,6 +468,17 @@ mod tests {
         assert_eq!(r, vec![RefreshOutcome::Stale]);
         assert!(s.release("d", "o", b.epoch, 60_000).await.unwrap());
         assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![false]);
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_pending_until_its_socket_confirms() {
+        let s = MemoryStore::new();
+        s.acquire("d", "o", "r", "s1", 30_000).await.unwrap();
+        assert!(s.lease("d").await.unwrap().unwrap().pending);
+        s.confirm("d", "other").await.unwrap();
+        assert!(s.lease("d").await.unwrap().unwrap().pending, "only the lease's own socket confirms");
+        s.confirm("d", "s1").await.unwrap();
+        assert!(!s.lease("d").await.unwrap().unwrap().pending);
     }
 
     #[tokio::test]

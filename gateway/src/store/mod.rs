@@ -43,6 +43,9 @@ pub struct Lease {
     pub replica: String,
     pub sid: String,
     pub org: String,
+    /// Acquired, but the socket has not entered the namespace yet (commands are queued).
+    #[serde(default)]
+    pub pending: bool,
 }
 
 impl Lease {
@@ -70,6 +73,8 @@ pub struct LiveLease {
     pub org: String,
     pub sid: String,
     pub epoch: u64,
+    /// The socket has not completed its CONNECT yet.
+    pub pending: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +126,8 @@ pub trait PresenceStore: Send + Sync + 'static {
         leases: &[LiveLease],
         ttl_ms: u64,
     ) -> StoreResult<Vec<RefreshOutcome>>;
+    /// Marks the lease of socket `sid` as reachable (it entered the namespace).
+    async fn confirm(&self, device: &str, sid: &str) -> StoreResult<()>;
     /// Drops the lease if `epoch` still owns it; true when this is the offline transition, whose
     /// offline notice (due after `notify_delay_ms`) is scheduled in the same atomic step.
     async fn release(

@@ -17,6 +17,7 @@ struct Scripts {
     acquire: Script,
     refresh: Script,
     release: Script,
+    confirm: Script,
     sweep: Script,
     claim_notices: Script,
     heartbeat: Script,
@@ -48,6 +49,7 @@ impl RedisStore {
                 acquire: Script::new(include_str!("lua/acquire.lua")),
                 refresh: Script::new(include_str!("lua/refresh.lua")),
                 release: Script::new(include_str!("lua/release.lua")),
+                confirm: Script::new(include_str!("lua/confirm.lua")),
                 sweep: Script::new(include_str!("lua/sweep.lua")),
                 claim_notices: Script::new(include_str!("lua/claim_notices.lua")),
                 heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
@@ -174,7 +176,8 @@ impl PresenceStore for RedisStore {
                     .arg(&l.sid)
                     .arg(&l.org)
                     .arg(ttl_ms)
-                    .arg(STATUS_ONLINE_TTL_S);
+                    .arg(STATUS_ONLINE_TTL_S)
+                    .arg(if l.pending { "1" } else { "0" });
             }
             p
         };
@@ -198,6 +201,12 @@ impl PresenceStore for RedisStore {
                 _ => RefreshOutcome::Stale,
             })
             .collect())
+    }
+
+    async fn confirm(&self, device: &str, sid: &str) -> StoreResult<()> {
+        let mut inv = self.scripts.confirm.prepare_invoke();
+        inv.key(format!("device:lease:{device}")).arg(sid);
+        self.run::<i64>(inv).await.map(|_| ())
     }
 
     async fn release(

@@ -1,7 +1,7 @@
 -- refresh: keep a live socket's lease fresh. Returns 0 stale (a newer epoch owns the device),
 -- 1 fresh, 2 restored (Redis had lost the epoch: re-asserted), 3 revived (the lease had been swept).
 -- KEYS: 1 device:epoch:{id} 2 device:lease:{id} 3 presence:deadlines 4 device:status:{id}
--- ARGV: 1 id 2 epoch 3 replica 4 sid 5 org 6 lease_ttl_ms 7 status_ttl_s
+-- ARGV: 1 id 2 epoch 3 replica 4 sid 5 org 6 lease_ttl_ms 7 status_ttl_s 8 pending ('1' before CONNECT)
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cur = redis.call('GET', KEYS[1])
@@ -15,7 +15,9 @@ elseif redis.call('EXISTS', KEYS[2]) == 0 then
   outcome = 3
 end
 local ttl = tonumber(ARGV[6])
-redis.call('SET', KEYS[2], cjson.encode({epoch = ARGV[2], replica = ARGV[3], sid = ARGV[4], org = ARGV[5]}), 'PX', ttl * 2)
+local lease = {epoch = ARGV[2], replica = ARGV[3], sid = ARGV[4], org = ARGV[5]}
+if ARGV[8] == '1' then lease.pending = true end
+redis.call('SET', KEYS[2], cjson.encode(lease), 'PX', ttl * 2)
 redis.call('ZADD', KEYS[3], now_ms + ttl, ARGV[1])
 if outcome ~= 1 or redis.call('EXPIRE', KEYS[4], ARGV[7]) == 0 then
   redis.call('SET', KEYS[4], cjson.encode({status = 'online', lastHeartbeat = now_ms, socketId = ARGV[4], organizationId = ARGV[5]}), 'EX', ARGV[7])
