@@ -1,0 +1,187 @@
+//! The command line as an operator meets it: configuration errors, token minting, the demo.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use vizora_gateway_tests::gateway::gateway_bin;
+use vizora_gateway_tests::*;
+
+fn cmd() -> Command {
+    let mut c = Command::new(gateway_bin());
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .kill_on_drop(true);
+    c
+}
+
+#[tokio::test]
+async fn serve_refuses_bad_configuration_with_one_line_per_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cmd()
+        .current_dir(dir.path())
+        .arg("serve")
+        .env("JWT_SECRET", "too-short")
+        .env("PORT", "not-a-port")
+        .env("REDIS_URL", "http://nope")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "configuration errors exit 64");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("config error:"))
+        .collect();
+    for var in [
+        "DEVICE_JWT_SECRET",
+        "JWT_SECRET",
+        "INTERNAL_API_SECRET",
+        "PORT",
+        "REDIS_URL",
+    ] {
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.contains(&format!(" {var}:")))
+                .count(),
+            1,
+            "one line for {var}:\n{err}"
+        );
+    }
+    assert!(
+        !dir.path().join("vizora-gateway.sqlite").exists(),
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
+async fn token_command_mints_tokens_the_gateway_accepts() {
+    let out = cmd()
+        .args([
+            "token",
+            "device",
+            "--device-id",
+            DEV_A1,
+            "--org",
+            ORG_A,
+            "--ttl",
+            "10m",
+        ])
+        .env("DEVICE_JWT_SECRET", DEVICE_SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let verifier = vizora_gateway::auth::TokenVerifier::new(DEVICE_SECRET, USER_SECRET);
+    match verifier.verify(&token).unwrap() {
+        vizora_gateway::auth::Principal::Device(d) => {
+            assert_eq!(d.device_id, DEV_A1);
+            assert_eq!(d.organization_id, ORG_A);
+        }
+        other => panic!("expected a device principal, got {other:?}"),
+    }
+    let out = cmd()
+        .args(["token", "user", "--user-id", "u1", "--org", ORG_A])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "no JWT_SECRET: refused");
+}
+
+#[tokio::test]
+async fn demo_shows_the_whole_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = cmd()
+        .current_dir(dir.path())
+        .args(["demo", "--screens", "2"])
+        .env("PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    // The printed curl commands carry the generated internal key.
+    let key = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            if let Some(rest) = line.split("x-internal-api-key: ").nth(1) {
+                return rest.split('\'').next().unwrap().to_string();
+            }
+        }
+        panic!("the demo printed no curl command");
+    })
+    .await
+    .expect("the demo starts within 30 s");
+    let log = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            let done = line.contains("screenshot uploaded");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually(
+        Duration::from_secs(20),
+        "both simulated screens online",
+        || {
+            let (http, base, key) = (http.clone(), base.clone(), key.clone());
+            async move {
+                for i in 1..=2 {
+                    let r = http
+                        .get(format!(
+                            "{base}/api/internal/devices/demo-screen-{i}/presence"
+                        ))
+                        .header("x-internal-api-key", &key)
+                        .send()
+                        .await
+                        .ok()?;
+                    let v: serde_json::Value = r.json().await.ok()?;
+                    if v["online"] != true {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
+    let r = http
+        .post(format!("{base}/api/internal/command"))
+        .header("x-internal-api-key", &key)
+        .json(&serde_json::json!({"deviceId": "demo-screen-2", "command": "screenshot"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let lines = tokio::time::timeout(Duration::from_secs(20), log)
+        .await
+        .expect("a screenshot within 20 s")
+        .unwrap();
+    let uploaded = lines
+        .iter()
+        .find(|l| l.contains("screenshot uploaded"))
+        .unwrap();
+    let url = uploaded
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .replace("localhost", "127.0.0.1");
+    let img = http.get(url).send().await.unwrap();
+    assert_eq!(img.status().as_u16(), 200);
+    assert!(img.bytes().await.unwrap().starts_with(b"\x89PNG"));
+    let _ = child.kill().await;
+}
