@@ -16,6 +16,8 @@ use crate::wire::{events::names, iso_now};
 
 /// How many expired leases one sweep step removes (the rest wait for the next tick).
 const SWEEP_BATCH: usize = 1000;
+/// Leases refreshed per pipeline.
+const REFRESH_CHUNK: usize = 1000;
 
 impl Gateway {
     /// The acquire step, run in the connect middleware after auth: a new epoch, the older socket
@@ -159,36 +161,42 @@ impl Gateway {
     pub async fn refresh_once(self: &Arc<Self>) {
         self.reap_unconnected().await;
         let leases = self.live.leases();
-        match self
-            .presence
-            .refresh(
-                &self.cfg.replica_id,
-                &leases,
-                self.cfg.lease_ttl.as_millis() as u64,
-            )
-            .await
-        {
-            Err(e) => {
-                self.metrics.store_error("redis", "refresh");
-                self.set_redis_healthy(false);
-                tracing::debug!(error = %e, "Lease refresh failed.");
-            }
-            Ok(outcomes) => {
-                self.set_redis_healthy(true);
-                for (l, o) in leases.iter().zip(outcomes) {
-                    match o {
-                        RefreshOutcome::Fresh | RefreshOutcome::Restored => {}
-                        RefreshOutcome::Revived => {
-                            self.online_transition(&l.device_id, &l.org, l.epoch, "refresh", false)
-                        }
-                        RefreshOutcome::Stale => {
-                            // The entry stays until the socket's disconnect handler removes it, so
-                            // a socket that had not yet joined its room is retried next refresh.
-                            tracing::info!(device = %l.device_id, "Socket superseded by a newer connection; disconnecting it.");
-                            self.emitter.disconnect_room(room::socket(&l.sid)).await;
-                        }
+        // One pipeline per chunk: a replica with tens of thousands of sockets must not hold
+        // Redis for one giant batch.
+        for chunk in leases.chunks(REFRESH_CHUNK) {
+            let ttl = self.cfg.lease_ttl.as_millis() as u64;
+            match self
+                .presence
+                .refresh(&self.cfg.replica_id, chunk, ttl)
+                .await
+            {
+                Err(e) => {
+                    self.metrics.store_error("redis", "refresh");
+                    self.set_redis_healthy(false);
+                    tracing::debug!(error = %e, "Lease refresh failed.");
+                    return;
+                }
+                Ok(outcomes) => {
+                    self.set_redis_healthy(true);
+                    for (l, o) in chunk.iter().zip(outcomes) {
+                        self.after_refresh(l, o).await;
                     }
                 }
+            }
+        }
+    }
+
+    async fn after_refresh(self: &Arc<Self>, l: &crate::store::LiveLease, o: RefreshOutcome) {
+        match o {
+            RefreshOutcome::Fresh | RefreshOutcome::Restored => {}
+            RefreshOutcome::Revived => {
+                self.online_transition(&l.device_id, &l.org, l.epoch, "refresh", false)
+            }
+            RefreshOutcome::Stale => {
+                // The entry stays until the socket's disconnect handler removes it, so a socket
+                // that had not yet joined its room is retried next refresh.
+                tracing::info!(device = %l.device_id, "Socket superseded by a newer connection; disconnecting it.");
+                self.emitter.disconnect_room(room::socket(&l.sid)).await;
             }
         }
     }
