@@ -476,7 +476,10 @@ mod tests {
         s.acquire("d", "o", "r", "s1", 30_000).await.unwrap();
         assert!(s.lease("d").await.unwrap().unwrap().pending);
         s.confirm("d", "other").await.unwrap();
-        assert!(s.lease("d").await.unwrap().unwrap().pending, "only the lease's own socket confirms");
+        assert!(
+            s.lease("d").await.unwrap().unwrap().pending,
+            "only the lease's own socket confirms"
+        );
         s.confirm("d", "s1").await.unwrap();
         assert!(!s.lease("d").await.unwrap().unwrap().pending);
     }
