@@ -25,6 +25,23 @@ fn deny<A: Adapter>(
     reply(ack, ack::err(r.ack));
 }
 
+/// The room or organisation named by the payload, or the original's error ack.
+fn named<A: Adapter>(
+    gw: &Gateway,
+    event: &'static str,
+    ack: AckSender<A>,
+    r: Result<String, &'static str>,
+) -> Option<(String, AckSender<A>)> {
+    match r {
+        Ok(v) => Some((v, ack)),
+        Err(msg) => {
+            gw.metrics.event(event, "invalid");
+            reply(ack, ack::err(msg));
+            None
+        }
+    }
+}
+
 pub async fn on_join_organization<A: Adapter>(
     s: SocketRef<A>,
     State(gw): State<Arc<Gateway>>,
@@ -36,12 +53,8 @@ pub async fn on_join_organization<A: Adapter>(
     let Some(ack) = within_budget(&gw, &ctx, EV, ack) else {
         return;
     };
-    let org = match events::organization_id(&payload(data)) {
-        Ok(o) => o,
-        Err(msg) => {
-            gw.metrics.event(EV, "invalid");
-            return reply(ack, ack::err(msg));
-        }
+    let Some((org, ack)) = named(&gw, EV, ack, events::organization_id(&payload(data))) else {
+        return;
     };
     if org != ctx.principal.organization_id() {
         return deny(&s, &gw, EV, ack, ORG_DENIED);
@@ -72,12 +85,8 @@ pub async fn on_join_room<A: Adapter>(
     let Some(ack) = within_budget(&gw, &ctx, EV, ack) else {
         return;
     };
-    let name = match events::room(&payload(data)) {
-        Ok(r) => r,
-        Err(msg) => {
-            gw.metrics.event(EV, "invalid");
-            return reply(ack, ack::err(msg));
-        }
+    let Some((name, ack)) = named(&gw, EV, ack, events::room(&payload(data))) else {
+        return;
     };
     match gw.may_join(&ctx.principal, &name).await {
         Ok(()) => {
@@ -100,12 +109,8 @@ pub async fn on_leave_room<A: Adapter>(
     let Some(ack) = within_budget(&gw, &ctx, EV, ack) else {
         return;
     };
-    let name = match events::room(&payload(data)) {
-        Ok(r) => r,
-        Err(msg) => {
-            gw.metrics.event(EV, "invalid");
-            return reply(ack, ack::err(msg));
-        }
+    let Some((name, ack)) = named(&gw, EV, ack, events::room(&payload(data))) else {
+        return;
     };
     // Internal rooms (a socket's own, the dashboards room) are not the client's to leave.
     let member =
