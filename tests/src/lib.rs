@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod postgres;
 pub mod proxy;
 pub mod redis_server;
+pub mod scenarios;
 
 use std::net::TcpListener;
 use std::time::Duration;

@@ -209,58 +209,5 @@ async fn commands_sent_through_another_replica_during_a_connect_are_not_lost() {
             .env("CONNECT_TIMEOUT_MS", 10_000)
     })
     .await;
-    let api = c.replicas[0].api();
-    let mut hit = 0;
-    for attempt in 0..40 {
-        if hit >= 3 {
-            break;
-        }
-        let opts = c.replicas[1]
-            .client()
-            .transport(Transport::Websocket)
-            .auth(json!({"token": device_token(DEV_A1, ORG_A)}))
-            .connect_timeout(Duration::from_secs(15));
-        let pending = tokio::spawn(connect(opts));
-        let mut id = None;
-        for _ in 0..300 {
-            if c.lease(DEV_A1).await.is_some() {
-                if !pending.is_finished() {
-                    let (st, r) = api
-                        .command(DEV_A1, "reload", Some(json!({"attempt": attempt})))
-                        .await;
-                    assert_eq!(st, 201, "{r}");
-                    id = Some(r["commandId"].as_str().unwrap().to_string());
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let s = pending.await.unwrap().expect("device connects");
-        if let Some(id) = id {
-            hit += 1;
-            let mut got = s
-                .wait_for("command", Duration::from_secs(3))
-                .await
-                .filter(|cmd| cmd["id"] == id.as_str());
-            if got.is_none() {
-                let ack = s.emit_with_ack("heartbeat", json!({}), T).await.unwrap();
-                got = ack["commands"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|cmd| cmd["id"] == id.as_str())
-                    .cloned();
-            }
-            let cmd = got.unwrap_or_else(|| {
-                panic!("attempt {attempt}: command {id} sent during the connect was lost")
-            });
-            assert_eq!(cmd["payload"]["attempt"], attempt);
-        }
-        s.disconnect().await;
-        eventually(Duration::from_secs(10), "lease released", || async {
-            c.lease(DEV_A1).await.is_none().then_some(())
-        })
-        .await;
-    }
-    assert!(hit >= 3, "the connect window was hit only {hit} times");
+    scenarios::commands_during_connect_are_not_lost(&c.replicas[0].api(), &c.replicas[1]).await;
 }

@@ -876,68 +876,7 @@ async fn commands_accepted_during_the_connect_handshake_are_not_lost() {
             .env("CONNECT_TIMEOUT_MS", 10_000),
     )
     .await;
-    let api = gw.api();
-    let mut hit = 0;
-    for attempt in 0..40 {
-        if hit >= 3 {
-            break;
-        }
-        let opts = gw
-            .client()
-            .transport(Transport::Websocket)
-            .auth(json!({"token": device_token(DEV_A1, ORG_A)}))
-            .connect_timeout(Duration::from_secs(15));
-        let pending = tokio::spawn(vizora_sioclient::connect(opts));
-        // Wait until the lease exists; if the CONNECT already completed, this attempt missed.
-        let mut id = None;
-        for _ in 0..200 {
-            let (_, p) = api
-                .get(&format!("/api/internal/devices/{DEV_A1}/presence"))
-                .await;
-            if p["online"] == true {
-                if !pending.is_finished() {
-                    let (s, r) = api
-                        .command(DEV_A1, "reload", Some(json!({"attempt": attempt})))
-                        .await;
-                    assert_eq!(s, 201, "{r}");
-                    id = Some(r["commandId"].as_str().unwrap().to_string());
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let c = pending.await.unwrap().expect("device connects");
-        if let Some(id) = id {
-            hit += 1;
-            // On connect, or at the latest in the next heartbeat ack.
-            let mut got = c
-                .wait_for("command", Duration::from_secs(3))
-                .await
-                .filter(|cmd| cmd["id"] == id.as_str());
-            if got.is_none() {
-                let ack = c.emit_with_ack("heartbeat", json!({}), T).await.unwrap();
-                got = ack["commands"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|cmd| cmd["id"] == id.as_str())
-                    .cloned();
-            }
-            let cmd = got.unwrap_or_else(|| {
-                panic!("attempt {attempt}: command {id} accepted during the handshake was lost")
-            });
-            assert_eq!(cmd["payload"]["attempt"], attempt);
-        }
-        c.disconnect().await;
-        eventually(Duration::from_secs(10), "DEV_A1 offline", || async {
-            let (_, p) = api
-                .get(&format!("/api/internal/devices/{DEV_A1}/presence"))
-                .await;
-            (p["online"] == false).then_some(())
-        })
-        .await;
-    }
-    assert!(hit >= 3, "the handshake window was hit only {hit} times");
+    scenarios::commands_during_connect_are_not_lost(&gw.api(), &gw).await;
 }
 
 /// Readiness follows the dependencies: 503 while Redis is unreachable, 200 again once it is back;

@@ -1,0 +1,72 @@
+//! Scenarios shared by several test files.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::api::Api;
+use crate::fixture::*;
+use crate::gateway::Gateway;
+
+/// Connects DEV_A1 to `target` again and again (its gateways run with
+/// `VIZORA_TEST_LEASE_DELAY_MS`, which holds each connect between the lease acquire and the
+/// namespace join) and sends a command through `api` while the lease exists but the CONNECT has
+/// not completed. Every such command must reach the device: on connect, or at the latest in the
+/// next heartbeat ack. Panics otherwise, or if the window was hit fewer than three times.
+pub async fn commands_during_connect_are_not_lost(api: &Api, target: &Gateway) {
+    let t = Duration::from_secs(10);
+    let presence = format!("/api/internal/devices/{DEV_A1}/presence");
+    let mut hit = 0;
+    for attempt in 0..40 {
+        if hit >= 3 {
+            break;
+        }
+        let opts = target
+            .client()
+            .transport(vizora_sioclient::Transport::Websocket)
+            .auth(json!({"token": device_token(DEV_A1, ORG_A)}))
+            .connect_timeout(Duration::from_secs(15));
+        let pending = tokio::spawn(vizora_sioclient::connect(opts));
+        let mut id = None;
+        for _ in 0..300 {
+            if api.get(&presence).await.1["online"] == true {
+                if !pending.is_finished() {
+                    let (st, r) = api
+                        .command(DEV_A1, "reload", Some(json!({"attempt": attempt})))
+                        .await;
+                    assert_eq!(st, 201, "{r}");
+                    id = Some(r["commandId"].as_str().unwrap().to_string());
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let c = pending.await.unwrap().expect("device connects");
+        if let Some(id) = id {
+            hit += 1;
+            let mut got = c
+                .wait_for("command", Duration::from_secs(3))
+                .await
+                .filter(|cmd| cmd["id"] == id.as_str());
+            if got.is_none() {
+                let ack = c.emit_with_ack("heartbeat", json!({}), t).await.unwrap();
+                got = ack["commands"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|cmd| cmd["id"] == id.as_str())
+                    .cloned();
+            }
+            let cmd = got.unwrap_or_else(|| {
+                panic!("attempt {attempt}: command {id} accepted during the connect was lost")
+            });
+            assert_eq!(cmd["payload"]["attempt"], attempt);
+        }
+        c.disconnect().await;
+        crate::eventually(t, "DEV_A1 offline", || async {
+            (api.get(&presence).await.1["online"] == false).then_some(())
+        })
+        .await;
+    }
+    assert!(hit >= 3, "the connect window was hit only {hit} times");
+}
