@@ -34,6 +34,8 @@ async fn idle_socket_memory() {
     let (db, _pg, _dir) = gateway::seeded_db("sqlite", n).await;
     let gw = Gateway::start(
         GatewayOptions::new(db)
+            .env("CONNECT_RATE_GLOBAL", 100_000)
+            .env("CONNECT_BURST_GLOBAL", 100_000)
             .env("PING_INTERVAL_MS", 25_000)
             .env("PING_TIMEOUT_MS", 20_000),
     )
