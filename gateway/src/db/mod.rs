@@ -58,6 +58,20 @@ pub fn now() -> NaiveDateTime {
         .naive_utc()
 }
 
+/// A `"Content"` row selected with the `c_*` column aliases both content queries use.
+fn content_row(r: &sea_orm::QueryResult) -> Result<ContentRow, sea_orm::DbErr> {
+    Ok(ContentRow {
+        id: r.try_get("", "c_id")?,
+        name: r.try_get("", "c_name")?,
+        kind: r.try_get("", "c_type")?,
+        url: r.try_get("", "c_url")?,
+        thumbnail: r.try_get("", "c_thumb")?,
+        mime_type: r.try_get("", "c_mime")?,
+        duration: r.try_get::<i32>("", "c_dur")? as i64,
+        metadata: r.try_get("", "c_meta")?,
+    })
+}
+
 impl Db {
     pub async fn connect(cfg: &DatabaseConfig) -> DbResult<Db> {
         let mut opt = ConnectOptions::new(cfg.url().to_string());
@@ -224,18 +238,10 @@ impl Db {
             .await?;
         let mut items = Vec::with_capacity(rows.len());
         for r in rows {
+            // LEFT JOIN: no content columns when the content row is missing.
             let content = match r.try_get::<Option<String>>("", "c_id")? {
                 None => None,
-                Some(cid) => Some(ContentRow {
-                    id: cid,
-                    name: r.try_get("", "c_name")?,
-                    kind: r.try_get("", "c_type")?,
-                    url: r.try_get("", "c_url")?,
-                    thumbnail: r.try_get("", "c_thumb")?,
-                    mime_type: r.try_get("", "c_mime")?,
-                    duration: r.try_get::<i32>("", "c_dur")? as i64,
-                    metadata: r.try_get("", "c_meta")?,
-                }),
+                Some(_) => Some(content_row(&r)?),
             };
             items.push(ItemRow {
                 id: r.try_get("", "iid")?,
@@ -259,19 +265,7 @@ impl Db {
             .conn
             .query_one_raw(self.stmt(sql, vec![id.into()]))
             .await?;
-        row.map(|r| {
-            Ok(ContentRow {
-                id: r.try_get("", "c_id")?,
-                name: r.try_get("", "c_name")?,
-                kind: r.try_get("", "c_type")?,
-                url: r.try_get("", "c_url")?,
-                thumbnail: r.try_get("", "c_thumb")?,
-                mime_type: r.try_get("", "c_mime")?,
-                duration: r.try_get::<i32>("", "c_dur")? as i64,
-                metadata: r.try_get("", "c_meta")?,
-            })
-        })
-        .transpose()
+        Ok(row.map(|r| content_row(&r)).transpose()?)
     }
 
     pub async fn insert_impression(&self, i: &NewImpression) -> DbResult<()> {

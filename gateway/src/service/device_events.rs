@@ -116,16 +116,48 @@ impl Gateway {
         device: &str,
         force_refresh: bool,
     ) -> Result<Option<Value>, DbError> {
-        if !force_refresh
-            && let Ok(Some(cached)) = self.state.cached_playlist(device).await
-            && let Ok(v) = serde_json::from_str::<Value>(&cached)
-        {
-            return Ok(Some(v));
+        if !force_refresh && let Some(p) = self.cached_playlist(device).await {
+            return Ok(Some(p));
         }
-        let Some(settings) = self.db.device_settings(device).await? else {
-            return Ok(None);
+        let settings = self.db.device_settings(device).await?;
+        self.resolve_playlist(device, settings.and_then(|s| s.current_playlist_id))
+            .await
+    }
+
+    /// `config` and the playlist for a connecting device, from ONE read of its row (a reconnect
+    /// storm costs one query per screen, or none for the playlist when it is cached).
+    pub async fn connect_state(&self, device: &str) -> Result<(Value, Option<Value>), DbError> {
+        let settings = self.db.device_settings(device).await?;
+        let qr = settings
+            .as_ref()
+            .and_then(|s| s.metadata.as_ref())
+            .and_then(|m| m.get("qrOverlay").cloned())
+            .filter(|q| !q.is_null() && q != &Value::Bool(false))
+            .unwrap_or(Value::Null);
+        let config = json!({"heartbeatInterval": self.cfg.heartbeat_interval.as_millis() as u64, "cacheSize": CACHE_SIZE,
+                            "autoUpdate": true, "qrOverlay": qr});
+        let playlist = match self.cached_playlist(device).await {
+            Some(p) => Some(p),
+            None => {
+                self.resolve_playlist(device, settings.and_then(|s| s.current_playlist_id))
+                    .await?
+            }
         };
-        let Some(pid) = settings.current_playlist_id else {
+        Ok((config, playlist))
+    }
+
+    async fn cached_playlist(&self, device: &str) -> Option<Value> {
+        let cached = self.state.cached_playlist(device).await.ok().flatten()?;
+        serde_json::from_str(&cached).ok()
+    }
+
+    /// Resolves (and caches) the playlist assigned to a device.
+    async fn resolve_playlist(
+        &self,
+        device: &str,
+        playlist_id: Option<String>,
+    ) -> Result<Option<Value>, DbError> {
+        let Some(pid) = playlist_id else {
             return Ok(None);
         };
         let resolved = playlist::resolve(&self.db, &pid, &self.cfg.api_base_url).await?;
@@ -139,19 +171,5 @@ impl Gateway {
             self.metrics.store_error("redis", "playlist_cache");
         }
         Ok(resolved)
-    }
-
-    /// The `config` event for a device.
-    pub async fn device_config(&self, device: &str) -> Result<Value, DbError> {
-        let settings = self.db.device_settings(device).await?;
-        let qr = settings
-            .and_then(|s| s.metadata)
-            .and_then(|m| m.get("qrOverlay").cloned())
-            .filter(|q| !q.is_null() && q != &Value::Bool(false))
-            .unwrap_or(Value::Null);
-        Ok(
-            json!({"heartbeatInterval": self.cfg.heartbeat_interval.as_millis() as u64, "cacheSize": CACHE_SIZE,
-                  "autoUpdate": true, "qrOverlay": qr}),
-        )
     }
 }

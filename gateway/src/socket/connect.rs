@@ -206,21 +206,19 @@ pub async fn on_connect<A: Adapter>(
 
 /// `config`, the playlist (if one is assigned) and queued commands, in that order.
 async fn send_device_state<A: Adapter>(s: &SocketRef<A>, gw: &Arc<Gateway>, device: &str) {
-    match gw.device_config(device).await {
-        Ok(cfg) => {
+    match gw.connect_state(device).await {
+        Ok((cfg, playlist)) => {
             let _ = s.emit(names::CONFIG, &cfg);
+            if let Some(p) = playlist {
+                let _ = s.emit(
+                    names::PLAYLIST_UPDATE,
+                    &json!({"playlist": p, "timestamp": iso_now()}),
+                );
+            }
         }
-        Err(e) => tracing::warn!(device, error = %e, "Could not load the device config."),
-    }
-    match gw.device_playlist(device, false).await {
-        Ok(Some(p)) => {
-            let _ = s.emit(
-                names::PLAYLIST_UPDATE,
-                &json!({"playlist": p, "timestamp": iso_now()}),
-            );
+        Err(e) => {
+            tracing::warn!(device, error = %e, "Could not load the device's config and playlist.")
         }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(device, error = %e, "Could not resolve the device playlist."),
     }
     for cmd in gw.take_queued_commands(device).await {
         let _ = s.emit(names::COMMAND, &cmd);
