@@ -17,7 +17,6 @@ use super::ApiError;
 use crate::auth::valid_id;
 use crate::service::Gateway;
 use crate::service::commands::{CommandError, Delivery};
-use crate::wire::iso_naive;
 
 /// Most device ids one broadcast command may name.
 const BROADCAST_MAX: usize = 1000;
@@ -322,29 +321,9 @@ pub async fn presence(
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let online = online.first().copied().unwrap_or(false);
-    let status_json = gw
-        .state
-        .status(&id)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|s| serde_json::from_str::<Value>(&s).ok());
-    let last_seen = status_json
-        .as_ref()
-        .and_then(|s| s.get("lastHeartbeat"))
-        .and_then(Value::as_i64)
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .map(crate::wire::iso);
-    let last_seen = match last_seen {
-        Some(l) => Some(l),
-        None => gw
-            .db
-            .org_last_heartbeat(&id)
-            .await
-            .ok()
-            .flatten()
-            .map(iso_naive),
-    };
+    let stored = gw.db.org_last_heartbeat(&id).await.ok().flatten();
+    let ids = [id.clone()];
+    let last_seen = gw.last_seen(&ids, &[stored]).await.pop().flatten();
     Ok(Json(json!({"deviceId": id, "online": online, "status": if online { "online" } else { "offline" }, "lastSeen": last_seen}))
         .into_response())
 }

@@ -140,6 +140,33 @@ impl Gateway {
     pub async fn is_online(&self, devices: &[String]) -> Result<Vec<bool>, StoreError> {
         self.presence.online(devices).await
     }
+
+    /// When each device was last heard from, as ISO-8601: the newer of the Redis status key
+    /// (written by every lease step and heartbeat, so it is current) and `stored`, the
+    /// database's `lastHeartbeat` (written later by the transition writer and the bulk flush,
+    /// and the only record once the status key has expired). One round trip.
+    pub async fn last_seen(
+        &self,
+        devices: &[String],
+        stored: &[Option<chrono::NaiveDateTime>],
+    ) -> Vec<Option<String>> {
+        let live = self.state.statuses(devices).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "Could not read device status keys; using the database.");
+            Vec::new()
+        });
+        (0..devices.len())
+            .map(|i| {
+                let from_status = live
+                    .get(i)
+                    .and_then(Option::as_deref)
+                    .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                    .and_then(|s| s.get("lastHeartbeat").and_then(Value::as_i64))
+                    .and_then(chrono::DateTime::from_timestamp_millis);
+                let from_db = stored.get(i).copied().flatten().map(|t| t.and_utc());
+                from_status.max(from_db).map(crate::wire::iso)
+            })
+            .collect()
+    }
 }
 
 pub fn parse_commands(raw: Vec<String>) -> Vec<Value> {

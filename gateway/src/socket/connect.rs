@@ -19,7 +19,7 @@ use crate::auth::{AuthError, Principal, token_from_cookie};
 use crate::limits::MessageLimiter;
 use crate::service::{Gateway, room};
 use crate::wire::events::names;
-use crate::wire::{iso_naive, iso_now};
+use crate::wire::iso_now;
 
 /// How many devices `device:status:batch` lists.
 const BATCH_LIMIT: u64 = 500;
@@ -236,6 +236,10 @@ async fn status_batch(gw: &Gateway, org: &str) -> Value {
     };
     let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     let online = gw.is_online(&ids).await.ok();
+    // The database row of a device that has just connected may not carry its `lastHeartbeat`
+    // yet (the transition writer is asynchronous): the status key in Redis does.
+    let stored: Vec<_> = rows.iter().map(|r| r.last_heartbeat).collect();
+    let last_seen = gw.last_seen(&ids, &stored).await;
     let ts = iso_now();
     let list: Vec<Value> = rows
         .iter()
@@ -246,7 +250,7 @@ async fn status_batch(gw: &Gateway, org: &str) -> Value {
                 Some(false) if r.status == "online" => "offline".to_string(),
                 _ => r.status.clone(),
             };
-            json!({"deviceId": r.id, "status": status, "lastSeen": r.last_heartbeat.map(iso_naive), "timestamp": ts})
+            json!({"deviceId": r.id, "status": status, "lastSeen": last_seen.get(i).cloned().flatten(), "timestamp": ts})
         })
         .collect();
     Value::Array(list)

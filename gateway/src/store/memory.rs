@@ -316,6 +316,12 @@ impl StateStore for MemoryStore {
         Ok(self.lock().get(&status_key(device), now_ms()))
     }
 
+    async fn statuses(&self, devices: &[String]) -> StoreResult<Vec<Option<String>>> {
+        let now = now_ms();
+        let mut g = self.lock();
+        Ok(devices.iter().map(|d| g.get(&status_key(d), now)).collect())
+    }
+
     async fn enqueue_command(
         &self,
         device: &str,

@@ -160,6 +160,8 @@ pub trait StateStore: Send + Sync + 'static {
         latest_json: &str,
     ) -> StoreResult<Vec<String>>;
     async fn status(&self, device: &str) -> StoreResult<Option<String>>;
+    /// The status JSON of many devices in one round trip, in the order asked.
+    async fn statuses(&self, devices: &[String]) -> StoreResult<Vec<Option<String>>>;
     async fn enqueue_command(
         &self,
         device: &str,

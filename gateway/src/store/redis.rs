@@ -335,6 +335,19 @@ impl StateStore for RedisStore {
             .await
     }
 
+    async fn statuses(&self, devices: &[String]) -> StoreResult<Vec<Option<String>>> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One GET per key in a pipeline rather than MGET: keys of a batch may sit on different
+        // hash slots once the deployment moves to a sharded Redis.
+        let mut p = ::redis::pipe();
+        for d in devices {
+            p.cmd("GET").arg(status_key(d));
+        }
+        self.pipeline(&p).await
+    }
+
     async fn enqueue_command(
         &self,
         device: &str,
