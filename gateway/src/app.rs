@@ -205,9 +205,12 @@ async fn serve<A: Adapter>(
     tasks.spawn(persist::run(
         rx,
         persister,
-        gw.db.clone(),
-        cfg.replica_id.clone(),
-        gw.metrics.clone(),
+        persist::Writer {
+            db: gw.db.clone(),
+            replica: cfg.replica_id.clone(),
+            metrics: gw.metrics.clone(),
+            hooks: gw.hooks.clone(),
+        },
         stop_tasks.clone(),
         Duration::from_secs(5),
     ));

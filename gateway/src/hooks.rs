@@ -1,6 +1,7 @@
-//! Test-only fault injection: random delays between the steps of the lease protocol, compiled
-//! only with the `test-hooks` feature and active only when `VIZORA_TEST_LEASE_DELAY_MS` or
-//! `VIZORA_TEST_RELEASE_DELAY_MS` is set.
+//! Test-only fault injection: random delays between the steps of the lease protocol and a lagging
+//! transition writer, compiled only with the `test-hooks` feature and active only when
+//! `VIZORA_TEST_LEASE_DELAY_MS`, `VIZORA_TEST_RELEASE_DELAY_MS` or
+//! `VIZORA_TEST_TRANSITION_DELAY_MS` is set.
 
 use std::time::Duration;
 
@@ -10,24 +11,26 @@ pub struct Hooks {
     max_delay: Option<Duration>,
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     release_delay: Option<Duration>,
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    transition_delay: Option<Duration>,
+}
+
+#[cfg(feature = "test-hooks")]
+fn delay_from_env(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 0)
+        .map(Duration::from_millis)
 }
 
 impl Hooks {
     #[cfg(feature = "test-hooks")]
     pub fn from_env() -> Hooks {
-        let max_delay = std::env::var("VIZORA_TEST_LEASE_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|v| *v > 0)
-            .map(Duration::from_millis);
-        let release_delay = std::env::var("VIZORA_TEST_RELEASE_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|v| *v > 0)
-            .map(Duration::from_millis);
         Hooks {
-            max_delay,
-            release_delay,
+            max_delay: delay_from_env("VIZORA_TEST_LEASE_DELAY_MS"),
+            release_delay: delay_from_env("VIZORA_TEST_RELEASE_DELAY_MS"),
+            transition_delay: delay_from_env("VIZORA_TEST_TRANSITION_DELAY_MS"),
         }
     }
 
@@ -41,6 +44,15 @@ impl Hooks {
     pub async fn before_release(&self) {
         #[cfg(feature = "test-hooks")]
         if let Some(d) = self.release_delay {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    /// Sleeps a fixed time before each database transition write
+    /// (`VIZORA_TEST_TRANSITION_DELAY_MS`): a database that lags behind Redis.
+    pub async fn before_transition_write(&self) {
+        #[cfg(feature = "test-hooks")]
+        if let Some(d) = self.transition_delay {
             tokio::time::sleep(d).await;
         }
     }

@@ -171,6 +171,33 @@ async fn status_flow(kind: &str) {
     }
 }
 
+/// The database learns of a connect after Redis does (the transition writer is asynchronous):
+/// a dashboard that connects in between still gets a `lastSeen` for the online device, from the
+/// status key, not the row's empty `lastHeartbeat`. Found as a CI race; pinned here with a
+/// writer held back by the `test-hooks` delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_has_last_seen_while_the_database_lags() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let conn = db_conn(&db).await;
+    let gw =
+        Gateway::start(GatewayOptions::new(db).env("VIZORA_TEST_TRANSITION_DELAY_MS", 3_000)).await;
+    let a2 = device(&gw, DEV_A2, ORG_A, Transport::Websocket).await;
+    expect_event(&a2, "config", "a2").await;
+    let dash = dashboard(&gw, "u-a", ORG_A, Transport::Websocket).await;
+    let w = "batch while the database lags";
+    let batch = batch_by_id(&expect_event(&dash, "device:status:batch", w).await, w);
+    assert_eq!(
+        device_status(&conn, DEV_A2).await,
+        "offline",
+        "{w}: the row must not be written yet, or this test proves nothing"
+    );
+    assert_eq!(batch[1]["deviceId"], DEV_A2, "{w}: {batch:?}");
+    assert_eq!(batch[1]["status"], "online", "{w}: {batch:?}");
+    assert_iso_ms(&batch[1]["lastSeen"], w);
+    // Once the writer catches up the row agrees.
+    wait_status(&conn, DEV_A2, "online").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_rooms() {
     let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;

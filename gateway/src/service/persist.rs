@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, Transition};
+use crate::hooks::Hooks;
 use crate::telemetry::Metrics;
 
 #[derive(Clone)]
@@ -43,16 +44,28 @@ impl Persister {
     }
 }
 
+/// What the writer writes with.
+pub struct Writer {
+    pub db: Db,
+    pub replica: String,
+    pub metrics: Metrics,
+    pub hooks: Hooks,
+}
+
 /// Runs until shutdown, then keeps writing what is queued for at most `grace`.
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<Transition>,
     persister: Persister,
-    db: Db,
-    replica: String,
-    metrics: Metrics,
+    w: Writer,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
+    let Writer {
+        db,
+        replica,
+        metrics,
+        hooks,
+    } = w;
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
@@ -64,6 +77,7 @@ pub async fn run(
             _ = shutdown.cancelled(), if rx.is_empty() => return,
             _ = &mut deadline => return,
         };
+        hooks.before_transition_write().await;
         let mut backoff = Duration::from_millis(100);
         loop {
             match db.apply_transition(&t, &replica).await {
