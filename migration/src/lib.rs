@@ -11,6 +11,7 @@
 
 pub use sea_orm_migration::prelude::*;
 
+pub mod inspect;
 mod m20260101_000001_vizora_subset;
 mod m20260101_000002_realtime_tables;
 mod schema_check;

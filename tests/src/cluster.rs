@@ -57,6 +57,16 @@ impl Cluster {
         row.try_get::<String>("", "s").unwrap()
     }
 
+    /// Waits (up to 15 s) until `devices.status` of `device` is `want`.
+    pub async fn wait_db_status(&self, device: &str, want: &str) {
+        crate::eventually(
+            std::time::Duration::from_secs(15),
+            &format!("devices.status of {device} to be {want}"),
+            || async { (self.db_status(device).await == want).then_some(()) },
+        )
+        .await;
+    }
+
     /// Number of `notifications` rows of a type for a device.
     pub async fn notifications(&self, device: &str, kind: &str) -> i64 {
         use sea_orm::ConnectionTrait;

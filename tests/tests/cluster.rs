@@ -127,10 +127,7 @@ async fn race_one_token(c: &Cluster, dev: &str, n: usize) -> Client {
     })
     .await;
     assert!(lease["epoch"].as_str().is_some());
-    eventually(T, "devices.status online", || async {
-        (c.db_status(dev).await == "online").then_some(())
-    })
-    .await;
+    c.wait_db_status(dev, "online").await;
     live
 }
 
@@ -188,10 +185,7 @@ async fn hundred_rounds_with_random_delays_between_lease_steps() {
         );
         // End the round: the last socket leaves, the device goes offline once.
         live.disconnect().await;
-        eventually(T, "offline after the round", || async {
-            (c.db_status(DEV_A1).await == "offline").then_some(())
-        })
-        .await;
+        c.wait_db_status(DEV_A1, "offline").await;
         eventually(T, "lease released", || async {
             c.lease(DEV_A1).await.is_none().then_some(())
         })

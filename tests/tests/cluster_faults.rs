@@ -26,10 +26,7 @@ async fn reconnect_elsewhere_while_old_disconnect_is_slow_is_never_offline() {
     let c = Cluster::start(2, 0, |o| o.env("VIZORA_TEST_RELEASE_DELAY_MS", 1500)).await;
     let dash = ws_dashboard(c.replicas[1].client(), ORG_A).await;
     let old = ws_device(c.replicas[0].client(), DEV_A1).await;
-    eventually(T, "online in the database", || async {
-        (c.db_status(DEV_A1).await == "online").then_some(())
-    })
-    .await;
+    c.wait_db_status(DEV_A1, "online").await;
     old.disconnect().await;
     let new = ws_device(c.replicas[1].client(), DEV_A1).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // the slow release has run by now
@@ -55,10 +52,7 @@ async fn killed_replica_devices_move_and_the_missing_one_goes_offline_once() {
     let moving = ws_device(c.replicas[2].client(), DEV_A1).await;
     let lost = ws_device(c.replicas[2].client(), DEV_A2).await;
     for d in [DEV_A1, DEV_A2] {
-        eventually(T, "online in the database", || async {
-            (c.db_status(d).await == "online").then_some(())
-        })
-        .await;
+        c.wait_db_status(d, "online").await;
     }
     dash.drain_events();
 
@@ -82,10 +76,7 @@ async fn killed_replica_devices_move_and_the_missing_one_goes_offline_once() {
         },
     )
     .await;
-    eventually(T, "the lost device offline in the database", || async {
-        (c.db_status(DEV_A2).await == "offline").then_some(())
-    })
-    .await;
+    c.wait_db_status(DEV_A2, "offline").await;
     // Past the notification grace delay (1.5 s) and several sweeps.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let events = dash.drain_events();
@@ -325,4 +316,50 @@ async fn during_a_redis_outage_live_sockets_are_served_and_readiness_reports_it(
     })
     .await;
     assert_eq!(c.db_status(DEV_A1).await, "online");
+}
+
+/// A screen that leaves while Redis is down, and Redis comes back empty (no persistence): its
+/// replica retries the release, so the screen still goes offline — once, in Redis, in the
+/// database and on a dashboard of another replica — instead of staying online forever.
+#[tokio::test]
+async fn a_device_that_leaves_during_a_redis_outage_goes_offline_when_redis_returns() {
+    let mut c = Cluster::start(2, 0, |o| o).await;
+    let dash = ws_dashboard(c.replicas[1].client(), ORG_A).await;
+    let stays = ws_device(c.replicas[0].client(), DEV_A1).await;
+    let leaves = ws_device(c.replicas[0].client(), DEV_A2).await;
+    for d in [DEV_A1, DEV_A2] {
+        c.wait_db_status(d, "online").await;
+    }
+    dash.drain_events();
+
+    c.redis.stop();
+    leaves.disconnect().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.redis.start_again().await;
+
+    c.wait_db_status(DEV_A2, "offline").await;
+    eventually(T, "the departed screen offline in Redis", || async {
+        c.redis
+            .get(&format!("device:status:{DEV_A2}"))
+            .await
+            .filter(|s| s.contains("\"offline\""))
+            .map(|_| ())
+    })
+    .await;
+    eventually(T, "the dashboard on the other replica told", || async {
+        dash.wait_for("device:status", Duration::from_millis(500))
+            .await
+            .filter(|e| e["deviceId"] == DEV_A2 && e["status"] == "offline")
+            .map(|_| ())
+    })
+    .await;
+    // Several refresh rounds later: still exactly that one transition, and the screen that
+    // stayed is online everywhere.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = dash.drain_events();
+    assert_eq!(statuses(&events, DEV_A2, "offline"), 0, "no second offline");
+    assert_eq!(statuses(&events, DEV_A1, "offline"), 0, "{events:?}");
+    assert!(stays.is_connected());
+    assert_eq!(c.db_status(DEV_A1).await, "online");
+    assert_eq!(c.db_status(DEV_A2).await, "offline");
 }

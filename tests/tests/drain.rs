@@ -46,10 +46,7 @@ async fn sigterm_drains_to_the_other_replica_without_offline_reports() {
         );
     }
     for i in 0..n {
-        eventually(T, "online", || async {
-            (c.db_status(&load_device(i)).await == "online").then_some(())
-        })
-        .await;
+        c.wait_db_status(&load_device(i), "online").await;
     }
     dash.drain_events();
 

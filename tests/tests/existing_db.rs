@@ -28,63 +28,15 @@ async fn strings(db: &DatabaseConnection, sql: &str) -> Vec<String> {
         .collect()
 }
 
-/// Columns (position, type, precision, default, nullability), constraints and indexes of the
-/// seven Vizora tables, one line each.
+/// Columns, constraints and indexes of the seven Vizora tables, one line each.
 async fn snapshot(db: &DatabaseConnection) -> Vec<String> {
-    let list = migration::VIZORA_TABLES
-        .iter()
-        .map(|t| format!("'{t}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut lines = strings(
-        db,
-        &format!(
-            "SELECT format('column %s.%s #%s %s/%s(%s) default=%s nullable=%s',
-                    table_name, column_name, ordinal_position, data_type, udt_name,
-                    coalesce(datetime_precision::text, '-'),
-                    coalesce(column_default, '-'), is_nullable)
-               FROM information_schema.columns
-              WHERE table_schema = current_schema() AND table_name IN ({list})
-              ORDER BY table_name, ordinal_position"
-        ),
-    )
-    .await;
-    lines.extend(
-        strings(
-            db,
-            &format!(
-                "SELECT format('constraint %s.%s %s', t.relname, c.conname, pg_get_constraintdef(c.oid))
-                   FROM pg_constraint c
-                   JOIN pg_class t ON t.oid = c.conrelid
-                   JOIN pg_namespace ns ON ns.oid = t.relnamespace
-                  WHERE ns.nspname = current_schema() AND t.relname IN ({list})
-                  ORDER BY t.relname, c.conname"
-            ),
-        )
-        .await,
-    );
-    lines.extend(
-        strings(
-            db,
-            &format!(
-                "SELECT format('index %s.%s %s', tablename, indexname, indexdef)
-                   FROM pg_indexes
-                  WHERE schemaname = current_schema() AND tablename IN ({list})
-                  ORDER BY tablename, indexname"
-            ),
-        )
-        .await,
-    );
-    lines
+    migration::inspect::describe_postgres(db, &migration::VIZORA_TABLES)
+        .await
+        .unwrap()
 }
 
 async fn tables(db: &DatabaseConnection) -> Vec<String> {
-    strings(
-        db,
-        "SELECT table_name::text FROM information_schema.tables
-          WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
-    )
-    .await
+    migration::inspect::postgres_tables(db).await.unwrap()
 }
 
 /// Runs the gateway binary with only the variables an operator would set.

@@ -59,10 +59,7 @@ async fn a_thousand_heartbeats_write_nothing_to_devices() {
         screens.push(ws_device(c.replicas[i % 2].client(), &load_device(i)).await);
     }
     for i in 0..n {
-        eventually(T, "online transition written", || async {
-            (c.db_status(&load_device(i)).await == "online").then_some(())
-        })
-        .await;
+        c.wait_db_status(&load_device(i), "online").await;
     }
     let conn = c.pg().await;
     // Statistics are flushed by each backend within ~10 s of going idle: let the transition
@@ -116,10 +113,7 @@ async fn the_bulk_flush_is_one_statement_per_replica_per_interval() {
     }
     let conn = c.pg().await;
     for i in 0..n {
-        eventually(T, "online", || async {
-            (c.db_status(&load_device(i)).await == "online").then_some(())
-        })
-        .await;
+        c.wait_db_status(&load_device(i), "online").await;
     }
     // Sample row versions every 100 ms for 5 s while the screens heartbeat.
     let mut seen_versions: Vec<String> = Vec::new();

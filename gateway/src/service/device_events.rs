@@ -6,8 +6,14 @@ use serde_json::{Map, Value, json};
 
 use super::{Gateway, commands::parse_commands, playlist};
 use crate::db::{DbError, NewImpression, now};
-use crate::store::now_ms;
+use crate::store::{HeartbeatOutcome, now_ms};
 use crate::wire::events::{ContentError, Heartbeat, Impression};
+
+/// The heartbeat ack's `data`, and whether the socket turned out to be superseded.
+pub struct HeartbeatReply {
+    pub data: Value,
+    pub superseded: bool,
+}
 
 /// The `config` event's fixed fields (reference §3.2).
 const CACHE_SIZE: u64 = 524_288_000;
@@ -15,8 +21,15 @@ const CACHE_SIZE: u64 = 524_288_000;
 impl Gateway {
     /// Heartbeat: status JSON, latest sample and queued commands in one Redis round trip; never
     /// the database. If Redis is unreachable the device still gets its ack (presence follows the
-    /// socket, not the heartbeat) and the error is counted.
-    pub async fn heartbeat(&self, device: &str, org: &str, sid: &str, hb: Heartbeat) -> Value {
+    /// socket, not the heartbeat) and the error is counted. A socket whose lease a newer
+    /// connection holds writes nothing, gets no commands, and is told so (`superseded`).
+    pub async fn heartbeat(
+        &self,
+        device: &str,
+        org: &str,
+        sid: &str,
+        hb: Heartbeat,
+    ) -> HeartbeatReply {
         let at = now_ms();
         let mut status = Map::new();
         status.insert("status".into(), json!("online"));
@@ -38,23 +51,28 @@ impl Gateway {
         for (k, v) in hb.extra {
             status.insert(k, v);
         }
-        let commands = match self
+        let (commands, superseded) = match self
             .state
             .heartbeat(
                 device,
+                sid,
                 &Value::Object(status).to_string(),
                 &Value::Object(latest).to_string(),
             )
             .await
         {
-            Ok(raw) => parse_commands(raw),
+            Ok(HeartbeatOutcome::Live(raw)) => (parse_commands(raw), false),
+            Ok(HeartbeatOutcome::Superseded) => (Vec::new(), true),
             Err(e) => {
                 self.metrics.store_error("redis", "heartbeat");
                 tracing::debug!(device, error = %e, "Heartbeat could not reach Redis.");
-                Vec::new()
+                (Vec::new(), false)
             }
         };
-        json!({"nextHeartbeatIn": self.cfg.heartbeat_interval.as_millis() as u64, "commands": commands})
+        HeartbeatReply {
+            data: json!({"nextHeartbeatIn": self.cfg.heartbeat_interval.as_millis() as u64, "commands": commands}),
+            superseded,
+        }
     }
 
     pub async fn impression(

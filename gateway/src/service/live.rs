@@ -21,7 +21,14 @@ pub struct LiveEntry {
 #[derive(Default)]
 pub struct LiveRegistry {
     by_sid: Mutex<HashMap<String, LiveEntry>>,
+    /// Releases that failed (Redis unreachable), by device: (org, epoch). Retried by the
+    /// refresh tick, so a device that left during an outage still goes offline.
+    unreleased: Mutex<HashMap<String, (String, u64)>>,
 }
+
+/// At most this many failed releases are remembered; beyond it the sweep (when Redis kept its
+/// state) is the only way those devices go offline.
+const MAX_UNRELEASED: usize = 100_000;
 
 impl LiveRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveEntry>> {
@@ -61,6 +68,26 @@ impl LiveRegistry {
                 pending: !e.connected,
             })
             .collect()
+    }
+    /// Remembers a release that could not reach Redis. A newer epoch of the same device replaces
+    /// an older one.
+    pub fn remember_unreleased(&self, device: &str, org: &str, epoch: u64) -> bool {
+        let mut m = self.unreleased.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= MAX_UNRELEASED && !m.contains_key(device) {
+            return false;
+        }
+        let slot = m
+            .entry(device.to_string())
+            .or_insert((org.to_string(), epoch));
+        if slot.1 <= epoch {
+            *slot = (org.to_string(), epoch);
+        }
+        true
+    }
+    /// Takes every remembered release, to be retried (and remembered again if it fails again).
+    pub fn take_unreleased(&self) -> Vec<(String, String, u64)> {
+        let mut m = self.unreleased.lock().unwrap_or_else(|p| p.into_inner());
+        m.drain().map(|(d, (o, e))| (d, o, e)).collect()
     }
     /// Live (device, epoch) pairs for the bulk flush, one per device.
     pub fn devices(&self) -> Vec<(String, u64)> {

@@ -85,18 +85,43 @@ impl Gateway {
         }
         self.hooks.pause().await;
         self.hooks.before_release().await;
+        self.release_lease(&e.device_id, &e.org, e.epoch, "disconnect")
+            .await;
+    }
+
+    /// One release attempt. A failure is remembered and retried by the refresh tick: if Redis
+    /// kept its state the sweep would also expire the lease, but after a restart without
+    /// persistence the retry is the only record that the device left.
+    async fn release_lease(
+        self: &Arc<Self>,
+        device: &str,
+        org: &str,
+        epoch: u64,
+        source: &'static str,
+    ) {
         match self
             .presence
-            .release(&e.device_id, &e.org, e.epoch, self.notify_delay_ms())
+            .release(device, org, epoch, self.notify_delay_ms())
             .await
         {
-            Ok(true) => self.offline_transition(&e.device_id, &e.org, e.epoch, "disconnect"),
+            Ok(true) => self.offline_transition(device, org, epoch, source),
             Ok(false) => {}
             Err(err) => {
-                // The lease will expire and be swept: the device still goes offline, just later.
                 self.metrics.store_error("redis", "release");
-                tracing::warn!(device = %e.device_id, error = %err, "Lease release failed; the sweep will expire it.");
+                if self.live.remember_unreleased(device, org, epoch) {
+                    tracing::warn!(device, error = %err, "Lease release failed; retrying when Redis answers.");
+                } else {
+                    tracing::warn!(device, error = %err, "Lease release failed and the retry list is full; the sweep will expire it.");
+                }
             }
+        }
+    }
+
+    /// Retries the releases that failed while Redis was unreachable.
+    async fn retry_unreleased(self: &Arc<Self>) {
+        for (device, org, epoch) in self.live.take_unreleased() {
+            self.release_lease(&device, &org, epoch, "disconnect-retry")
+                .await;
         }
     }
 
@@ -184,6 +209,9 @@ impl Gateway {
                 }
             }
         }
+        // After the refresh, so a device that reconnected here re-asserts its newer epoch
+        // before an older socket's retried release is judged against it.
+        self.retry_unreleased().await;
     }
 
     async fn after_refresh(self: &Arc<Self>, l: &crate::store::LiveLease, o: RefreshOutcome) {

