@@ -313,6 +313,13 @@ fn spawn_background(
     every(
         tasks,
         stop,
+        cfg.presence_reconcile_interval,
+        gw.clone(),
+        |gw| async move { gw.reconcile_once().await },
+    );
+    every(
+        tasks,
+        stop,
         cfg.last_seen_flush,
         gw.clone(),
         |gw| async move { gw.flush_once().await },

@@ -131,6 +131,9 @@ pub struct Config {
     pub offline_notify_delay: Duration,
     /// `LAST_SEEN_FLUSH_MS` (60000): period of the one-statement `lastHeartbeat` flush.
     pub last_seen_flush: Duration,
+    /// `PRESENCE_RECONCILE_INTERVAL_MS` (60000): how often one replica of the cluster looks for
+    /// rows that say online with no lease behind them.
+    pub presence_reconcile_interval: Duration,
     /// `DRAIN_SECONDS` (30): how long a draining replica spreads transport closes.
     pub drain: Duration,
     /// `SCREENSHOT_MAX_BYTES` (2097152): decoded image cap.
@@ -275,6 +278,7 @@ impl Config {
             presence_sweep_interval: p.ms("PRESENCE_SWEEP_INTERVAL_MS", 5_000),
             offline_notify_delay: p.ms("OFFLINE_NOTIFY_DELAY_MS", 120_000),
             last_seen_flush: p.ms("LAST_SEEN_FLUSH_MS", 60_000),
+            presence_reconcile_interval: p.ms("PRESENCE_RECONCILE_INTERVAL_MS", 60_000),
             drain: Duration::from_secs(p.num("DRAIN_SECONDS", 30)),
             screenshot_max_bytes: p.num("SCREENSHOT_MAX_BYTES", 2_097_152),
             screenshot_request_ttl: p.ms("SCREENSHOT_REQUEST_TTL_MS", 300_000),

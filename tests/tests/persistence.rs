@@ -1,5 +1,6 @@
 //! Issue 3, persistence: heartbeats never write `devices`; the bulk flush is one statement per
-//! replica per interval; transitions stay ordered per device through a PostgreSQL pause.
+//! replica per interval; transitions stay ordered per device through a PostgreSQL pause; rows
+//! that say online with no lease behind them are reconciled to offline, once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{HashMap, HashSet};
@@ -235,4 +236,114 @@ async fn transitions_stay_ordered_through_a_postgres_pause() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(status().await, "online");
     assert!(last.is_connected());
+}
+
+/// Rows that say online with no lease behind them (left by the original service at cut-over, or
+/// by a transition that never happened) are set offline by one replica, once: dashboards hear it
+/// with the row's real `lastSeen`, `lastHeartbeat` is kept, no notification is sent, and a live
+/// device is left alone.
+#[tokio::test]
+async fn rows_online_without_a_lease_are_reconciled_once() {
+    let c = Cluster::start(2, 0, |o| {
+        o.env("PRESENCE_RECONCILE_INTERVAL_MS", 500)
+            .env("LAST_SEEN_FLUSH_MS", 500)
+    })
+    .await;
+    let dash = ws_dashboard(c.replicas[1].client(), ORG_A).await;
+    let live = ws_device(c.replicas[0].client(), DEV_A1).await;
+    c.wait_db_status(DEV_A1, "online").await;
+    let conn = c.pg().await;
+    conn.execute_unprepared(&format!(
+        r#"UPDATE devices SET "status" = 'online', "lastHeartbeat" = TIMESTAMP '2026-01-02 03:04:05'
+           WHERE "id" IN ('{DEV_A2}', '{DEV_A3}')"#
+    ))
+    .await
+    .unwrap();
+    for d in [DEV_A2, DEV_A3] {
+        c.wait_db_status(d, "offline").await;
+    }
+    // Several reconcile periods on both replicas later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = dash.drain_events();
+    let offline = |dev: &str| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| {
+                e.name == "device:status"
+                    && e.args[0]["deviceId"] == dev
+                    && e.args[0]["status"] == "offline"
+            })
+            .map(|e| e.args[0].clone())
+            .collect()
+    };
+    for d in [DEV_A2, DEV_A3] {
+        let evs = offline(d);
+        assert_eq!(evs.len(), 1, "{d}: exactly one offline event: {events:?}");
+        assert_eq!(evs[0]["lastSeen"], "2026-01-02T03:04:05.000Z", "{d}");
+        assert_eq!(c.notifications(d, "device_offline").await, 0, "{d}");
+    }
+    assert!(offline(DEV_A1).is_empty(), "the live device: {events:?}");
+    let kept = rows(
+        &conn,
+        &format!(
+            r#"SELECT "lastHeartbeat"::text AS hb FROM devices WHERE "id" IN ('{DEV_A2}', '{DEV_A3}')"#
+        ),
+    )
+    .await;
+    for r in kept {
+        assert_eq!(
+            r.try_get::<String>("", "hb").unwrap(),
+            "2026-01-02 03:04:05",
+            "lastHeartbeat is kept"
+        );
+    }
+    assert!(live.is_connected());
+    assert_eq!(c.db_status(DEV_A1).await, "online");
+}
+
+/// The same reconciliation on the embedded default (SQLite, in-process presence).
+#[tokio::test]
+async fn embedded_rows_online_without_a_lease_go_offline() {
+    let (db, _pg, _dir) = seeded_db("sqlite", 0).await;
+    let conn = sea_orm::Database::connect(db.url()).await.unwrap();
+    let gw = Gateway::start(
+        GatewayOptions::new(db)
+            .env("PRESENCE_RECONCILE_INTERVAL_MS", 300)
+            .env("LAST_SEEN_FLUSH_MS", 300),
+    )
+    .await;
+    let live = ws_device(gw.client(), DEV_A1).await;
+    let old = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+        .unwrap()
+        .and_hms_opt(3, 4, 5)
+        .unwrap();
+    conn.execute_raw(Statement::from_sql_and_values(
+        conn.get_database_backend(),
+        r#"UPDATE devices SET "status" = 'online', "lastHeartbeat" = ? WHERE "id" = ?"#,
+        [old.into(), DEV_A2.into()],
+    ))
+    .await
+    .unwrap();
+    let status = |dev: &'static str| {
+        let conn = conn.clone();
+        async move {
+            rows(
+                &conn,
+                &format!(r#"SELECT "status" AS s FROM devices WHERE "id" = '{dev}'"#),
+            )
+            .await[0]
+                .try_get::<String>("", "s")
+                .unwrap()
+        }
+    };
+    eventually(T, "the stale row offline", || async {
+        (status(DEV_A2).await == "offline").then_some(())
+    })
+    .await;
+    assert!(live.is_connected());
+    assert_eq!(
+        status(DEV_A1).await,
+        "online",
+        "the live device is left alone"
+    );
 }

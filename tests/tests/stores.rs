@@ -67,6 +67,7 @@ on_both_stores!(
     screenshot_request_is_single_use,
     offline_notice_cancelled_by_return_or_fired_once,
     statuses_follow_the_lease_steps,
+    a_lock_has_one_holder_until_it_expires,
 );
 
 fn live(device: &str, sid: &str, epoch: u64) -> LiveLease {
@@ -243,6 +244,17 @@ async fn statuses_follow_the_lease_steps(s: &dyn Store) {
     assert_eq!(field(&st, "status"), "offline");
     assert_eq!(field(&st, "socketId"), serde_json::Value::Null);
     assert!(s.statuses(&[]).await.unwrap().is_empty());
+}
+
+async fn a_lock_has_one_holder_until_it_expires(s: &dyn Store) {
+    assert!(s.try_lock("job", "r1", 200).await.unwrap());
+    assert!(!s.try_lock("job", "r2", 200).await.unwrap());
+    assert!(
+        s.try_lock("other", "r2", 200).await.unwrap(),
+        "locks are per name"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.try_lock("job", "r2", 200).await.unwrap());
 }
 
 /// Redis restarted without persistence loses every epoch and lease. A release retried after that

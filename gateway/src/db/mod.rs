@@ -39,6 +39,20 @@ pub struct Transition {
     pub epoch: u64,
     pub online: bool,
     pub at: NaiveDateTime,
+    /// `at` is when the device was last heard from, so it becomes `lastHeartbeat`. False for the
+    /// reconciliation, which learns only that the device is gone, not when it left.
+    pub seen: bool,
+}
+
+/// A device the database calls online that has not been seen for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleOnline {
+    pub id: String,
+    pub org: String,
+    /// The epoch of the last transition written for it (0 if none, e.g. rows the original
+    /// service left behind).
+    pub epoch: u64,
+    pub last_heartbeat: Option<NaiveDateTime>,
 }
 
 /// The database handle shared by every service.
@@ -344,7 +358,11 @@ impl Db {
             .await?
             .is_some();
         if won {
-            let sql = r#"UPDATE devices SET "status" = $1, "lastHeartbeat" = $2, "updatedAt" = $2 WHERE "id" = $3"#;
+            let sql = if t.seen {
+                r#"UPDATE devices SET "status" = $1, "lastHeartbeat" = $2, "updatedAt" = $2 WHERE "id" = $3"#
+            } else {
+                r#"UPDATE devices SET "status" = $1, "updatedAt" = $2 WHERE "id" = $3"#
+            };
             txn.execute_raw(self.stmt(
                 sql,
                 vec![status.into(), t.at.into(), t.device_id.clone().into()],
@@ -353,6 +371,40 @@ impl Db {
         }
         txn.commit().await?;
         Ok(won)
+    }
+
+    /// Devices whose row says online but whose `lastHeartbeat` is older than `cutoff` (or absent),
+    /// by id after `after`, for the reconciliation. Keyset-paged so each call is one short query.
+    pub async fn stale_online(
+        &self,
+        cutoff: NaiveDateTime,
+        after: &str,
+        limit: u64,
+    ) -> DbResult<Vec<StaleOnline>> {
+        let sql = r#"SELECT d."id" AS id, d."organizationId" AS org, p."epoch" AS epoch,
+                d."lastHeartbeat" AS hb
+            FROM devices d LEFT JOIN realtime_presence p ON p."deviceId" = d."id"
+            WHERE d."status" = 'online' AND (d."lastHeartbeat" IS NULL OR d."lastHeartbeat" < $1)
+              AND d."id" > $2
+            ORDER BY d."id" LIMIT $3"#;
+        let rows = self
+            .conn
+            .query_all_raw(self.stmt(
+                sql,
+                vec![cutoff.into(), after.into(), (limit as i64).into()],
+            ))
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let epoch: Option<i64> = r.try_get("", "epoch")?;
+                Ok(StaleOnline {
+                    id: r.try_get("", "id")?,
+                    org: r.try_get("", "org")?,
+                    epoch: epoch.unwrap_or(0).max(0) as u64,
+                    last_heartbeat: r.try_get("", "hb")?,
+                })
+            })
+            .collect()
     }
 
     /// The periodic bulk flush: ONE statement for all of a replica's live devices, setting

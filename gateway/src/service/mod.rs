@@ -9,6 +9,7 @@ pub mod notifications;
 pub mod persist;
 pub mod playlist;
 pub mod presence;
+pub mod reconcile;
 pub mod rooms;
 pub mod screenshots;
 

@@ -139,6 +139,7 @@ impl Gateway {
             epoch,
             online: true,
             at: now(),
+            seen: true,
         });
         let gw = self.clone();
         let (device, org) = (device.to_string(), org.to_string());
@@ -163,6 +164,7 @@ impl Gateway {
             epoch,
             online: false,
             at: now(),
+            seen: true,
         });
         let gw = self.clone();
         let (device, org) = (device.to_string(), org.to_string());
@@ -175,8 +177,21 @@ impl Gateway {
     }
 
     async fn emit_status(&self, device: &str, org: &str, status: &str) {
+        self.emit_status_seen(device, org, status, None).await
+    }
+
+    /// `device:status` to the organisation's dashboards; `lastSeen` is now unless given.
+    pub(super) async fn emit_status_seen(
+        &self,
+        device: &str,
+        org: &str,
+        status: &str,
+        last_seen: Option<String>,
+    ) {
         let ts = iso_now();
-        let data = json!({"deviceId": device, "status": status, "lastSeen": ts, "timestamp": ts});
+        let last_seen = last_seen.unwrap_or_else(|| ts.clone());
+        let data =
+            json!({"deviceId": device, "status": status, "lastSeen": last_seen, "timestamp": ts});
         self.emitter
             .emit(room::dashboards(org), names::DEVICE_STATUS, data)
             .await;

@@ -259,6 +259,17 @@ impl PresenceStore for MemoryStore {
         Ok(self.lock().leases.get(device).map(|(l, _)| l.clone()))
     }
 
+    async fn try_lock(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let key = format!("lock:{name}");
+        if g.get(&key, now).is_some() {
+            return Ok(false);
+        }
+        g.set(key, owner.into(), ttl_ms.max(1) as i64, now);
+        Ok(true)
+    }
+
     async fn schedule_offline_notice(&self, notice: &OfflineNotice) -> StoreResult<()> {
         self.lock()
             .notices

@@ -151,6 +151,10 @@ pub trait PresenceStore: Send + Sync + 'static {
     /// Whether each device holds a lease.
     async fn online(&self, devices: &[String]) -> StoreResult<Vec<bool>>;
     async fn lease(&self, device: &str) -> StoreResult<Option<Lease>>;
+    /// Takes the cluster-wide lock `name` for `ttl_ms` unless someone holds it: periodic jobs
+    /// that one replica should run per period. The lock is never released early, so its TTL is
+    /// also the period.
+    async fn try_lock(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool>;
     /// (Re)schedules an offline notice (`notify:offline:{id}` plus the due-time index).
     async fn schedule_offline_notice(&self, notice: &OfflineNotice) -> StoreResult<()>;
     /// Claims due notices (exactly once across replicas).

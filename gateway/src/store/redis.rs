@@ -271,6 +271,20 @@ impl PresenceStore for RedisStore {
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
 
+    async fn try_lock(&self, name: &str, owner: &str, ttl_ms: u64) -> StoreResult<bool> {
+        let r: Option<String> = self
+            .query(
+                ::redis::cmd("SET")
+                    .arg(format!("lock:{name}"))
+                    .arg(owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms.max(1)),
+            )
+            .await?;
+        Ok(r.is_some())
+    }
+
     async fn schedule_offline_notice(&self, n: &OfflineNotice) -> StoreResult<()> {
         let json = serde_json::to_string(n).map_err(|e| StoreError(e.to_string()))?;
         // The key outlives the due time so a notice whose claim failed can still be found.
