@@ -32,6 +32,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The `device:status` payloads for `dev` with `status` among recorded events.
+pub fn status_events(
+    events: &[vizora_sioclient::Event],
+    dev: &str,
+    status: &str,
+) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .filter(|e| {
+            e.name == "device:status"
+                && e.args[0]["deviceId"] == dev
+                && e.args[0]["status"] == status
+        })
+        .map(|e| e.args[0].clone())
+        .collect()
+}
+
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
 where

@@ -132,14 +132,7 @@ async fn race_one_token(c: &Cluster, dev: &str, n: usize) -> Client {
 }
 
 fn offline_events(events: &[vizora_sioclient::Event], dev: &str) -> usize {
-    events
-        .iter()
-        .filter(|e| {
-            e.name == "device:status"
-                && e.args[0]["deviceId"] == dev
-                && e.args[0]["status"] == "offline"
-        })
-        .count()
+    status_events(events, dev, "offline").len()
 }
 
 #[tokio::test]

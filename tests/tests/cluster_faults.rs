@@ -10,14 +10,7 @@ use vizora_sioclient::{Client, CloseReason, Event};
 const T: Duration = Duration::from_secs(15);
 
 fn statuses(events: &[Event], dev: &str, status: &str) -> usize {
-    events
-        .iter()
-        .filter(|e| {
-            e.name == "device:status"
-                && e.args[0]["deviceId"] == dev
-                && e.args[0]["status"] == status
-        })
-        .count()
+    status_events(events, dev, status).len()
 }
 
 #[tokio::test]

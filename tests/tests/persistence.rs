@@ -265,17 +265,7 @@ async fn rows_online_without_a_lease_are_reconciled_once() {
     // Several reconcile periods on both replicas later.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let events = dash.drain_events();
-    let offline = |dev: &str| -> Vec<serde_json::Value> {
-        events
-            .iter()
-            .filter(|e| {
-                e.name == "device:status"
-                    && e.args[0]["deviceId"] == dev
-                    && e.args[0]["status"] == "offline"
-            })
-            .map(|e| e.args[0].clone())
-            .collect()
-    };
+    let offline = |dev: &str| status_events(&events, dev, "offline");
     for d in [DEV_A2, DEV_A3] {
         let evs = offline(d);
         assert_eq!(evs.len(), 1, "{d}: exactly one offline event: {events:?}");
