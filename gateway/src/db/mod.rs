@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use chrono::{NaiveDateTime, Utc};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
-    TransactionTrait, Value,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    Statement, TransactionTrait, Value,
 };
 use serde_json::Value as Json;
 
@@ -39,9 +39,6 @@ pub struct Transition {
     pub epoch: u64,
     pub online: bool,
     pub at: NaiveDateTime,
-    /// `at` is when the device was last heard from, so it becomes `lastHeartbeat`. False for the
-    /// reconciliation, which learns only that the device is gone, not when it left.
-    pub seen: bool,
 }
 
 /// A device the database calls online that has not been seen for a while.
@@ -332,19 +329,21 @@ impl Db {
         Ok(())
     }
 
-    /// Applies a presence transition unless a newer epoch was already applied: the presence row
-    /// and `devices` change in one transaction, so an older epoch can never overwrite a newer one.
-    /// Returns whether anything changed.
-    pub async fn apply_transition(&self, t: &Transition, replica: &str) -> DbResult<bool> {
+    /// Records `t` in `realtime_presence` unless a newer epoch is recorded there; whether it did.
+    async fn upsert_presence(
+        &self,
+        txn: &DatabaseTransaction,
+        t: &Transition,
+        replica: &str,
+    ) -> DbResult<bool> {
         let status = if t.online { "online" } else { "offline" };
-        let txn = self.conn.begin().await?;
         let upsert = r#"INSERT INTO realtime_presence ("deviceId","epoch","status","replicaId","updatedAt")
             VALUES ($1,$2,$3,$4,$5)
             ON CONFLICT ("deviceId") DO UPDATE SET "epoch" = excluded."epoch", "status" = excluded."status",
                 "replicaId" = excluded."replicaId", "updatedAt" = excluded."updatedAt"
             WHERE realtime_presence."epoch" <= excluded."epoch"
             RETURNING "deviceId""#;
-        let won = txn
+        Ok(txn
             .query_one_raw(self.stmt(
                 upsert,
                 vec![
@@ -356,13 +355,18 @@ impl Db {
                 ],
             ))
             .await?
-            .is_some();
+            .is_some())
+    }
+
+    /// Applies a presence transition unless a newer epoch was already applied: the presence row
+    /// and `devices` change in one transaction, so an older epoch can never overwrite a newer one.
+    /// Returns whether anything changed.
+    pub async fn apply_transition(&self, t: &Transition, replica: &str) -> DbResult<bool> {
+        let status = if t.online { "online" } else { "offline" };
+        let txn = self.conn.begin().await?;
+        let won = self.upsert_presence(&txn, t, replica).await?;
         if won {
-            let sql = if t.seen {
-                r#"UPDATE devices SET "status" = $1, "lastHeartbeat" = $2, "updatedAt" = $2 WHERE "id" = $3"#
-            } else {
-                r#"UPDATE devices SET "status" = $1, "updatedAt" = $2 WHERE "id" = $3"#
-            };
+            let sql = r#"UPDATE devices SET "status" = $1, "lastHeartbeat" = $2, "updatedAt" = $2 WHERE "id" = $3"#;
             txn.execute_raw(self.stmt(
                 sql,
                 vec![status.into(), t.at.into(), t.device_id.clone().into()],
@@ -371,6 +375,42 @@ impl Db {
         }
         txn.commit().await?;
         Ok(won)
+    }
+
+    /// The reconciliation's offline write for a row [`Db::stale_online`] returned: applied only
+    /// if the row still says online, is still unseen since `cutoff`, and no newer epoch is
+    /// recorded, so a second run (or a device that came back) changes nothing. `lastHeartbeat`
+    /// is kept: nobody saw the device leave. Returns whether it was applied.
+    pub async fn reconcile_offline(
+        &self,
+        device: &str,
+        epoch: u64,
+        cutoff: NaiveDateTime,
+        replica: &str,
+    ) -> DbResult<bool> {
+        let t = Transition {
+            device_id: device.into(),
+            epoch,
+            online: false,
+            at: now(),
+        };
+        let txn = self.conn.begin().await?;
+        if !self.upsert_presence(&txn, &t, replica).await? {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        let sql = r#"UPDATE devices SET "status" = 'offline', "updatedAt" = $1
+            WHERE "id" = $2 AND "status" = 'online' AND ("lastHeartbeat" IS NULL OR "lastHeartbeat" < $3)"#;
+        let changed = txn
+            .execute_raw(self.stmt(sql, vec![t.at.into(), device.into(), cutoff.into()]))
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        txn.commit().await?;
+        Ok(true)
     }
 
     /// Devices whose row says online but whose `lastHeartbeat` is older than `cutoff` (or absent),
@@ -468,5 +508,87 @@ impl Db {
             .map(|r| r.try_get::<Option<NaiveDateTime>>("", "hb"))
             .transpose()?
             .flatten())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use migration::MigratorTrait;
+
+    use super::*;
+
+    async fn db_with_device() -> Db {
+        let db = Db::connect(&DatabaseConfig::Sqlite {
+            url: "sqlite::memory:".into(),
+        })
+        .await
+        .unwrap();
+        migration::Migrator::up(db.connection(), None)
+            .await
+            .unwrap();
+        db.connection()
+            .execute_unprepared(
+                r#"INSERT INTO organizations ("id","name","updatedAt") VALUES ('o','O',CURRENT_TIMESTAMP);
+                   INSERT INTO devices ("id","organizationId","deviceIdentifier","status","lastHeartbeat","updatedAt")
+                   VALUES ('d','o','mac','online','2026-01-02 03:04:05',CURRENT_TIMESTAMP)"#,
+            )
+            .await
+            .unwrap();
+        db
+    }
+
+    async fn row(db: &Db) -> (String, String, Option<i64>) {
+        let r = db
+            .connection()
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                r#"SELECT d."status" AS s, d."lastHeartbeat" AS hb, p."epoch" AS e
+                   FROM devices d LEFT JOIN realtime_presence p ON p."deviceId" = d."id""#,
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        (
+            r.try_get("", "s").unwrap(),
+            r.try_get("", "hb").unwrap(),
+            r.try_get("", "e").unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn reconciliation_applies_once_keeps_last_seen_and_loses_to_real_transitions() {
+        let db = db_with_device().await;
+        let cutoff = now();
+        let stale = db.stale_online(cutoff, "", 10).await.unwrap();
+        assert_eq!(stale.len(), 1);
+        assert_eq!((stale[0].id.as_str(), stale[0].epoch), ("d", 0));
+
+        assert!(db.reconcile_offline("d", 0, cutoff, "r").await.unwrap());
+        assert_eq!(
+            row(&db).await,
+            ("offline".into(), "2026-01-02 03:04:05".into(), Some(0)),
+            "offline, lastHeartbeat kept"
+        );
+        assert!(
+            !db.reconcile_offline("d", 0, cutoff, "r").await.unwrap(),
+            "a second run changes nothing"
+        );
+        assert!(db.stale_online(cutoff, "", 10).await.unwrap().is_empty());
+
+        // The device comes back with a real epoch: a late reconciliation of the old state loses,
+        // whether by epoch or because the row has been seen since the cutoff.
+        let back = Transition {
+            device_id: "d".into(),
+            epoch: 5,
+            online: true,
+            at: now(),
+        };
+        assert!(db.apply_transition(&back, "r").await.unwrap());
+        assert!(!db.reconcile_offline("d", 0, cutoff, "r").await.unwrap());
+        let old_cutoff = cutoff - chrono::Duration::hours(1);
+        assert!(!db.reconcile_offline("d", 5, old_cutoff, "r").await.unwrap());
+        let (status, _, epoch) = row(&db).await;
+        assert_eq!((status.as_str(), epoch), ("online", Some(5)));
     }
 }

@@ -139,7 +139,6 @@ impl Gateway {
             epoch,
             online: true,
             at: now(),
-            seen: true,
         });
         let gw = self.clone();
         let (device, org) = (device.to_string(), org.to_string());
@@ -164,7 +163,6 @@ impl Gateway {
             epoch,
             online: false,
             at: now(),
-            seen: true,
         });
         let gw = self.clone();
         let (device, org) = (device.to_string(), org.to_string());

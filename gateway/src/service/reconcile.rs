@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use super::Gateway;
-use crate::db::{Transition, now};
+use crate::db::now;
 use crate::wire::iso_naive;
 
 /// Rows read (and leases checked) per step.
@@ -62,14 +62,11 @@ impl Gateway {
                 if live {
                     continue;
                 }
-                let t = Transition {
-                    device_id: r.id.clone(),
-                    epoch: r.epoch,
-                    online: false,
-                    at: now(),
-                    seen: false,
-                };
-                match self.db.apply_transition(&t, &self.cfg.replica_id).await {
+                match self
+                    .db
+                    .reconcile_offline(&r.id, r.epoch, cutoff, &self.cfg.replica_id)
+                    .await
+                {
                     Ok(true) => gone.push(r),
                     Ok(false) => {}
                     Err(e) => {
