@@ -83,3 +83,82 @@ async fn idle_socket_memory() {
     );
     assert!(clients.iter().all(|c| c.is_connected()));
 }
+
+/// Heartbeat round trips against one replica in cluster mode (a real redis-server): every
+/// heartbeat is one Lua script (lease check, status JSON, latest sample, command drain) and no
+/// database work. `CAPACITY_SOCKETS` devices (default 1000) each send heartbeats back to back for
+/// `CAPACITY_SECONDS` (default 10); prints acks per second and latency percentiles. With all
+/// clients on the same 2 cores as the gateway and Redis, this is a floor, not a ceiling: the
+/// fleet's real rate is one heartbeat per device per 15 s (20,000 screens ≈ 1,300/s).
+#[tokio::test]
+#[ignore = "measurement; run with --ignored --nocapture"]
+async fn heartbeat_throughput() {
+    let n: usize = std::env::var("CAPACITY_SOCKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let secs: u64 = std::env::var("CAPACITY_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let redis = RedisServer::start().await;
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", n).await;
+    let gw = Gateway::start(
+        GatewayOptions::new(db)
+            .redis(&redis.url())
+            .env("CONNECT_RATE_GLOBAL", 100_000)
+            .env("CONNECT_BURST_GLOBAL", 100_000)
+            .env("MESSAGE_RATE_PER_SOCKET", 1_000_000)
+            .env("MESSAGE_BURST_PER_SOCKET", 1_000_000),
+    )
+    .await;
+    let mut clients = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let opts = gw
+                .client()
+                .transport(Transport::Websocket)
+                .auth(json!({"token": device_token(&load_device(i), ORG_A)}));
+            tasks.push(tokio::spawn(async move { connect(opts).await }));
+        }
+        for t in tasks {
+            clients.push(t.await.unwrap().unwrap());
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for c in clients {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut failed = 0u64;
+            while tokio::time::Instant::now() < deadline {
+                let t0 = tokio::time::Instant::now();
+                let hb = json!({"metrics": {"cpuUsage": 12.5, "memoryUsage": 40.0}, "currentContent": "c-img"});
+                match c.emit_with_ack("heartbeat", hb, Duration::from_secs(10)).await {
+                    Ok(a) if a["success"] == true => lat.push(t0.elapsed().as_micros() as u64),
+                    _ => failed += 1,
+                }
+            }
+            (lat, failed, c)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut failed = 0;
+    for t in tasks {
+        let (l, f, _c) = t.await.unwrap();
+        all.extend(l);
+        failed += f;
+    }
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    println!(
+        "heartbeat_throughput: {n} devices, {secs} s: {} acks ({:.0}/s), {failed} failed; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        all.len(),
+        all.len() as f64 / secs as f64,
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    assert_eq!(failed, 0);
+}
