@@ -356,3 +356,80 @@ async fn a_device_that_leaves_during_a_redis_outage_goes_offline_when_redis_retu
     assert_eq!(c.db_status(DEV_A1).await, "online");
     assert_eq!(c.db_status(DEV_A2).await, "offline");
 }
+
+/// A socket whose supersession never reached it (the newer connection's disconnect emit was
+/// lost) and which heartbeats before the next refresh: the heartbeat writes no status, takes
+/// none of the commands queued for the newer connection, and ends that socket; its own release
+/// then changes nothing.
+#[tokio::test]
+async fn a_heartbeat_from_a_superseded_socket_takes_nothing_and_ends_it() {
+    // A long TTL keeps the refresh (every TTL/3) out of the way.
+    let c = Cluster::start(1, 0, |o| o.env("LEASE_TTL_MS", 60_000)).await;
+    let old = ws_device(c.replicas[0].client(), DEV_A1).await;
+    let lease = eventually(T, "the lease confirmed", || async {
+        c.lease(DEV_A1)
+            .await
+            .filter(|l| l["sid"] == old.sid() && l.get("pending") != Some(&json!(true)))
+    })
+    .await;
+    c.wait_db_status(DEV_A1, "online").await;
+    // A newer connection's acquire, as another replica would have written it (still pending,
+    // so commands for the device are queued rather than emitted).
+    let newer = lease["epoch"].as_str().unwrap().parse::<u64>().unwrap() + 1;
+    let mut conn = c.redis.conn().await;
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg(format!("device:epoch:{DEV_A1}"))
+        .arg(newer.to_string())
+        .cmd("SET")
+        .arg(format!("device:lease:{DEV_A1}"))
+        .arg(
+            json!({"epoch": newer.to_string(), "replica": "r-elsewhere", "sid": "newer-sid",
+                   "org": ORG_A, "pending": true})
+            .to_string(),
+        )
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (st, _) = c.replicas[0].api().command(DEV_A1, "reload", None).await;
+    assert_eq!(st, 201);
+    let queued_key = format!("device:commands:{DEV_A1}");
+    let queued = || {
+        let mut conn = conn.clone();
+        let key = queued_key.clone();
+        async move {
+            redis::cmd("LLEN")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(queued().await, 1, "queued for the newer connection");
+    let status_before = c.redis.get(&format!("device:status:{DEV_A1}")).await;
+
+    let ack = old
+        .emit_with_ack("heartbeat", json!({"metrics": {"cpuUsage": 5}}), T)
+        .await
+        .unwrap();
+    assert_eq!(ack["success"], true, "{ack}");
+    assert_eq!(ack["commands"], json!([]), "{ack}");
+    assert_eq!(
+        queued().await,
+        1,
+        "the command is still there for the newer connection"
+    );
+    assert_eq!(
+        c.redis.get(&format!("device:status:{DEV_A1}")).await,
+        status_before,
+        "the status JSON is not overwritten"
+    );
+    assert_eq!(old.closed(T).await, Some(CloseReason::ServerDisconnect));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        c.lease(DEV_A1).await.unwrap()["sid"],
+        "newer-sid",
+        "the old socket's release changed nothing"
+    );
+    assert_eq!(c.db_status(DEV_A1).await, "online");
+}
