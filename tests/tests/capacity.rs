@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use vizora_gateway_tests::*;
-use vizora_sioclient::{Transport, connect};
+use vizora_sioclient::{Client, Transport, connect};
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -22,6 +22,25 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap()
+}
+
+/// Websocket device sockets for load devices `ids`, opened 100 at a time.
+async fn connect_load_devices(gw: &Gateway, ids: std::ops::Range<usize>) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(ids.len());
+    for chunk in ids.collect::<Vec<_>>().chunks(100) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let opts = gw
+                .client()
+                .transport(Transport::Websocket)
+                .auth(json!({"token": device_token(&load_device(i), ORG_A)}));
+            tasks.push(tokio::spawn(async move { connect(opts).await }));
+        }
+        for t in tasks {
+            clients.push(t.await.unwrap().unwrap());
+        }
+    }
+    clients
 }
 
 #[tokio::test]
@@ -58,19 +77,7 @@ async fn idle_socket_memory() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = rss_kib(pid);
     let started = tokio::time::Instant::now();
-    for chunk in (20..n).collect::<Vec<_>>().chunks(100) {
-        let mut tasks = Vec::new();
-        for &i in chunk {
-            let opts = gw
-                .client()
-                .transport(Transport::Websocket)
-                .auth(json!({"token": device_token(&load_device(i), ORG_A)}));
-            tasks.push(tokio::spawn(async move { connect(opts).await }));
-        }
-        for t in tasks {
-            clients.push(t.await.unwrap().unwrap());
-        }
-    }
+    clients.extend(connect_load_devices(&gw, 20..n).await);
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = rss_kib(pid);
@@ -112,20 +119,7 @@ async fn heartbeat_throughput() {
             .env("MESSAGE_BURST_PER_SOCKET", 1_000_000),
     )
     .await;
-    let mut clients = Vec::with_capacity(n);
-    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
-        let mut tasks = Vec::new();
-        for &i in chunk {
-            let opts = gw
-                .client()
-                .transport(Transport::Websocket)
-                .auth(json!({"token": device_token(&load_device(i), ORG_A)}));
-            tasks.push(tokio::spawn(async move { connect(opts).await }));
-        }
-        for t in tasks {
-            clients.push(t.await.unwrap().unwrap());
-        }
-    }
+    let clients = connect_load_devices(&gw, 0..n).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     let mut tasks = Vec::new();
     for c in clients {
