@@ -58,6 +58,21 @@ impl Api {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Waits (up to 10 s) until the presence route reports `device` offline.
+    pub async fn wait_offline(&self, device: &str) {
+        crate::eventually(
+            std::time::Duration::from_secs(10),
+            &format!("{device} offline"),
+            || async {
+                let (_, p) = self
+                    .get(&format!("/api/internal/devices/{device}/presence"))
+                    .await;
+                (p["online"] == false).then_some(())
+            },
+        )
+        .await;
+    }
+
     pub async fn get_text(&self, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
         let mut req = self.http.get(format!("{}{path}", self.base));
         for (k, v) in headers {

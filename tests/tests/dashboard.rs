@@ -161,13 +161,7 @@ async fn status_flow(kind: &str) {
         }
         // Wait for DEV_A2's offline transition so the next round starts from a known state.
         let api = gw.api();
-        eventually(Duration::from_secs(10), "DEV_A2 offline", || async {
-            let (_, p) = api
-                .get(&format!("/api/internal/devices/{DEV_A2}/presence"))
-                .await;
-            (p["online"] == false).then_some(())
-        })
-        .await;
+        api.wait_offline(DEV_A2).await;
     }
 }
 

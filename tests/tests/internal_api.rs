@@ -459,13 +459,7 @@ async fn pushes_and_commands_reach_the_device() {
         let extra: Vec<_> = a1.drain_events();
         assert!(extra.is_empty(), "{what}: unexpected events {extra:?}");
         a1.disconnect().await;
-        eventually(Duration::from_secs(10), "DEV_A1 offline", || async {
-            let (_, p) = api
-                .get(&format!("/api/internal/devices/{DEV_A1}/presence"))
-                .await;
-            (p["online"] == false).then_some(p)
-        })
-        .await;
+        api.wait_offline(DEV_A1).await;
     }
     let (_, p) = api
         .get(&format!("/api/internal/devices/{DEV_A1}/presence"))
@@ -580,13 +574,7 @@ async fn queued_commands_are_delivered_on_connect_oldest_first() {
             assert_eq!(ack["commands"], json!([]), "{what}");
             assert_eq!(ack["data"]["commands"], json!([]), "{what}");
             c.disconnect().await;
-            eventually(Duration::from_secs(10), "DEV_A2 offline", || async {
-                let (_, p) = api
-                    .get(&format!("/api/internal/devices/{DEV_A2}/presence"))
-                    .await;
-                (p["online"] == false).then_some(())
-            })
-            .await;
+            api.wait_offline(DEV_A2).await;
         }
     }
     // The queue is bounded: with COMMAND_QUEUE_MAX=3 the newest three of five survive.
@@ -675,13 +663,7 @@ async fn heartbeat_ack_delivers_commands_queued_while_connected() {
         assert_eq!(st["organizationId"], ORG_A);
         assert!(st["socketId"].is_string(), "{st}");
         c.disconnect().await;
-        eventually(Duration::from_secs(10), "DEV_A1 offline", || async {
-            let (_, p) = api
-                .get(&format!("/api/internal/devices/{DEV_A1}/presence"))
-                .await;
-            (p["online"] == false).then_some(())
-        })
-        .await;
+        api.wait_offline(DEV_A1).await;
     }
 }
 
