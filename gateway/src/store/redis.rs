@@ -99,6 +99,14 @@ fn lease_keys(device: &str) -> [String; 4] {
     ]
 }
 
+/// KEYS 1–6 of acquire.lua and release.lua: the lease keys, then the offline notice and its
+/// due-time set.
+fn lease_and_notice_keys(device: &str) -> impl Iterator<Item = String> {
+    lease_keys(device)
+        .into_iter()
+        .chain([format!("notify:offline:{device}"), "notify:due".to_string()])
+}
+
 fn value_string(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
@@ -118,15 +126,11 @@ impl PresenceStore for RedisStore {
         sid: &str,
         ttl_ms: u64,
     ) -> StoreResult<Acquired> {
-        let [k1, k2, k3, k4] = lease_keys(device);
         let mut inv = self.scripts.acquire.prepare_invoke();
-        inv.key(k1)
-            .key(k2)
-            .key(k3)
-            .key(k4)
-            .key(format!("notify:offline:{device}"))
-            .key("notify:due")
-            .key(format!("notify:fired-offline:{device}"))
+        for k in lease_and_notice_keys(device) {
+            inv.key(k);
+        }
+        inv.key(format!("notify:fired-offline:{device}"))
             .arg(device)
             .arg(replica)
             .arg(sid)
@@ -216,15 +220,11 @@ impl PresenceStore for RedisStore {
         epoch: u64,
         notify_delay_ms: u64,
     ) -> StoreResult<bool> {
-        let [k1, k2, k3, k4] = lease_keys(device);
         let mut inv = self.scripts.release.prepare_invoke();
-        inv.key(k1)
-            .key(k2)
-            .key(k3)
-            .key(k4)
-            .key(format!("notify:offline:{device}"))
-            .key("notify:due")
-            .arg(device)
+        for k in lease_and_notice_keys(device) {
+            inv.key(k);
+        }
+        inv.arg(device)
             .arg(epoch.to_string())
             .arg(org)
             .arg(STATUS_OFFLINE_TTL_S)
