@@ -5,9 +5,10 @@
 //! configuration table mirrors this file.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::proxies::TrustedProxies;
 
 /// Secrets shorter than this are refused: HS256 keys and API keys must not be guessable.
 pub const MIN_SECRET_BYTES: usize = 32;
@@ -79,8 +80,9 @@ pub struct Limits {
     /// `MESSAGE_RATE_PER_SOCKET` (10/s) and `MESSAGE_BURST_PER_SOCKET` (40).
     pub message_rate_per_socket: u32,
     pub message_burst_per_socket: u32,
-    /// `TRUSTED_PROXIES` (empty): peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// `TRUSTED_PROXIES` (empty): addresses and CIDR ranges (IPv4, IPv6) of proxies whose
+    /// `X-Forwarded-For` is believed; the client is the right-most hop that is not one of them.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// The whole gateway configuration.
@@ -252,7 +254,7 @@ impl Config {
             connect_burst_per_device: p.positive("CONNECT_BURST_PER_DEVICE", 5),
             message_rate_per_socket: p.positive("MESSAGE_RATE_PER_SOCKET", 10),
             message_burst_per_socket: p.positive("MESSAGE_BURST_PER_SOCKET", 40),
-            trusted_proxies: p.ip_list("TRUSTED_PROXIES"),
+            trusted_proxies: p.proxy_list("TRUSTED_PROXIES"),
         };
         let cfg = Config {
             host: p.opt("HOST").unwrap_or_else(|| "0.0.0.0".into()),
@@ -396,18 +398,18 @@ impl<F: Fn(&str) -> Option<String>> Parser<'_, F> {
             }
         }
     }
-    fn ip_list(&mut self, var: &str) -> Vec<IpAddr> {
+    fn proxy_list(&mut self, var: &str) -> TrustedProxies {
         let Some(v) = self.opt(var) else {
-            return Vec::new();
+            return TrustedProxies::default();
         };
         let mut out = Vec::new();
         for part in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            match part.parse() {
-                Ok(ip) => out.push(ip),
-                Err(_) => self.err(var, &format!("`{part}` is not an IP address")),
+            match TrustedProxies::parse_entry(part) {
+                Ok(net) => out.push(net),
+                Err(e) => self.err(var, &e),
             }
         }
-        out
+        TrustedProxies::new(out)
     }
     /// Rules spanning several fields.
     fn validate(&mut self, c: &Config) {
@@ -477,6 +479,32 @@ mod tests {
         assert!(errs.iter().any(|e| e.starts_with("INTERNAL_API_SECRET:")));
         assert!(errs.iter().any(|e| e.starts_with("PORT:")));
         assert!(errs.iter().any(|e| e.starts_with("DB_MIGRATE:")));
+    }
+
+    #[test]
+    fn trusted_proxies_take_ranges_and_addresses() {
+        let mut m = base();
+        m.insert(
+            "TRUSTED_PROXIES".into(),
+            "10.0.0.0/8, 127.0.0.1, ::1/128,127.0.0.1/32".into(),
+        );
+        let c = Config::from_map(&m).unwrap();
+        let t = &c.limits.trusted_proxies;
+        for ip in ["10.4.5.6", "127.0.0.1", "::1"] {
+            assert!(t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!t.contains("127.0.0.2".parse().unwrap()));
+        m.insert(
+            "TRUSTED_PROXIES".into(),
+            "10.0.0.0/8, nginx, 1.2.3.4/40".into(),
+        );
+        let errs = Config::from_map(&m).unwrap_err().0;
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs.iter().all(|e| e.starts_with("TRUSTED_PROXIES:")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("`nginx`")), "{errs:?}");
     }
 
     #[test]

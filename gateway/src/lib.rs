@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod http;
 pub mod limits;
 pub mod net;
+pub mod proxies;
 pub mod service;
 pub mod shutdown;
 pub mod socket;

@@ -10,6 +10,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::config::Limits;
+use crate::proxies::TrustedProxies;
 
 fn nz(v: u32) -> NonZeroU32 {
     NonZeroU32::new(v.max(1)).unwrap_or(NonZeroU32::MIN)
@@ -35,7 +36,7 @@ pub struct EdgeGuard {
     per_ip: DefaultKeyedRateLimiter<IpAddr>,
     global: DefaultDirectRateLimiter,
     pub max_connections: usize,
-    pub trusted_proxies: Vec<IpAddr>,
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl EdgeGuard {
@@ -46,19 +47,6 @@ impl EdgeGuard {
             max_connections: l.max_connections,
             trusted_proxies: l.trusted_proxies.clone(),
         }
-    }
-
-    /// The client address: the TCP peer, or the first `X-Forwarded-For` hop when the peer is a
-    /// trusted proxy.
-    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
-        if self.trusted_proxies.contains(&peer)
-            && let Some(ip) = forwarded_for
-                .and_then(|h| h.split(',').next())
-                .and_then(|s| s.trim().parse().ok())
-        {
-            return ip;
-        }
-        peer
     }
 
     pub fn check(&self, ip: IpAddr, live: usize, draining: bool) -> Result<(), Refusal> {
@@ -144,7 +132,7 @@ mod tests {
             connect_burst_per_device: 1,
             message_rate_per_socket: 1,
             message_burst_per_socket: 1,
-            trusted_proxies: vec!["10.0.0.1".parse().unwrap_or(IpAddr::from([10, 0, 0, 1]))],
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 
@@ -169,20 +157,6 @@ mod tests {
         assert_eq!(
             g.check([192, 0, 2, 3].into(), 0, true),
             Err(Refusal::Draining)
-        );
-    }
-
-    #[test]
-    fn forwarded_for_only_from_trusted_proxies() {
-        let g = EdgeGuard::new(&limits());
-        let client: IpAddr = [203, 0, 113, 9].into();
-        assert_eq!(
-            g.client_ip([10, 0, 0, 1].into(), Some("203.0.113.9, 10.0.0.1")),
-            client
-        );
-        assert_eq!(
-            g.client_ip([192, 0, 2, 1].into(), Some("203.0.113.9")),
-            IpAddr::from([192, 0, 2, 1])
         );
     }
 

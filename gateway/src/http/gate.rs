@@ -40,11 +40,10 @@ pub async fn gate(
     if !is_handshake(&req) {
         return next.run(req).await;
     }
-    let forwarded = req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|h| h.to_str().ok());
-    let ip = st.guard.client_ip(peer.addr.ip().to_canonical(), forwarded);
+    let ip = st
+        .guard
+        .trusted_proxies
+        .client_ip_of(peer.addr.ip(), req.headers());
     let g = &st.gw.metrics.gauges;
     let live = (g.device_sockets.load(Ordering::Relaxed)
         + g.dashboard_sockets.load(Ordering::Relaxed))

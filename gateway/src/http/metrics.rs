@@ -1,4 +1,5 @@
-//! Prometheus text, from loopback or with `Authorization: Bearer $METRICS_TOKEN` (constant time).
+//! Prometheus text, from a loopback client (behind trusted proxies: the client address, not the
+//! proxy's) or with `Authorization: Bearer $METRICS_TOKEN` (constant time).
 
 use std::sync::Arc;
 
@@ -26,7 +27,13 @@ pub async fn metrics(
             .is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes()))),
         _ => false,
     };
-    if !peer.addr.ip().to_canonical().is_loopback() && !bearer_ok {
+    // Loopback means the client, not the peer: a proxy on the same host forwards the internet.
+    let client = gw
+        .cfg
+        .limits
+        .trusted_proxies
+        .client_ip_of(peer.addr.ip(), &headers);
+    if !client.is_loopback() && !bearer_ok {
         return ApiError::Forbidden("Metrics access denied").into_response();
     }
     (
