@@ -231,7 +231,17 @@ async fn serve<A: Adapter>(
         shutdown.cancelled().await;
         drain_sockets(&drain_gw, &drain_io).await;
     };
-    let listener = crate::net::KillListener(listener);
+    let listener = crate::net::KillListener::new(
+        listener,
+        crate::net::TcpLimits {
+            max_connections: cfg.limits.max_tcp_connections,
+            max_per_ip: cfg.limits.max_tcp_connections_per_ip,
+            header_timeout: cfg.limits.http_header_timeout,
+            idle_timeout: cfg.limits.http_idle_timeout,
+            trusted_proxies: cfg.limits.trusted_proxies.clone(),
+        },
+        gw.metrics.clone(),
+    );
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<crate::net::Peer>(),

@@ -83,6 +83,18 @@ pub struct Limits {
     /// `TRUSTED_PROXIES` (empty): addresses and CIDR ranges (IPv4, IPv6) of proxies whose
     /// `X-Forwarded-For` is believed; the client is the right-most hop that is not one of them.
     pub trusted_proxies: TrustedProxies,
+    /// `MAX_TCP_CONNECTIONS` (60000): open TCP connections per replica, whatever they carry;
+    /// more are closed at accept. Above `MAX_CONNECTIONS` so the handshake gate answers first.
+    pub max_tcp_connections: usize,
+    /// `MAX_TCP_CONNECTIONS_PER_IP` (2048): open TCP connections per peer address; trusted
+    /// proxies are exempt (behind a proxy the peer is the proxy).
+    pub max_tcp_connections_per_ip: usize,
+    /// `HTTP_HEADER_TIMEOUT_MS` (10000): complete request headers must arrive within this of a
+    /// request's first byte (or of accept, for a connection that sends nothing).
+    pub http_header_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT_MS` (60000): a connection with no request in flight is closed after
+    /// this (websockets are exempt: Engine.IO pings govern them).
+    pub http_idle_timeout: Duration,
 }
 
 /// The whole gateway configuration.
@@ -255,6 +267,10 @@ impl Config {
             message_rate_per_socket: p.positive("MESSAGE_RATE_PER_SOCKET", 10),
             message_burst_per_socket: p.positive("MESSAGE_BURST_PER_SOCKET", 40),
             trusted_proxies: p.proxy_list("TRUSTED_PROXIES"),
+            max_tcp_connections: p.num("MAX_TCP_CONNECTIONS", 60_000),
+            max_tcp_connections_per_ip: p.num("MAX_TCP_CONNECTIONS_PER_IP", 2048),
+            http_header_timeout: p.ms("HTTP_HEADER_TIMEOUT_MS", 10_000),
+            http_idle_timeout: p.ms("HTTP_IDLE_TIMEOUT_MS", 60_000),
         };
         let cfg = Config {
             host: p.opt("HOST").unwrap_or_else(|| "0.0.0.0".into()),

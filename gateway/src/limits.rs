@@ -133,6 +133,10 @@ mod tests {
             message_rate_per_socket: 1,
             message_burst_per_socket: 1,
             trusted_proxies: TrustedProxies::default(),
+            max_tcp_connections: 10,
+            max_tcp_connections_per_ip: 10,
+            http_header_timeout: Duration::from_secs(1),
+            http_idle_timeout: Duration::from_secs(1),
         }
     }
 

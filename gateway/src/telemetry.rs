@@ -32,6 +32,7 @@ pub struct Gauges {
     pub device_sockets: AtomicI64,
     pub dashboard_sockets: AtomicI64,
     pub pending_transitions: AtomicI64,
+    pub tcp_connections: AtomicI64,
 }
 
 /// The gateway's instruments.
@@ -41,6 +42,7 @@ pub struct Metrics {
     _provider: SdkMeterProvider,
     pub gauges: Arc<Gauges>,
     connections: Counter<u64>,
+    tcp: Counter<u64>,
     refusals: Counter<u64>,
     events: Counter<u64>,
     transitions: Counter<u64>,
@@ -83,6 +85,12 @@ impl Metrics {
             .with_description("Presence transitions waiting to be written to the database")
             .with_callback(move |o| o.observe(g.pending_transitions.load(Ordering::Relaxed), &[]))
             .build();
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("vizora_gateway_tcp_connections")
+            .with_description("Open TCP connections on this replica (any protocol state)")
+            .with_callback(move |o| o.observe(g.tcp_connections.load(Ordering::Relaxed), &[]))
+            .build();
         let counter = |name: &'static str, desc: &'static str| {
             meter.u64_counter(name).with_description(desc).build()
         };
@@ -90,6 +98,10 @@ impl Metrics {
             connections: counter(
                 "vizora_gateway_connections",
                 "Socket.IO connection attempts by principal and result",
+            ),
+            tcp: counter(
+                "vizora_gateway_tcp_closed",
+                "TCP connections refused at accept or closed by a timer, by reason",
             ),
             refusals: counter(
                 "vizora_gateway_handshake_refusals",
@@ -138,6 +150,11 @@ impl Metrics {
                 KeyValue::new("result", result),
             ],
         );
+    }
+    /// A TCP connection refused at accept (`max_tcp_connections`, `max_tcp_connections_per_ip`)
+    /// or closed by a timer (`header_timeout`, `idle_timeout`).
+    pub fn tcp(&self, reason: &'static str) {
+        self.tcp.add(1, &[KeyValue::new("reason", reason)]);
     }
     pub fn refusal(&self, reason: &'static str) {
         self.refusals.add(1, &[KeyValue::new("reason", reason)]);

@@ -29,6 +29,8 @@ pub struct GatewayOptions {
     pub redis_url: Option<String>,
     pub replica_id: String,
     pub env: HashMap<String, String>,
+    /// Run with the shipped connection and message limits instead of the raised test ones.
+    pub shipped_limits: bool,
 }
 
 impl GatewayOptions {
@@ -38,6 +40,7 @@ impl GatewayOptions {
             redis_url: None,
             replica_id: format!("r-{}", crate::free_port()),
             env: HashMap::new(),
+            shipped_limits: false,
         }
     }
     pub fn redis(mut self, url: &str) -> Self {
@@ -48,11 +51,29 @@ impl GatewayOptions {
         self.replica_id = id.into();
         self
     }
+    /// Keeps every connection and message limit at its shipped default (the harness otherwise
+    /// raises them so tests are not throttled by each other's connects).
+    pub fn shipped_limits(mut self) -> Self {
+        self.shipped_limits = true;
+        self
+    }
     pub fn env(mut self, k: &str, v: impl ToString) -> Self {
         self.env.insert(k.into(), v.to_string());
         self
     }
 }
+
+/// The limits the harness raises unless [`GatewayOptions::shipped_limits`] is asked for.
+const RAISED_LIMITS: [&str; 8] = [
+    "CONNECT_RATE_PER_IP",
+    "CONNECT_BURST_PER_IP",
+    "CONNECT_PER_DEVICE_PER_MIN",
+    "CONNECT_BURST_PER_DEVICE",
+    "MESSAGE_RATE_PER_SOCKET",
+    "MESSAGE_BURST_PER_SOCKET",
+    "MAX_TCP_CONNECTIONS",
+    "MAX_TCP_CONNECTIONS_PER_IP",
+];
 
 /// Test timings: fast liveness and presence so failure scenarios finish in seconds.
 fn default_env() -> Vec<(&'static str, String)> {
@@ -76,6 +97,8 @@ fn default_env() -> Vec<(&'static str, String)> {
         ("CONNECT_BURST_PER_DEVICE", "1000".into()),
         ("MESSAGE_RATE_PER_SOCKET", "1000".into()),
         ("MESSAGE_BURST_PER_SOCKET", "1000".into()),
+        ("MAX_TCP_CONNECTIONS", "100000".into()),
+        ("MAX_TCP_CONNECTIONS_PER_IP", "100000".into()),
         (
             "RUST_LOG",
             "info,vizora_gateway=debug,sqlx=warn,socketioxide=warn,engineioxide=warn".into(),
@@ -125,6 +148,9 @@ impl Gateway {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default());
         for (k, v) in default_env() {
+            if self.opts.shipped_limits && RAISED_LIMITS.contains(&k) {
+                continue;
+            }
             cmd.env(k, v);
         }
         cmd.env("PORT", self.port.to_string())

@@ -1,6 +1,12 @@
 //! The edge gate: refuses new Engine.IO handshakes (requests to `/socket.io/` without `sid`) at the
 //! HTTP level — 429 `rate_limited` with `Retry-After`, 503 `server_busy`, 503 `draining` — so
 //! socket.io-client keeps retrying with its own backoff. It runs before any Redis or database work.
+//!
+//! It also refuses cross-site WebSocket hijacking: a handshake that carries the dashboard's
+//! session cookie from a browser page whose `Origin` is not in `CORS_ORIGIN` gets 403
+//! `forbidden_origin`, over websocket and polling alike. The session cookie is the only credential
+//! a foreign page can make the browser send; `auth.token` handshakes carry no cookie (or come
+//! from a page that holds the token anyway), and clients without an `Origin` are not browsers.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,6 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::auth::token_from_cookie;
 use crate::limits::{EdgeGuard, Refusal};
 use crate::service::Gateway;
 
@@ -31,14 +38,53 @@ fn is_handshake(req: &Request) -> bool {
             .any(|kv| kv.starts_with("sid="))
 }
 
+/// A handshake carrying the session cookie whose `Origin` header names another site.
+fn cookie_from_foreign_origin(req: &Request, allowed: &[String]) -> bool {
+    let has_cookie = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .any(|c| token_from_cookie(c).is_some());
+    if !has_cookie {
+        return false;
+    }
+    req.headers()
+        .get_all(header::ORIGIN)
+        .iter()
+        .any(|o| !o.to_str().is_ok_and(|o| allowed.iter().any(|a| a == o)))
+}
+
+/// Every request passes here: it is in flight for the connection's timers (see `net.rs`) until
+/// its response is produced, and a websocket upgrade frees its connection from them.
 pub async fn gate(
     State(st): State<EdgeState>,
     ConnectInfo(peer): ConnectInfo<crate::net::Peer>,
     req: Request,
     next: Next,
 ) -> Response {
+    let _busy = peer.watch.busy();
+    let resp = admit(st, &peer, req, next).await;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        peer.watch.upgraded();
+    }
+    resp
+}
+
+async fn admit(st: EdgeState, peer: &crate::net::Peer, req: Request, next: Next) -> Response {
     if !is_handshake(&req) {
         return next.run(req).await;
+    }
+    if cookie_from_foreign_origin(&req, &st.gw.cfg.cors_origins) {
+        st.gw.metrics.refusal("forbidden_origin");
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "error": "forbidden_origin",
+                "message": "Cookie sessions are only accepted from the configured origins"
+            })),
+        )
+            .into_response();
     }
     let ip = st
         .guard

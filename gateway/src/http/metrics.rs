@@ -1,6 +1,7 @@
 //! Prometheus text, from a loopback client (behind trusted proxies: the client address, not the
 //! proxy's) or with `Authorization: Bearer $METRICS_TOKEN` (constant time).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, State};
@@ -9,7 +10,21 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
+use crate::proxies::TrustedProxies;
 use crate::service::Gateway;
+
+/// Loopback means the client, not the peer: a proxy on the same host forwards the internet. A
+/// request from an untrusted loopback peer that carries a forwarding header came through such a
+/// proxy (one nobody listed in `TRUSTED_PROXIES`), so it is not local either.
+fn local_client(trusted: &TrustedProxies, peer: IpAddr, headers: &HeaderMap) -> bool {
+    let forwarded = ["x-forwarded-for", "forwarded", "x-real-ip"]
+        .iter()
+        .any(|h| headers.contains_key(*h));
+    if forwarded && !trusted.contains(peer) {
+        return false;
+    }
+    trusted.client_ip_of(peer, headers).is_loopback()
+}
 
 pub async fn metrics(
     State(gw): State<Arc<Gateway>>,
@@ -27,13 +42,7 @@ pub async fn metrics(
             .is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes()))),
         _ => false,
     };
-    // Loopback means the client, not the peer: a proxy on the same host forwards the internet.
-    let client = gw
-        .cfg
-        .limits
-        .trusted_proxies
-        .client_ip_of(peer.addr.ip(), &headers);
-    if !client.is_loopback() && !bearer_ok {
+    if !local_client(&gw.cfg.limits.trusted_proxies, peer.addr.ip(), &headers) && !bearer_ok {
         return ApiError::Forbidden("Metrics access denied").into_response();
     }
     (

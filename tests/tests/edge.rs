@@ -1,0 +1,318 @@
+//! The edge facing the internet (issue 8): clients behind proxies, cross-site WebSocket
+//! hijacking, connections that never speak, and the TCP ceilings.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vizora_gateway_tests::*;
+use vizora_sioclient::{ConnectError, Transport, connect};
+
+/// A polling handshake as a proxy on this host would forward it.
+async fn handshake_via(gw: &Gateway, forwarded_for: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{}/socket.io/?EIO=4&transport=polling", gw.url()))
+        .header("X-Forwarded-For", forwarded_for)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Behind a trusted proxy (the test's loopback peer), the client is the right-most untrusted
+/// hop: a client writing a new left hop on every attempt still meets its own per-IP limit, and
+/// other clients behind the same proxy keep their own buckets. The list takes CIDR ranges and
+/// plain addresses, IPv4 and IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_left_hops_share_the_real_clients_bucket() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(
+        GatewayOptions::new(db)
+            .env("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1/32, ::1/128")
+            .env("CONNECT_RATE_PER_IP", 1)
+            .env("CONNECT_BURST_PER_IP", 2),
+    )
+    .await;
+    let real = "203.0.113.9";
+    for i in 0..2 {
+        let xff = format!("198.51.100.{i}, {real}");
+        assert_eq!(handshake_via(&gw, &xff).await, 200, "attempt {i} ({xff})");
+    }
+    for forged in ["198.51.100.77", "127.0.0.1", "10.1.1.1, 198.51.100.78"] {
+        let xff = format!("{forged}, {real}, 10.0.0.5");
+        assert_eq!(
+            handshake_via(&gw, &xff).await,
+            429,
+            "a forged left hop must not buy a fresh bucket ({xff})"
+        );
+    }
+    assert_eq!(
+        handshake_via(&gw, "203.0.113.9, 198.51.100.50").await,
+        200,
+        "another client behind the proxy has its own bucket"
+    );
+}
+
+/// The metrics exemption is for loopback clients, not loopback peers: a proxy on this host
+/// forwarding an internet client gets 403 without the token, whatever the client writes
+/// (including `127.0.0.1`) and with a wrong token; with or without `TRUSTED_PROXIES`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_refused_through_a_loopback_proxy() {
+    let token = "metrics-token-metrics-token-0123456789";
+    for trusted in [Some("127.0.0.1"), None] {
+        let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+        let mut opts = GatewayOptions::new(db).env("METRICS_TOKEN", token);
+        if let Some(t) = trusted {
+            opts = opts.env("TRUSTED_PROXIES", t);
+        }
+        let gw = Gateway::start(opts).await;
+        let api = gw.api();
+        for path in ["/metrics", "/api/internal/metrics"] {
+            for xff in [
+                "203.0.113.9",
+                "127.0.0.1, 203.0.113.9",
+                "127.0.0.1,203.0.113.9",
+            ] {
+                for auth in [None, Some("Bearer wrong"), Some(token)] {
+                    let mut h = vec![("x-forwarded-for", xff)];
+                    h.extend(auth.map(|a| ("authorization", a)));
+                    let (s, text) = api.get_text(path, &h).await;
+                    assert_eq!(s, 403, "{trusted:?} {path} {xff} {auth:?}: {text}");
+                }
+                let bearer = format!("Bearer {token}");
+                let (s, _) = api
+                    .get_text(
+                        path,
+                        &[("x-forwarded-for", xff), ("authorization", &bearer)],
+                    )
+                    .await;
+                assert_eq!(s, 200, "{trusted:?} {path} {xff}: the token still works");
+            }
+            let (s, _) = api.get_text(path, &[]).await;
+            assert_eq!(s, 200, "{trusted:?} {path}: a direct loopback client");
+        }
+    }
+}
+
+/// Cross-site WebSocket hijacking: a dashboard authenticated only by the session cookie is
+/// accepted from a `CORS_ORIGIN` page and refused with 403 from any other, over websocket and
+/// polling; an `auth.token` dashboard on the foreign page is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookie_dashboards_only_from_allowed_origins() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db).env(
+        "CORS_ORIGIN",
+        "https://dash.vizora.test,http://localhost:3001",
+    ))
+    .await;
+    let token = user_token("user-a", ORG_A);
+    let cookie = format!("theme=dark; vizora_auth_token={token}");
+    for t in TRANSPORTS {
+        let c = connect(
+            gw.client()
+                .transport(t)
+                .header("Cookie", cookie.clone())
+                .header("Origin", "https://dash.vizora.test"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{t:?}: allowed origin must connect: {e}"));
+        expect_event(&c, "device:status:batch", "allowed origin").await;
+        c.disconnect().await;
+        for origin in [
+            "http://evil.example",
+            "null",
+            "https://dash.vizora.test.evil.example",
+        ] {
+            let r = connect(
+                gw.client()
+                    .transport(t)
+                    .header("Cookie", cookie.clone())
+                    .header("Origin", origin),
+            )
+            .await;
+            match r {
+                Err(ConnectError::Http { status, body, .. }) => {
+                    assert_eq!(status, 403, "{t:?} {origin}: {body}");
+                }
+                Err(e) => panic!("{t:?} {origin}: expected HTTP 403, got {e:?}"),
+                Ok(c) => panic!("{t:?} {origin}: a foreign page rode the cookie ({c:?})"),
+            }
+        }
+        let c = connect(
+            gw.client()
+                .transport(t)
+                .header("Origin", "http://evil.example")
+                .auth(json!({"token": token})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{t:?}: auth.token sessions are unaffected: {e}"));
+        c.disconnect().await;
+    }
+}
+
+/// Waits until the peer closes `s` (EOF or reset), reading and discarding anything sent.
+async fn closed_by_server(mut s: TcpStream) {
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The sum of the metric lines starting with `line_start`, once it reaches `at_least`.
+async fn metric_reaches(gw: &Gateway, line_start: &str, at_least: f64) -> f64 {
+    let url = format!("{}/metrics", gw.url());
+    eventually(T, &format!("{line_start} >= {at_least}"), || {
+        let url = url.clone();
+        async move {
+            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+            let v: f64 = text
+                .lines()
+                .filter(|l| l.starts_with(line_start))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            (v >= at_least).then_some(v)
+        }
+    })
+    .await
+}
+
+/// Slowloris: 200 connections that send half a request and 50 that send nothing are closed by
+/// the header timeout, while screens keep connecting and working over both transports (and stay
+/// connected past the timeouts); each close is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_half_request_connections_are_closed() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(
+        GatewayOptions::new(db)
+            .env("HTTP_HEADER_TIMEOUT_MS", 1500)
+            .env("HTTP_IDLE_TIMEOUT_MS", 3000),
+    )
+    .await;
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let mut slow = Vec::new();
+    for i in 0..250 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        if i < 200 {
+            s.write_all(
+                b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: gw\r\nX-Slow: ",
+            )
+            .await
+            .unwrap();
+        }
+        slow.push(tokio::spawn(closed_by_server(s)));
+    }
+    // Screens connect and work while the slow connections are held.
+    let ws = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    let poll = device(&gw, DEV_A2, ORG_A, Transport::Polling).await;
+    for h in slow {
+        tokio::time::timeout(Duration::from_secs(30), h)
+            .await
+            .expect("a slow connection was not closed by the header timeout")
+            .unwrap();
+    }
+    // The screens outlived every timer: still connected, still answered.
+    for (c, what) in [(&ws, "websocket"), (&poll, "polling")] {
+        let ack = c
+            .emit_with_ack("heartbeat", json!({"metrics": {"cpuUsage": 1}}), T)
+            .await
+            .unwrap_or_else(|e| panic!("{what} screen after the timeouts: {e}"));
+        assert_ok_ack(&ack, what);
+    }
+    metric_reaches(
+        &gw,
+        "vizora_gateway_tcp_closed_total{reason=\"header_timeout\"",
+        250.0,
+    )
+    .await;
+    // A new screen still connects.
+    let late = device(&gw, DEV_A3, ORG_A, Transport::Websocket).await;
+    late.disconnect().await;
+}
+
+/// A keep-alive connection that finished its requests and stays idle is closed by the idle
+/// timeout (a connection that never became a Socket.IO session holds nothing for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(
+        GatewayOptions::new(db)
+            .env("HTTP_HEADER_TIMEOUT_MS", 60_000)
+            .env("HTTP_IDLE_TIMEOUT_MS", 1000),
+    )
+    .await;
+    let mut s = TcpStream::connect(format!("127.0.0.1:{}", gw.port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /api/health/live HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    tokio::time::timeout(Duration::from_secs(30), closed_by_server(s))
+        .await
+        .expect("an idle keep-alive connection was not closed");
+    metric_reaches(
+        &gw,
+        "vizora_gateway_tcp_closed_total{reason=\"idle_timeout\"",
+        1.0,
+    )
+    .await;
+}
+
+/// The per-address TCP ceiling is enforced at accept: above it, new connections from that
+/// address are closed at once and counted; freed slots are usable again.
+/// The replica-wide ceiling works the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_ceilings_are_enforced_at_accept() {
+    for (var, reason) in [
+        ("MAX_TCP_CONNECTIONS_PER_IP", "max_tcp_connections_per_ip"),
+        ("MAX_TCP_CONNECTIONS", "max_tcp_connections"),
+    ] {
+        let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+        let gw = Gateway::start(
+            GatewayOptions::new(db)
+                .env(var, 20)
+                .env("HTTP_HEADER_TIMEOUT_MS", 60_000),
+        )
+        .await;
+        let addr = format!("127.0.0.1:{}", gw.port);
+        // The harness's start-up probe may still hold a keep-alive slot: fill up to the ceiling.
+        let mut held = Vec::new();
+        let refused = loop {
+            let s = TcpStream::connect(&addr).await.unwrap();
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout(Duration::from_millis(300), s.peek(&mut probe)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break s,
+                _ => held.push(s),
+            }
+            assert!(
+                held.len() <= 20,
+                "{var}: more than 20 connections held open"
+            );
+        };
+        drop(refused);
+        // Closing the held connections frees their slots.
+        drop(held);
+        metric_reaches(
+            &gw,
+            &format!("vizora_gateway_tcp_closed_total{{reason=\"{reason}\""),
+            1.0,
+        )
+        .await;
+        let c = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+        c.disconnect().await;
+    }
+}
