@@ -67,6 +67,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    crate::http::mark_started();
     let cfg = Arc::new(cfg);
     let metrics = Metrics::new().map_err(anyhow::Error::msg)?;
     let db = open_database(&cfg).await?;

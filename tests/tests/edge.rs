@@ -1,5 +1,6 @@
 //! The edge facing the internet (issue 8): clients behind proxies, cross-site WebSocket
 //! hijacking, connections that never speak, and the TCP ceilings.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -315,4 +316,269 @@ async fn tcp_ceilings_are_enforced_at_accept() {
         let c = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
         c.disconnect().await;
     }
+}
+
+// ---- Small gaps ----
+
+/// A device may not leave its own `device:{id}` room (commands reach it through that room);
+/// it stays reachable after the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_leave_its_own_room() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db)).await;
+    let c = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    let ack = c
+        .emit_with_ack("leave:room", json!({"room": format!("device:{DEV_A1}")}), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_err_ack(&ack, "leave own room"),
+        "A device cannot leave its own device room"
+    );
+    let (s, b) = gw.api().command(DEV_A1, "reload", None).await;
+    assert_eq!(s, 201, "{b}");
+    let cmd = expect_event(&c, "command", "command after the refused leave").await;
+    assert_eq!(cmd["type"], "reload");
+}
+
+/// A broadcast goes on past a device whose command cannot be stored (here its queue key holds a
+/// string, so Redis refuses the push) and reports `{devicesOnline, delivered, queued, failed}`;
+/// only a broadcast where nothing went out at all is a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_goes_on_past_a_failed_device() {
+    let redis = RedisServer::start().await;
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db).redis(&redis.url())).await;
+    let online = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("device:commands:{DEV_A2}"))
+        .arg("not a list")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (s, b) = gw
+        .api()
+        .post(
+            "/api/commands/broadcast",
+            json!({"deviceIds": [DEV_A1, DEV_A2, DEV_A3], "command": "reload"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["devicesOnline"], 1, "{b}");
+    assert_eq!(b["delivered"], 1, "{b}");
+    assert_eq!(b["queued"], 1, "{b}");
+    assert_eq!(b["failed"], 1, "{b}");
+    assert_eq!(b["failedDeviceIds"], json!([DEV_A2]), "{b}");
+    assert!(b["commandIds"][DEV_A3].is_string(), "{b}");
+    expect_event(&online, "command", "the online device got its command").await;
+    let (s, b) = gw
+        .api()
+        .post(
+            "/api/commands/broadcast",
+            json!({"deviceIds": [DEV_A2], "command": "reload"}),
+        )
+        .await;
+    assert_eq!(s, 503, "nothing went out: {b}");
+}
+
+/// `/api/health` counts `uptime` from the process start (not from the first health request) and
+/// names what each dependency is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_real_uptime_and_dependency_kinds() {
+    let redis = RedisServer::start().await;
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db).redis(&redis.url())).await;
+    // The process was up before it answered the harness's liveness probe.
+    let since_live = std::time::Instant::now();
+    let c = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    c.disconnect().await;
+    let lower_bound = since_live.elapsed().as_secs_f64();
+    let (s, h) = gw.api().get("/api/health").await;
+    assert_eq!(s, 200, "{h}");
+    let uptime = h["uptime"].as_f64().unwrap();
+    assert!(
+        uptime >= lower_bound,
+        "uptime {uptime} s is less than the {lower_bound} s the process has been answering"
+    );
+    let deps = &h["dependencies"];
+    assert_eq!(deps["store"]["kind"], "redis", "{h}");
+    assert_eq!(deps["redis"]["status"], "healthy", "{h}");
+    assert_eq!(deps["database"]["kind"], "sqlite", "{h}");
+    assert_eq!(deps["storage"]["kind"], "local", "{h}");
+}
+
+/// The playlist cache never outlives an assignment changed without a push: unassigned, the
+/// device is told it has none; reassigned, it gets the new one (on request and on reconnect).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playlist_cache_follows_the_device_row() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db.clone())).await;
+    let c = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    let first = expect_event(&c, "playlist:update", "connect").await;
+    assert_eq!(first["playlist"]["id"], PLAYLIST_MAIN);
+    let ack = c
+        .emit_with_ack("playlist:request", json!({}), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        ack["data"]["playlist"]["id"], PLAYLIST_MAIN,
+        "cached: {ack}"
+    );
+    let conn = db_conn(&db).await;
+    let set = |pid: Option<&'static str>| {
+        let conn = conn.clone();
+        async move {
+            rows(
+                &conn,
+                r#"UPDATE devices SET "currentPlaylistId" = $1 WHERE "id" = $2"#,
+                vec![pid.map(str::to_string).into(), DEV_A1.into()],
+            )
+            .await;
+        }
+    };
+    set(None).await;
+    let ack = c
+        .emit_with_ack("playlist:request", json!({}), T)
+        .await
+        .unwrap();
+    assert_ok_ack(&ack, "unassigned");
+    assert!(ack["data"]["playlist"].is_null(), "unassigned: {ack}");
+    set(Some(PLAYLIST_ZONE)).await;
+    let ack = c
+        .emit_with_ack("playlist:request", json!({}), T)
+        .await
+        .unwrap();
+    assert_eq!(
+        ack["data"]["playlist"]["id"], PLAYLIST_ZONE,
+        "reassigned: {ack}"
+    );
+    c.disconnect().await;
+    let again = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    let p = expect_event(&again, "playlist:update", "reconnect").await;
+    assert_eq!(p["playlist"]["id"], PLAYLIST_ZONE);
+}
+
+// ---- The shipped limits ----
+
+/// With every shipped default limit, a small fleet works end to end: screens over both
+/// transports, a dashboard, heartbeats at their pace, a reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_limits_serve_a_small_fleet() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db).shipped_limits()).await;
+    let dash = dashboard(&gw, "user-a", ORG_A, Transport::Websocket).await;
+    let a1 = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    let a2 = device(&gw, DEV_A2, ORG_A, Transport::Polling).await;
+    for _ in 0..5 {
+        assert_heartbeat_works(&a1, "a1").await;
+        assert_heartbeat_works(&a2, "a2").await;
+    }
+    a1.disconnect().await;
+    let a1 = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    assert_heartbeat_works(&a1, "a1 after a reconnect").await;
+    expect_event(&dash, "device:status", "dashboard sees transitions").await;
+}
+
+/// The global handshake rate: above its burst, handshakes get 503 `server_busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_connect_rate_answers_server_busy() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(
+        GatewayOptions::new(db)
+            .shipped_limits()
+            .env("CONNECT_RATE_GLOBAL", 1)
+            .env("CONNECT_BURST_GLOBAL", 2),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/socket.io/?EIO=4&transport=polling", gw.url());
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = http.get(&url).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = if status == 200 {
+            json!(null)
+        } else {
+            r.json().await.unwrap()
+        };
+        statuses.push((status, body));
+    }
+    let busy = statuses
+        .iter()
+        .find(|(s, _)| *s == 503)
+        .unwrap_or_else(|| panic!("no 503 over the global burst: {statuses:?}"));
+    assert_eq!(busy.1["error"], "server_busy", "{statuses:?}");
+}
+
+/// `MAX_CONNECTIONS` through the gate: with one live socket at a cap of one, the next handshake
+/// gets 503 `server_busy` with `Retry-After`; once the socket leaves, screens connect again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_through_the_gate() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(
+        GatewayOptions::new(db)
+            .shipped_limits()
+            .env("MAX_CONNECTIONS", 1),
+    )
+    .await;
+    let a1 = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    for t in TRANSPORTS {
+        match connect(
+            gw.client()
+                .transport(t)
+                .auth(json!({"token": device_token(DEV_A2, ORG_A)})),
+        )
+        .await
+        {
+            Err(ConnectError::Http {
+                status,
+                body,
+                retry_after,
+            }) => {
+                assert_eq!(status, 503, "{t:?}: {body}");
+                assert!(body.contains("server_busy"), "{t:?}: {body}");
+                assert!(retry_after.is_some(), "{t:?}: Retry-After");
+            }
+            other => panic!("{t:?}: expected 503 server_busy, got {other:?}"),
+        }
+    }
+    a1.disconnect().await;
+    eventually(T, "a slot after the disconnect", || async {
+        connect(
+            gw.client()
+                .auth(json!({"token": device_token(DEV_A2, ORG_A)})),
+        )
+        .await
+        .ok()
+    })
+    .await;
+}
+
+/// The per-socket message rate: above its burst, events are answered with the `rate_limited`
+/// error ack and the socket stays connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_socket_message_rate_answers_rate_limited() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(
+        GatewayOptions::new(db)
+            .shipped_limits()
+            .env("MESSAGE_RATE_PER_SOCKET", 1)
+            .env("MESSAGE_BURST_PER_SOCKET", 3),
+    )
+    .await;
+    let c = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
+    let mut errors = Vec::new();
+    for _ in 0..6 {
+        let ack = c
+            .emit_with_ack("heartbeat", json!({"metrics": {"cpuUsage": 1}}), T)
+            .await
+            .unwrap();
+        if ack["success"] == false {
+            errors.push(assert_err_ack(&ack, "over budget"));
+        }
+    }
+    assert!(!errors.is_empty(), "no event was limited");
+    assert!(errors.iter().all(|e| e == "rate_limited"), "{errors:?}");
+    assert!(c.is_connected(), "a limited socket stays connected");
 }

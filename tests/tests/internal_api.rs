@@ -679,10 +679,16 @@ async fn health_metrics_and_not_found() {
     assert_eq!(h["service"], "realtime-gateway");
     assert_iso_ms(&h["timestamp"], "health timestamp");
     assert!(h["uptime"].as_f64().unwrap() >= 0.0, "{h}");
-    for dep in ["redis", "database"] {
+    for (dep, kind) in [("store", "in-process"), ("database", "sqlite")] {
         assert_eq!(h["dependencies"][dep]["status"], "healthy", "{h}");
+        assert_eq!(h["dependencies"][dep]["kind"], kind, "{h}");
         assert!(h["dependencies"][dep]["latencyMs"].is_u64(), "{h}");
     }
+    assert_eq!(h["dependencies"]["storage"]["kind"], "local", "{h}");
+    assert!(
+        h["dependencies"].get("redis").is_none(),
+        "the in-process store is not called redis: {h}"
+    );
     assert_eq!(h["dependencies"]["websocket"]["status"], "healthy", "{h}");
 
     let (s, b) = api.get("/api/health/live").await;

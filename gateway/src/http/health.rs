@@ -16,8 +16,15 @@ use crate::wire::iso_now;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+static START: OnceLock<Instant> = OnceLock::new();
+
+/// Records the process start; `app::run` calls it first thing, so `uptime` does not start at
+/// the first health request.
+pub fn mark_started() {
+    START.get_or_init(Instant::now);
+}
+
 fn started() -> Instant {
-    static START: OnceLock<Instant> = OnceLock::new();
     *START.get_or_init(Instant::now)
 }
 
@@ -37,24 +44,52 @@ async fn dependencies(gw: &Gateway) -> (Value, Value) {
     )
 }
 
+/// `{..probe, kind}`: the probe result naming what the dependency actually is.
+fn named(mut probe: Value, kind: &str) -> Value {
+    if let Some(o) = probe.as_object_mut() {
+        o.insert("kind".into(), json!(kind));
+    }
+    probe
+}
+
 pub async fn health(State(gw): State<Arc<Gateway>>) -> Json<Value> {
-    let (redis, database) = dependencies(&gw).await;
+    let (store, database) = dependencies(&gw).await;
+    let cluster = gw.cfg.redis_url.is_some();
+    let store = named(store, if cluster { "redis" } else { "in-process" });
+    let database = named(
+        database,
+        if gw.cfg.database.is_sqlite() {
+            "sqlite"
+        } else {
+            "postgres"
+        },
+    );
+    let storage = json!({
+        "status": "configured",
+        "kind": if gw.cfg.minio.is_some() { "s3" } else { "local" },
+    });
     let ws = if gw.is_draining() {
         json!({"status": "unhealthy", "error": "draining"})
     } else {
         json!({"status": "healthy"})
     };
-    let all_ok = [&redis, &database, &ws]
+    let all_ok = [&store, &database, &ws]
         .iter()
         .all(|d| d["status"] == "healthy");
+    let mut deps =
+        json!({"store": store.clone(), "database": database, "storage": storage, "websocket": ws});
+    // The original's `redis` entry, only when there is a Redis: the in-process store is not one.
+    if cluster && let Some(o) = deps.as_object_mut() {
+        o.insert("redis".into(), store);
+    }
     Json(json!({
         "status": if all_ok { "healthy" } else { "unhealthy" },
         "service": "realtime-gateway",
         "timestamp": iso_now(),
         "uptime": started().elapsed().as_secs_f64(),
         "replica": gw.cfg.replica_id,
-        "mode": if gw.cfg.redis_url.is_some() { "cluster" } else { "single-node" },
-        "dependencies": {"redis": redis, "database": database, "websocket": ws},
+        "mode": if cluster { "cluster" } else { "single-node" },
+        "dependencies": deps,
     }))
 }
 

@@ -267,22 +267,42 @@ pub async fn broadcast_command(
         }
     };
     let cmd = parse_command(&b)?;
+    // One device's failure (its queue unreachable, say) must not hide what was already sent: the
+    // broadcast goes on and reports each outcome. Only when nothing at all went out is it an error.
     let (mut delivered, mut queued) = (0u64, 0u64);
     let mut ids_out = Map::new();
+    let mut failed = Vec::new();
+    let mut first_error = None;
     for id in &ids {
-        let (cid, d) = gw
-            .send_command(id, cmd.clone())
-            .await
-            .map_err(command_error)?;
-        match d {
-            Delivery::Delivered => delivered += 1,
-            Delivery::Queued => queued += 1,
+        match gw.send_command(id, cmd.clone()).await {
+            Ok((cid, d)) => {
+                match d {
+                    Delivery::Delivered => delivered += 1,
+                    Delivery::Queued => queued += 1,
+                }
+                ids_out.insert(id.clone(), json!(cid));
+            }
+            Err(e) => {
+                tracing::warn!(device = %id, error = %e, "Broadcast command failed for one device.");
+                gw.metrics.command("failed");
+                failed.push(id.clone());
+                first_error.get_or_insert(e);
+            }
         }
-        ids_out.insert(id.clone(), json!(cid));
     }
-    Ok(created(
-        json!({"devicesOnline": delivered, "delivered": delivered, "queued": queued, "commandIds": ids_out}),
-    ))
+    if delivered + queued == 0
+        && let Some(e) = first_error
+    {
+        return Err(command_error(e));
+    }
+    Ok(created(json!({
+        "devicesOnline": delivered,
+        "delivered": delivered,
+        "queued": queued,
+        "failed": failed.len(),
+        "failedDeviceIds": failed,
+        "commandIds": ids_out,
+    })))
 }
 
 pub async fn push_broadcast(

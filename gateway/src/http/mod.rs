@@ -19,6 +19,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 pub use gate::EdgeState;
+pub use health::mark_started;
 
 use crate::service::Gateway;
 

@@ -128,18 +128,25 @@ impl Gateway {
     }
 
     /// The device's playlist in the connect form, through the Redis cache (`playlist:{id}`).
-    /// `None` when no playlist is assigned — never an invented default.
+    /// `None` when no playlist is assigned — never an invented default. The device row is read
+    /// every time (not a hot path): the cache only answers for the playlist the row points at.
     pub async fn device_playlist(
         &self,
         device: &str,
         force_refresh: bool,
     ) -> Result<Option<Value>, DbError> {
-        if !force_refresh && let Some(p) = self.cached_playlist(device).await {
+        let pointer = self
+            .db
+            .device_settings(device)
+            .await?
+            .and_then(|s| s.current_playlist_id);
+        if !force_refresh
+            && let Some(pid) = &pointer
+            && let Some(p) = self.cached_playlist(device, pid).await
+        {
             return Ok(Some(p));
         }
-        let settings = self.db.device_settings(device).await?;
-        self.resolve_playlist(device, settings.and_then(|s| s.current_playlist_id))
-            .await
+        self.resolve_playlist(device, pointer).await
     }
 
     /// `config` and the playlist for a connecting device, from ONE read of its row (a reconnect
@@ -154,19 +161,24 @@ impl Gateway {
             .unwrap_or(Value::Null);
         let config = json!({"heartbeatInterval": self.cfg.heartbeat_interval.as_millis() as u64, "cacheSize": CACHE_SIZE,
                             "autoUpdate": true, "qrOverlay": qr});
-        let playlist = match self.cached_playlist(device).await {
+        let pointer = settings.and_then(|s| s.current_playlist_id);
+        let cached = match &pointer {
+            Some(pid) => self.cached_playlist(device, pid).await,
+            None => None,
+        };
+        let playlist = match cached {
             Some(p) => Some(p),
-            None => {
-                self.resolve_playlist(device, settings.and_then(|s| s.current_playlist_id))
-                    .await?
-            }
+            None => self.resolve_playlist(device, pointer).await?,
         };
         Ok((config, playlist))
     }
 
-    async fn cached_playlist(&self, device: &str) -> Option<Value> {
+    /// The cached playlist, only if it is the one the device row points at now: an assignment
+    /// changed without a push (unassigned, or another playlist) never serves a stale entry.
+    async fn cached_playlist(&self, device: &str, pointer: &str) -> Option<Value> {
         let cached = self.state.cached_playlist(device).await.ok().flatten()?;
-        serde_json::from_str(&cached).ok()
+        let p: Value = serde_json::from_str(&cached).ok()?;
+        (p.get("id").and_then(Value::as_str) == Some(pointer)).then_some(p)
     }
 
     /// Resolves (and caches) the playlist assigned to a device.

@@ -13,6 +13,9 @@ use crate::service::rooms::{ORG_DENIED, Refused};
 use crate::service::{Gateway, room};
 use crate::wire::{ack, events, events::names, iso_now};
 
+/// The ack error for a device leaving its own `device:{id}` room.
+pub const OWN_DEVICE_ROOM: &str = "A device cannot leave its own device room";
+
 fn deny<A: Adapter>(
     s: &SocketRef<A>,
     gw: &Gateway,
@@ -118,6 +121,14 @@ pub async fn on_leave_room<A: Adapter>(
     if !member {
         gw.metrics.event(EV, "invalid");
         return reply(ack, ack::err("Not a member of this room"));
+    }
+    // A device's own room is how commands reach it: leaving it would make every later command
+    // "delivered" and lost.
+    if let Principal::Device(d) = &ctx.principal
+        && name == room::device(&d.device_id)
+    {
+        gw.metrics.event(EV, "forbidden");
+        return reply(ack, ack::err(OWN_DEVICE_ROOM));
     }
     s.leave(name.clone());
     gw.metrics.event(EV, "ok");
