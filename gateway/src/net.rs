@@ -286,6 +286,10 @@ impl KillIo {
     /// Checks the connection's timers (only while no request is in flight and it is not a
     /// websocket); `Err` when the deadline has passed. Polling the timer registers the waker.
     fn check_timers(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.watch.upgraded.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Registered while a request is in flight too: its end must wake this reader.
         self.watch.read.register(cx.waker());
         if !self.watch.timed() {
             return Ok(());
