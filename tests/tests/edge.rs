@@ -10,6 +10,7 @@ use common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use vizora_gateway_tests::proxy::PausableProxy;
 use vizora_gateway_tests::*;
 use vizora_sioclient::{ConnectError, Transport, connect};
 
@@ -72,8 +73,15 @@ async fn metrics_are_refused_through_a_loopback_proxy() {
             opts = opts.env("TRUSTED_PROXIES", t);
         }
         let gw = Gateway::start(opts).await;
-        let api = gw.api();
-        for path in ["/metrics", "/api/internal/metrics"] {
+        // Through a real TCP proxy on this host (the gateway's peer is the proxy's loopback
+        // address), and straight from the test (a loopback peer, as nginx on the box would be).
+        let proxy = PausableProxy::start(&format!("127.0.0.1:{}", gw.port)).await;
+        let bases = [gw.url(), format!("http://127.0.0.1:{}", proxy.port)];
+        for (base, path) in bases
+            .iter()
+            .flat_map(|b| [(b, "/metrics"), (b, "/api/internal/metrics")])
+        {
+            let api = vizora_gateway_tests::api::Api::new(base);
             for xff in [
                 "203.0.113.9",
                 "127.0.0.1, 203.0.113.9",
@@ -83,7 +91,7 @@ async fn metrics_are_refused_through_a_loopback_proxy() {
                     let mut h = vec![("x-forwarded-for", xff)];
                     h.extend(auth.map(|a| ("authorization", a)));
                     let (s, text) = api.get_text(path, &h).await;
-                    assert_eq!(s, 403, "{trusted:?} {path} {xff} {auth:?}: {text}");
+                    assert_eq!(s, 403, "{trusted:?} {base}{path} {xff} {auth:?}: {text}");
                 }
                 let bearer = format!("Bearer {token}");
                 let (s, _) = api
@@ -95,7 +103,10 @@ async fn metrics_are_refused_through_a_loopback_proxy() {
                 assert_eq!(s, 200, "{trusted:?} {path} {xff}: the token still works");
             }
             let (s, _) = api.get_text(path, &[]).await;
-            assert_eq!(s, 200, "{trusted:?} {path}: a direct loopback client");
+            assert_eq!(
+                s, 200,
+                "{trusted:?} {base}{path}: a loopback client, nothing forwarded"
+            );
         }
     }
 }
