@@ -15,6 +15,7 @@ pub mod http;
 pub mod limits;
 pub mod net;
 pub mod proxies;
+pub mod seed;
 pub mod service;
 pub mod shutdown;
 pub mod socket;
