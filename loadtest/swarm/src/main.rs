@@ -165,24 +165,23 @@ async fn run_cycle(
     let acks = counters.acks.load(Ordering::Relaxed) - acks0;
     mark(args, "end");
     println!("cycle {cycle}: {acks} heartbeats acknowledged during the hold");
-    if let (Some(pid), Some(base)) = (args.gateway_pid, base_rss) {
-        if let Some(now) = proc_stat::rss_kib(pid) {
-            println!(
-                "cycle {cycle}: gateway RSS {now} KiB with {connected} sockets: {:.1} KiB per connection",
-                now.saturating_sub(base) as f64 / connected.max(1) as f64
-            );
-        }
+    if let (Some(pid), Some(base)) = (args.gateway_pid, base_rss)
+        && let Some(now) = proc_stat::rss_kib(pid)
+    {
+        println!(
+            "cycle {cycle}: gateway RSS {now} KiB with {connected} sockets: {:.1} KiB per connection",
+            now.saturating_sub(base) as f64 / connected.max(1) as f64
+        );
     }
-    if let (Some(pid), Some(c0)) = (args.gateway_pid, cpu0) {
-        if let Some(c1) = proc_stat::cpu_seconds(pid) {
-            if acks > 0 {
-                println!(
-                    "cycle {cycle}: gateway CPU {:.2} s for {acks} heartbeats: {:.3} s per 1,000",
-                    c1 - c0,
-                    (c1 - c0) * 1000.0 / acks as f64
-                );
-            }
-        }
+    if let (Some(pid), Some(c0)) = (args.gateway_pid, cpu0)
+        && let Some(c1) = proc_stat::cpu_seconds(pid)
+        && acks > 0
+    {
+        println!(
+            "cycle {cycle}: gateway CPU {:.2} s for {acks} heartbeats: {:.3} s per 1,000",
+            c1 - c0,
+            (c1 - c0) * 1000.0 / acks as f64
+        );
     }
     stop.cancel();
     let mut lat = Vec::new();

@@ -172,15 +172,15 @@ async fn session(
                 } else if let Some(rest) = t.strip_prefix("43") {
                     let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
                     let id: Option<u64> = rest[..digits].parse().ok();
-                    if let Some((want, sent)) = in_flight {
-                        if id == Some(want) {
-                            in_flight = None;
-                            if rest[digits..].contains(r#""success":true"#) {
-                                c.acks.fetch_add(1, Ordering::Relaxed);
-                                out.ack_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                            } else {
-                                c.ack_errors.fetch_add(1, Ordering::Relaxed);
-                            }
+                    if let Some((want, sent)) = in_flight
+                        && id == Some(want)
+                    {
+                        in_flight = None;
+                        if rest[digits..].contains(r#""success":true"#) {
+                            c.acks.fetch_add(1, Ordering::Relaxed);
+                            out.ack_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        } else {
+                            c.ack_errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 } else if t.starts_with("42[\"loadtest:ping\"") {
