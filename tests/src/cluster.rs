@@ -19,12 +19,25 @@ impl Cluster {
         tweak: impl Fn(GatewayOptions) -> GatewayOptions,
     ) -> Cluster {
         let redis = RedisServer::start().await;
+        let url = redis.url();
+        Cluster::start_on(redis, &url, n, load_devices, tweak).await
+    }
+
+    /// Like [`Cluster::start`] on a Redis the test configured itself, reached at `redis_url`
+    /// (the server's own URL, or a proxy standing for a managed endpoint).
+    pub async fn start_on(
+        redis: RedisServer,
+        redis_url: &str,
+        n: usize,
+        load_devices: usize,
+        tweak: impl Fn(GatewayOptions) -> GatewayOptions,
+    ) -> Cluster {
         let (db, pg, dir) = seeded_db("postgres", load_devices).await;
         let mut replicas = Vec::with_capacity(n);
         for i in 0..n {
             let opts = tweak(
                 GatewayOptions::new(db.clone())
-                    .redis(&redis.url())
+                    .redis(redis_url)
                     .replica(&format!("r{i}")),
             );
             replicas.push(Gateway::start(opts).await);
@@ -75,6 +88,21 @@ impl Cluster {
             .query_one_raw(sea_orm::Statement::from_string(
                 conn.get_database_backend(),
                 format!(r#"SELECT COUNT(*) AS n FROM notifications WHERE "type" = '{kind}' AND "metadata"->>'deviceId' = '{device}'"#),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    }
+
+    /// Number of `notifications` rows of a type, all devices together.
+    pub async fn all_notifications(&self, kind: &str) -> i64 {
+        use sea_orm::ConnectionTrait;
+        let conn = self.pg().await;
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                conn.get_database_backend(),
+                format!(r#"SELECT COUNT(*) AS n FROM notifications WHERE "type" = '{kind}'"#),
             ))
             .await
             .unwrap()

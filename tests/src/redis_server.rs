@@ -1,7 +1,10 @@
-//! A private `redis-server` on a free port, without persistence (like production caches that
-//! restart empty). It can be stopped and restarted on the same port.
+//! A private `redis-server` on a free port. By default without persistence (like production
+//! caches that restart empty); [`RedisServer::start_with`] runs it the way most deployments do
+//! (snapshots, an append-only file, a replica of another server). It keeps its directory across
+//! restarts, so a server killed with SIGKILL comes back from its files, and it can be stalled
+//! with SIGSTOP / SIGCONT.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -9,6 +12,8 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Extra `redis-server` arguments, kept for restarts.
+    args: Vec<String>,
 }
 
 fn redis_bin() -> PathBuf {
@@ -17,12 +22,27 @@ fn redis_bin() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from("redis-server"))
 }
 
+/// No persistence at all: a restart comes back empty.
+const EPHEMERAL: &[&str] = &["--save", "", "--appendonly", "no"];
+
 impl RedisServer {
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(EPHEMERAL).await
+    }
+
+    /// A server with these arguments instead of the ephemeral defaults, e.g.
+    /// `["--save", "", "--appendonly", "yes"]` or `["--replicaof", "127.0.0.1", "6379"]`.
+    /// No automatic snapshot is taken unless the arguments ask for one (`SAVE` does).
+    pub async fn start_with(args: &[&str]) -> RedisServer {
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        if !args.iter().any(|a| a == "--save") {
+            args.extend(["--save".into(), String::new()]);
+        }
         let mut r = RedisServer {
             port: crate::free_port(),
             child: None,
             dir: tempfile::tempdir().unwrap(),
+            args,
         };
         r.spawn().await;
         r
@@ -30,16 +50,8 @@ impl RedisServer {
 
     async fn spawn(&mut self) {
         let child = Command::new(redis_bin())
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(&self.args)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -56,6 +68,7 @@ impl RedisServer {
                 async move {
                     let client = redis::Client::open(url).ok()?;
                     let mut c = client.get_multiplexed_async_connection().await.ok()?;
+                    // LOADING errors while it reads its files: not ready yet.
                     redis::cmd("PING").query_async::<String>(&mut c).await.ok()
                 }
             },
@@ -67,7 +80,17 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Stops the server (its data is gone: no persistence).
+    /// `host:port`, for proxies and `REPLICAOF`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The server's working directory (`dump.rdb`, `appendonlydir/`), kept across restarts.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops the server with SIGKILL: no shutdown save; what it persisted so far stays.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -75,7 +98,7 @@ impl RedisServer {
         }
     }
 
-    /// Starts a stopped server again on the same port (empty).
+    /// Starts a stopped server again on the same port, from its files if it persisted any.
     pub async fn start_again(&mut self) {
         self.spawn().await;
     }
@@ -85,12 +108,42 @@ impl RedisServer {
         self.spawn().await;
     }
 
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "kill {sig} redis-server");
+        }
+    }
+
+    /// SIGSTOP: the server hangs (connections stay open, nothing is answered).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
             .unwrap()
+    }
+
+    /// Runs one command and returns its reply.
+    pub async fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query_async(&mut self.conn().await).await.unwrap()
     }
 
     pub async fn get(&self, key: &str) -> Option<String> {
@@ -113,6 +166,12 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // A stopped process cannot handle SIGKILL's reaping promptly on every kernel: wake it.
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+        }
         self.stop();
     }
 }

@@ -433,3 +433,40 @@ async fn a_heartbeat_from_a_superseded_socket_takes_nothing_and_ends_it() {
     );
     assert_eq!(c.db_status(DEV_A1).await, "online");
 }
+
+/// The worst moment to lose a replica: a screen connects to B, whose transition writer is held
+/// (the online write is still queued), B is SIGKILLed, and the screen reconnects to C, whose
+/// acquire finds B's lease (so it is no transition). The row must still agree with Redis, and
+/// not by the `lastHeartbeat` flush: it is an hour away here.
+#[tokio::test]
+async fn a_transition_queued_on_a_killed_replica_is_not_lost() {
+    let mut c = Cluster::start(3, 0, |o| {
+        let o = o.env("LAST_SEEN_FLUSH_MS", 3_600_000);
+        if o.replica_id == "r1" {
+            o.env("VIZORA_TEST_TRANSITION_DELAY_MS", 600_000)
+        } else {
+            o
+        }
+    })
+    .await;
+    let screen = ws_device(c.replicas[1].client(), DEV_A1).await;
+    eventually(T, "B's lease", || async {
+        c.lease(DEV_A1)
+            .await
+            .filter(|l| l["sid"] == screen.sid())
+            .map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        c.db_status(DEV_A1).await,
+        "offline",
+        "B's online write is still queued"
+    );
+    c.replicas[1].kill9();
+    assert!(screen.closed(T).await.is_some());
+    let moved = ws_device(c.replicas[2].client(), DEV_A1).await;
+    let lease = c.lease(DEV_A1).await.unwrap();
+    assert_eq!(lease["sid"], moved.sid(), "C superseded B's lease");
+    c.wait_db_status(DEV_A1, "online").await;
+    assert!(moved.is_connected());
+}

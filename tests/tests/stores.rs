@@ -10,9 +10,10 @@ use std::time::Duration;
 use vizora_gateway::store::memory::MemoryStore;
 use vizora_gateway::store::redis::RedisStore;
 use vizora_gateway::store::{
-    HeartbeatOutcome, LiveLease, OfflineNotice, PresenceStore, RefreshOutcome, StateStore, now_ms,
+    HeartbeatOutcome, LiveLease, OfflineNotice, PresenceStore, RefreshOutcome, StateStore,
+    SweepGuard, now_ms,
 };
-use vizora_gateway_tests::RedisServer;
+use vizora_gateway_tests::{RedisServer, eventually};
 
 /// Both traits on one value, as the gateway wires them (one Redis, or one in-process store).
 trait Store: PresenceStore + StateStore {}
@@ -68,6 +69,11 @@ on_both_stores!(
     offline_notice_cancelled_by_return_or_fired_once,
     statuses_follow_the_lease_steps,
     a_lock_has_one_holder_until_it_expires,
+    an_older_stored_epoch_is_restored_by_refresh,
+    an_older_stored_epoch_never_supersedes_a_heartbeat,
+    a_release_over_an_older_stored_epoch_is_the_offline_transition,
+    a_revived_lease_cancels_the_offline_notice_of_its_sweep,
+    the_first_sweep_after_a_gap_waits_out_the_grace,
 );
 
 fn live(device: &str, sid: &str, epoch: u64) -> LiveLease {
@@ -121,13 +127,18 @@ async fn a_lease_is_pending_until_its_socket_confirms(s: &dyn Store) {
 async fn sweep_expires_once_and_refresh_revives(s: &dyn Store) {
     let a = s.acquire("d", "o", "r1", "s1", 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let swept = s.sweep(100, 60_000).await.unwrap();
+    let swept = s.sweep(100, 60_000, SweepGuard::NONE).await.unwrap();
     assert_eq!(swept.len(), 1);
     assert_eq!(
         (swept[0].device_id.as_str(), swept[0].epoch),
         ("d", a.epoch)
     );
-    assert!(s.sweep(100, 60_000).await.unwrap().is_empty());
+    assert!(
+        s.sweep(100, 60_000, SweepGuard::NONE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(
         !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
         "swept lease: no second offline transition"
@@ -147,7 +158,7 @@ async fn commands_are_fifo_bounded_and_drained_once(s: &dyn Store) {
             .unwrap();
     }
     assert_eq!(
-        s.heartbeat("d", "s1", "{}", "{}").await.unwrap(),
+        s.heartbeat("d", 1, "{}", "{}").await.unwrap(),
         HeartbeatOutcome::Live(vec!["2".into(), "3".into(), "4".into()]),
         "the oldest beyond the bound are dropped; the rest come oldest first"
     );
@@ -157,19 +168,19 @@ async fn commands_are_fifo_bounded_and_drained_once(s: &dyn Store) {
 /// A socket whose lease a newer connection holds must not overwrite the live socket's status,
 /// nor take the commands queued for it.
 async fn a_superseded_socket_heartbeat_writes_and_drains_nothing(s: &dyn Store) {
-    s.acquire("d", "o", "r1", "old", 30_000).await.unwrap();
-    s.acquire("d", "o", "r2", "new", 30_000).await.unwrap();
+    let old = s.acquire("d", "o", "r1", "old", 30_000).await.unwrap();
+    let new = s.acquire("d", "o", "r2", "new", 30_000).await.unwrap();
     s.enqueue_command("d", "cmd", 10, 60_000).await.unwrap();
     let before = s.status("d").await.unwrap();
     assert_eq!(
-        s.heartbeat("d", "old", r#"{"socketId":"old"}"#, "{}")
+        s.heartbeat("d", old.epoch, r#"{"socketId":"old"}"#, "{}")
             .await
             .unwrap(),
         HeartbeatOutcome::Superseded
     );
     assert_eq!(s.status("d").await.unwrap(), before, "status untouched");
     assert_eq!(
-        s.heartbeat("d", "new", r#"{"socketId":"new"}"#, "{}")
+        s.heartbeat("d", new.epoch, r#"{"socketId":"new"}"#, "{}")
             .await
             .unwrap(),
         HeartbeatOutcome::Live(vec!["cmd".into()]),
@@ -181,7 +192,7 @@ async fn a_superseded_socket_heartbeat_writes_and_drains_nothing(s: &dyn Store) 
     );
     // Without any lease (Redis restarted and lost it) a heartbeat counts as live.
     assert_eq!(
-        s.heartbeat("nolease", "x", "{}", "{}").await.unwrap(),
+        s.heartbeat("nolease", 1, "{}", "{}").await.unwrap(),
         HeartbeatOutcome::Live(vec![])
     );
 }
@@ -255,6 +266,150 @@ async fn a_lock_has_one_holder_until_it_expires(s: &dyn Store) {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(s.try_lock("job", "r2", 200).await.unwrap());
+}
+
+/// The state a rolled-back Redis (an older snapshot or AOF, a promoted lagging replica) shows a
+/// live socket: the epoch and lease of an OLDER connection of the same device.
+async fn rolled_back(s: &dyn Store) -> (u64, u64) {
+    let older = s.acquire("d", "o", "r1", "old", 30_000).await.unwrap();
+    // The newer socket's epoch as its replica remembers it; the store still holds the older one.
+    let mine = older.epoch + 1_000_000;
+    (older.epoch, mine)
+}
+
+async fn an_older_stored_epoch_is_restored_by_refresh(s: &dyn Store) {
+    let (older, mine) = rolled_back(s).await;
+    let r = s
+        .refresh("r2", &[live("d", "new", mine)], 30_000)
+        .await
+        .unwrap();
+    assert_eq!(r, vec![RefreshOutcome::Restored], "never stale");
+    let l = s.lease("d").await.unwrap().unwrap();
+    assert_eq!((l.epoch(), l.sid.as_str()), (mine, "new"), "re-asserted");
+    assert_eq!(
+        s.refresh("r2", &[live("d", "new", mine)], 30_000)
+            .await
+            .unwrap(),
+        vec![RefreshOutcome::Fresh]
+    );
+    // The older socket, had it survived, is the one superseded now.
+    assert_eq!(
+        s.refresh("r1", &[live("d", "old", older)], 30_000)
+            .await
+            .unwrap(),
+        vec![RefreshOutcome::Stale]
+    );
+    // Numbers, not strings: an epoch with more digits is newer, not "smaller".
+    let r = s
+        .refresh("r2", &[live("d", "new", mine * 10)], 30_000)
+        .await
+        .unwrap();
+    assert_eq!(r, vec![RefreshOutcome::Restored]);
+    assert_eq!(
+        s.refresh("r2", &[live("d", "new", mine)], 30_000)
+            .await
+            .unwrap(),
+        vec![RefreshOutcome::Stale]
+    );
+}
+
+async fn an_older_stored_epoch_never_supersedes_a_heartbeat(s: &dyn Store) {
+    let (older, mine) = rolled_back(s).await;
+    s.enqueue_command("d", "cmd", 10, 60_000).await.unwrap();
+    assert_eq!(
+        s.heartbeat("d", mine, r#"{"socketId":"new"}"#, "{}")
+            .await
+            .unwrap(),
+        HeartbeatOutcome::Live(vec!["cmd".into()]),
+        "a lease naming an older socket and epoch is no reason to stop"
+    );
+    assert_eq!(
+        s.status("d").await.unwrap().as_deref(),
+        Some(r#"{"socketId":"new"}"#)
+    );
+    // Once re-asserted, the older socket's heartbeat is the superseded one.
+    s.refresh("r2", &[live("d", "new", mine)], 30_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.heartbeat("d", older, "{}", "{}").await.unwrap(),
+        HeartbeatOutcome::Superseded
+    );
+}
+
+async fn a_release_over_an_older_stored_epoch_is_the_offline_transition(s: &dyn Store) {
+    let (older, mine) = rolled_back(s).await;
+    assert!(
+        s.release("d", "o", mine, 60_000).await.unwrap(),
+        "the latest socket left: offline, although Redis remembers an older connection"
+    );
+    assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![false]);
+    assert!(
+        s.lease("d").await.unwrap().is_none(),
+        "the ghost lease is gone"
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&s.status("d").await.unwrap().unwrap()).unwrap();
+    assert_eq!(st["status"], "offline");
+    assert!(
+        !s.release("d", "o", mine, 60_000).await.unwrap(),
+        "exactly once"
+    );
+    assert!(
+        !s.release("d", "o", older, 60_000).await.unwrap(),
+        "the older socket's release changes nothing"
+    );
+    assert!(
+        s.sweep(100, 60_000, SweepGuard::NONE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing left to sweep"
+    );
+}
+
+async fn a_revived_lease_cancels_the_offline_notice_of_its_sweep(s: &dyn Store) {
+    let a = s.acquire("d", "o", "r1", "s1", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(s.sweep(100, 0, SweepGuard::NONE).await.unwrap().len(), 1);
+    let r = s
+        .refresh("r1", &[live("d", "s1", a.epoch)], 30_000)
+        .await
+        .unwrap();
+    assert_eq!(r, vec![RefreshOutcome::Revived]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        s.claim_due_notices(10).await.unwrap().is_empty(),
+        "the false sweep's offline notice is cancelled"
+    );
+}
+
+async fn the_first_sweep_after_a_gap_waits_out_the_grace(s: &dyn Store) {
+    let guard = SweepGuard {
+        stall_ms: 300,
+        grace_ms: 1_500,
+    };
+    s.acquire("d", "o", "r1", "s1", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // No sweep tick yet (a fresh, restarted or rolled-back store): the grace starts, and
+    // regular sweeps sweep nothing until it ends; then the expired lease goes.
+    assert!(s.sweep(100, 60_000, guard).await.unwrap().is_empty());
+    assert!(s.sweep(100, 60_000, guard).await.unwrap().is_empty());
+    let swept = eventually(
+        Duration::from_secs(10),
+        "the sweep after the grace",
+        || async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Some(s.sweep(100, 60_000, guard).await.unwrap()).filter(|v| !v.is_empty())
+        },
+    )
+    .await;
+    assert_eq!(swept.len(), 1);
+    // A gap longer than stall_ms (a stall) starts a new grace.
+    s.acquire("e", "o", "r1", "t1", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(s.sweep(100, 60_000, guard).await.unwrap().is_empty());
+    assert!(s.sweep(100, 60_000, guard).await.unwrap().is_empty());
 }
 
 /// Redis restarted without persistence loses every epoch and lease. A release retried after that

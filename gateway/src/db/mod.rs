@@ -32,13 +32,17 @@ impl From<sea_orm::DbErr> for DbError {
 
 pub type DbResult<T> = Result<T, DbError>;
 
-/// A presence transition to persist (only transitions write `devices.status`).
+/// A presence transition to persist (only transitions write `devices.status`), or the epoch of
+/// an acquire that replaced a lease (`is_transition: false`): recorded so the row agrees with
+/// Redis even when the replica that queued the transition died before writing it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     pub device_id: String,
     pub epoch: u64,
     pub online: bool,
     pub at: NaiveDateTime,
+    /// False for an epoch record: `devices` is written only if it does not say online already.
+    pub is_transition: bool,
 }
 
 /// A device the database calls online that has not been seen for a while.
@@ -366,7 +370,14 @@ impl Db {
         let txn = self.conn.begin().await?;
         let won = self.upsert_presence(&txn, t, replica).await?;
         if won {
-            let sql = r#"UPDATE devices SET "status" = $1, "lastHeartbeat" = $2, "updatedAt" = $2 WHERE "id" = $3"#;
+            let sql = if t.is_transition {
+                r#"UPDATE devices SET "status" = $1, "lastHeartbeat" = $2, "updatedAt" = $2 WHERE "id" = $3"#
+            } else {
+                // An epoch record repairs a lost transition only: a row that already says so
+                // is left alone, so a reconnect costs no `devices` write.
+                r#"UPDATE devices SET "status" = $1, "lastHeartbeat" = $2, "updatedAt" = $2
+                   WHERE "id" = $3 AND ("status" IS NULL OR "status" <> $1)"#
+            };
             txn.execute_raw(self.stmt(
                 sql,
                 vec![status.into(), t.at.into(), t.device_id.clone().into()],
@@ -393,6 +404,7 @@ impl Db {
             epoch,
             online: false,
             at: now(),
+            is_transition: true,
         };
         let txn = self.conn.begin().await?;
         if !self.upsert_presence(&txn, &t, replica).await? {
@@ -583,6 +595,7 @@ mod tests {
             epoch: 5,
             online: true,
             at: now(),
+            is_transition: true,
         };
         assert!(db.apply_transition(&back, "r").await.unwrap());
         assert!(!db.reconcile_offline("d", 0, cutoff, "r").await.unwrap());

@@ -21,8 +21,8 @@ const CACHE_SIZE: u64 = 524_288_000;
 impl Gateway {
     /// Heartbeat: status JSON, latest sample and queued commands in one Redis round trip; never
     /// the database. If Redis is unreachable the device still gets its ack (presence follows the
-    /// socket, not the heartbeat) and the error is counted. A socket whose lease a newer
-    /// connection holds writes nothing, gets no commands, and is told so (`superseded`).
+    /// socket, not the heartbeat) and the error is counted. A socket a newer epoch has
+    /// superseded writes nothing, gets no commands, and is told so (`superseded`).
     pub async fn heartbeat(
         &self,
         device: &str,
@@ -51,11 +51,19 @@ impl Gateway {
         for (k, v) in hb.extra {
             status.insert(k, v);
         }
+        // The lease step is decided by the socket's epoch; a socket no longer registered here
+        // is on its way out (its release ran or is running): it writes nothing.
+        let Some(epoch) = self.live.epoch(sid) else {
+            return HeartbeatReply {
+                data: json!({"nextHeartbeatIn": self.cfg.heartbeat_interval.as_millis() as u64, "commands": []}),
+                superseded: false,
+            };
+        };
         let (commands, superseded) = match self
             .state
             .heartbeat(
                 device,
-                sid,
+                epoch,
                 &Value::Object(status).to_string(),
                 &Value::Object(latest).to_string(),
             )

@@ -42,6 +42,10 @@ impl LiveRegistry {
             e.connected = true;
         }
     }
+    /// The epoch socket `sid` acquired, while it is live here.
+    pub fn epoch(&self, sid: &str) -> Option<u64> {
+        self.lock().get(sid).map(|e| e.epoch)
+    }
     pub fn remove(&self, sid: &str) -> Option<LiveEntry> {
         self.lock().remove(sid)
     }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::live::LiveEntry;
 use super::{Gateway, room};
 use crate::db::{Transition, now};
-use crate::store::{Expired, RefreshOutcome, StoreError};
+use crate::store::{Expired, RefreshOutcome, StoreError, SweepGuard};
 use crate::wire::{events::names, iso_now};
 
 /// How many expired leases one sweep step removes (the rest wait for the next tick).
@@ -58,6 +58,16 @@ impl Gateway {
         }
         if a.came_online {
             self.online_transition(device, org, a.epoch, "connect", a.offline_notice_fired);
+        } else {
+            // Not a transition, but the epoch is recorded: the replica of the lease replaced
+            // here may have died with the online transition still queued (ARCHITECTURE.md).
+            self.persister.submit(Transition {
+                device_id: device.into(),
+                epoch: a.epoch,
+                online: true,
+                at: now(),
+                is_transition: false,
+            });
         }
         Ok(a.epoch)
     }
@@ -139,6 +149,7 @@ impl Gateway {
             epoch,
             online: true,
             at: now(),
+            is_transition: true,
         });
         let gw = self.clone();
         let (device, org) = (device.to_string(), org.to_string());
@@ -163,11 +174,19 @@ impl Gateway {
             epoch,
             online: false,
             at: now(),
+            is_transition: true,
         });
         let gw = self.clone();
         let (device, org) = (device.to_string(), org.to_string());
         // The offline notice was scheduled atomically with the transition (release/sweep).
         tokio::spawn(async move { gw.emit_status(&device, &org, "offline").await });
+    }
+
+    fn sweep_guard(&self) -> SweepGuard {
+        SweepGuard::for_lease(
+            self.cfg.lease_ttl.as_millis() as u64,
+            self.cfg.presence_sweep_interval.as_millis() as u64,
+        )
     }
 
     fn notify_delay_ms(&self) -> u64 {
@@ -257,7 +276,7 @@ impl Gateway {
     pub async fn sweep_once(self: &Arc<Self>) {
         match self
             .presence
-            .sweep(SWEEP_BATCH, self.notify_delay_ms())
+            .sweep(SWEEP_BATCH, self.notify_delay_ms(), self.sweep_guard())
             .await
         {
             Ok(expired) => {

@@ -21,6 +21,11 @@ struct Inner {
     notices: HashMap<String, OfflineNotice>,
     fired: HashSet<String>,
     counters: HashMap<String, (u64, i64)>,
+    /// The last sweep's time and the end of the sweep grace (sweep.lua's `presence:sweep-tick`
+    /// and `presence:grace-until`): a process stalled for longer than the lease TTL must not
+    /// sweep its own live sockets before refreshing them.
+    sweep_tick: Option<i64>,
+    grace_until: i64,
 }
 
 impl Inner {
@@ -143,17 +148,25 @@ impl PresenceStore for MemoryStore {
         let mut g = self.lock();
         let mut out = Vec::with_capacity(leases.len());
         for l in leases {
-            let outcome = match g.epochs.get(&l.device_id) {
-                None => {
-                    g.epochs.insert(l.device_id.clone(), l.epoch);
-                    RefreshOutcome::Restored
-                }
-                Some(e) if *e != l.epoch => {
+            // Same rules as refresh.lua: epochs only move forward.
+            let outcome = match g.epochs.get(&l.device_id).copied() {
+                Some(e) if e > l.epoch => {
                     out.push(RefreshOutcome::Stale);
                     continue;
                 }
-                Some(_) if !g.leases.contains_key(&l.device_id) => RefreshOutcome::Revived,
-                Some(_) => RefreshOutcome::Fresh,
+                Some(e) if e == l.epoch => {
+                    if g.leases.contains_key(&l.device_id) {
+                        RefreshOutcome::Fresh
+                    } else {
+                        // The sweep's offline notice is cancelled: the device never left.
+                        g.notices.remove(&l.device_id);
+                        RefreshOutcome::Revived
+                    }
+                }
+                _ => {
+                    g.epochs.insert(l.device_id.clone(), l.epoch);
+                    RefreshOutcome::Restored
+                }
             };
             let lease = Lease {
                 epoch: l.epoch.to_string(),
@@ -203,15 +216,16 @@ impl PresenceStore for MemoryStore {
     ) -> StoreResult<bool> {
         let now = now_ms();
         let mut g = self.lock();
-        // Same rules as release.lua, including "no epoch at all" (a store that lost its state).
-        match g.epochs.get(device) {
-            Some(e) if *e != epoch => return Ok(false),
-            Some(_) => {
+        // Same rules as release.lua, including "no epoch, or an older one" (a store that lost or
+        // rolled back its state: this socket was the latest).
+        match g.epochs.get(device).copied() {
+            Some(e) if e > epoch => return Ok(false),
+            Some(e) if e == epoch => {
                 if g.leases.remove(device).is_none() {
                     return Ok(false);
                 }
             }
-            None => {
+            _ => {
                 g.leases.remove(device);
                 g.epochs.insert(device.to_string(), epoch);
             }
@@ -221,9 +235,22 @@ impl PresenceStore for MemoryStore {
         Ok(true)
     }
 
-    async fn sweep(&self, limit: usize, notify_delay_ms: u64) -> StoreResult<Vec<Expired>> {
+    async fn sweep(
+        &self,
+        limit: usize,
+        notify_delay_ms: u64,
+        guard: SweepGuard,
+    ) -> StoreResult<Vec<Expired>> {
         let now = now_ms();
         let mut g = self.lock();
+        // Same grace as sweep.lua (this store cannot be rolled back, only stalled).
+        let prev = g.sweep_tick.replace(now);
+        if guard.grace_ms > 0 && prev.is_none_or(|p| now - p > guard.stall_ms as i64) {
+            g.grace_until = now + guard.grace_ms as i64;
+        }
+        if g.grace_until > now {
+            return Ok(Vec::new());
+        }
         let due: Vec<String> = g
             .leases
             .iter()
@@ -307,13 +334,16 @@ impl StateStore for MemoryStore {
     async fn heartbeat(
         &self,
         device: &str,
-        sid: &str,
+        epoch: u64,
         status_json: &str,
         latest_json: &str,
     ) -> StoreResult<HeartbeatOutcome> {
         let now = now_ms();
         let mut g = self.lock();
-        if g.leases.get(device).is_some_and(|(l, _)| l.sid != sid) {
+        // Same rule as heartbeat.lua: only a strictly newer epoch supersedes the socket.
+        let newer = g.epochs.get(device).is_some_and(|e| *e > epoch)
+            || g.leases.get(device).is_some_and(|(l, _)| l.epoch() > epoch);
+        if newer {
             return Ok(HeartbeatOutcome::Superseded);
         }
         g.set(

@@ -82,7 +82,8 @@ pub enum RefreshOutcome {
     /// A newer epoch owns the device: this socket must go.
     Stale,
     Fresh,
-    /// The store had lost the epoch (Redis restarted): re-asserted as is.
+    /// The store had lost the epoch or held an older one (Redis restarted or rolled back):
+    /// re-asserted as is, silently.
     Restored,
     /// The lease had expired and been swept (offline was reported): online again.
     Revived,
@@ -91,9 +92,9 @@ pub enum RefreshOutcome {
 /// What a heartbeat found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HeartbeatOutcome {
-    /// The socket holds the lease (or no lease exists): status written, these commands drained.
+    /// No newer epoch owns the device: status written, these commands drained.
     Live(Vec<String>),
-    /// A newer connection holds the lease: nothing was written or drained.
+    /// A newer epoch owns the device: nothing was written or drained.
     Superseded,
 }
 
@@ -103,6 +104,35 @@ pub struct Expired {
     pub device_id: String,
     pub org: String,
     pub epoch: u64,
+}
+
+/// When the sweep must hold back (see ARCHITECTURE.md, "stalls and rollbacks"): a gap of more
+/// than `stall_ms` since the previous sweep anywhere in the cluster, a missing tick, or a tick
+/// older than this replica's last one (Redis rolled back) starts a grace of `grace_ms` during
+/// which nothing is swept, so live replicas re-assert their leases first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SweepGuard {
+    pub stall_ms: u64,
+    /// 0 disables the guard.
+    pub grace_ms: u64,
+}
+
+impl SweepGuard {
+    /// No guard: every lease past its deadline is swept (store tests).
+    pub const NONE: SweepGuard = SweepGuard {
+        stall_ms: 0,
+        grace_ms: 0,
+    };
+
+    /// The guard for a lease TTL and sweep interval: a normal gap between two sweeps is at most
+    /// one interval, while a live lease is at least 2/3 of a TTL from its deadline (refreshed
+    /// every TTL/3); the grace lets three refresh rounds run.
+    pub fn for_lease(ttl_ms: u64, sweep_interval_ms: u64) -> SweepGuard {
+        SweepGuard {
+            stall_ms: (ttl_ms / 2).max(sweep_interval_ms * 2),
+            grace_ms: ttl_ms + sweep_interval_ms,
+        }
+    }
 }
 
 /// The value of `notify:offline:{id}` (reference §5.2).
@@ -146,8 +176,14 @@ pub trait PresenceStore: Send + Sync + 'static {
         epoch: u64,
         notify_delay_ms: u64,
     ) -> StoreResult<bool>;
-    /// Removes up to `limit` leases past their deadline, scheduling their offline notices.
-    async fn sweep(&self, limit: usize, notify_delay_ms: u64) -> StoreResult<Vec<Expired>>;
+    /// Removes up to `limit` leases past their deadline, scheduling their offline notices;
+    /// nothing while `guard`'s grace runs.
+    async fn sweep(
+        &self,
+        limit: usize,
+        notify_delay_ms: u64,
+        guard: SweepGuard,
+    ) -> StoreResult<Vec<Expired>>;
     /// Whether each device holds a lease.
     async fn online(&self, devices: &[String]) -> StoreResult<Vec<bool>>;
     async fn lease(&self, device: &str) -> StoreResult<Option<Lease>>;
@@ -166,11 +202,12 @@ pub trait PresenceStore: Send + Sync + 'static {
 pub trait StateStore: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
     /// Writes the status JSON and latest sample, and drains queued commands: one round trip.
-    /// Writes and drains nothing when the device's lease names another socket.
+    /// Writes and drains nothing when a strictly newer epoch than the socket's `epoch` owns the
+    /// device; an older or missing one counts as the socket's (Redis lost or rolled back state).
     async fn heartbeat(
         &self,
         device: &str,
-        sid: &str,
+        epoch: u64,
         status_json: &str,
         latest_json: &str,
     ) -> StoreResult<HeartbeatOutcome>;

@@ -28,6 +28,9 @@ struct Scripts {
 pub struct RedisStore {
     pool: Pool,
     scripts: Scripts,
+    /// The `presence:sweep-tick` this replica's last sweep wrote: a stored tick older than it
+    /// means Redis came back with older data (see sweep.lua).
+    last_tick: std::sync::atomic::AtomicI64,
 }
 
 impl RedisStore {
@@ -55,6 +58,7 @@ impl RedisStore {
                 heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
                 push_error: Script::new(include_str!("lua/push_error.lua")),
             },
+            last_tick: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -99,7 +103,7 @@ fn lease_keys(device: &str) -> [String; 4] {
     ]
 }
 
-/// KEYS 1–6 of acquire.lua and release.lua: the lease keys, then the offline notice and its
+/// KEYS 1–6 of acquire.lua, refresh.lua and release.lua: the lease keys, then the offline notice and its
 /// due-time set.
 fn lease_and_notice_keys(device: &str) -> impl Iterator<Item = String> {
     lease_keys(device)
@@ -166,15 +170,11 @@ impl PresenceStore for RedisStore {
         let build = || {
             let mut p = ::redis::pipe();
             for l in leases {
-                let [k1, k2, k3, k4] = lease_keys(&l.device_id);
-                p.cmd("EVALSHA")
-                    .arg(self.scripts.refresh.get_hash())
-                    .arg(4)
-                    .arg(k1)
-                    .arg(k2)
-                    .arg(k3)
-                    .arg(k4)
-                    .arg(&l.device_id)
+                p.cmd("EVALSHA").arg(self.scripts.refresh.get_hash()).arg(6);
+                for k in lease_and_notice_keys(&l.device_id) {
+                    p.arg(k);
+                }
+                p.arg(&l.device_id)
                     .arg(l.epoch.to_string())
                     .arg(replica)
                     .arg(&l.sid)
@@ -233,15 +233,32 @@ impl PresenceStore for RedisStore {
         Ok(r == 1)
     }
 
-    async fn sweep(&self, limit: usize, notify_delay_ms: u64) -> StoreResult<Vec<Expired>> {
+    async fn sweep(
+        &self,
+        limit: usize,
+        notify_delay_ms: u64,
+        guard: SweepGuard,
+    ) -> StoreResult<Vec<Expired>> {
+        use std::sync::atomic::Ordering;
         let mut inv = self.scripts.sweep.prepare_invoke();
         inv.key("presence:deadlines")
             .key("notify:due")
+            .key("presence:sweep-tick")
+            .key("presence:grace-until")
             .arg(limit)
             .arg(STATUS_OFFLINE_TTL_S)
-            .arg(notify_delay_ms);
+            .arg(notify_delay_ms)
+            .arg(self.last_tick.load(Ordering::Relaxed))
+            .arg(guard.stall_ms)
+            .arg(guard.grace_ms);
         let flat: Vec<Value> = self.run(inv).await?;
         let flat: Vec<String> = flat.iter().filter_map(value_string).collect();
+        let Some((tick, flat)) = flat.split_first() else {
+            return Err(StoreError("sweep returned no tick".into()));
+        };
+        if let Ok(tick) = tick.parse::<i64>() {
+            self.last_tick.store(tick, Ordering::Relaxed);
+        }
         Ok(flat
             .chunks_exact(3)
             .map(|c| Expired {
@@ -330,7 +347,7 @@ impl StateStore for RedisStore {
     async fn heartbeat(
         &self,
         device: &str,
-        sid: &str,
+        epoch: u64,
         status_json: &str,
         latest_json: &str,
     ) -> StoreResult<HeartbeatOutcome> {
@@ -339,11 +356,12 @@ impl StateStore for RedisStore {
             .key(format!("heartbeat:{device}:latest"))
             .key(commands_key(device))
             .key(format!("device:lease:{device}"))
+            .key(format!("device:epoch:{device}"))
             .arg(status_json)
             .arg(STATUS_ONLINE_TTL_S)
             .arg(latest_json)
             .arg(LATEST_TTL_S)
-            .arg(sid);
+            .arg(epoch.to_string());
         let (live, cmds): (i64, Vec<String>) = self.run(inv).await?;
         Ok(if live == 1 {
             HeartbeatOutcome::Live(cmds)

@@ -1,24 +1,26 @@
--- release: on disconnect, drop the lease only if this socket's epoch still owns the device.
+-- release: on disconnect, drop the lease unless a strictly newer epoch owns the device.
 -- Returns 1 when this was the offline transition, 0 when a newer socket owns the device or the
 -- sweep already expired the lease.
--- No epoch at all means Redis lost its state (restarted without persistence) and nobody has
--- connected or re-asserted since: this socket was the device's latest, so its release is the
--- offline transition (a failed release retried after the restart depends on this).
+-- No epoch at all, or an OLDER one, means Redis lost its state or came back with older data (a
+-- restart without persistence, from a snapshot or AOF, a promoted lagging replica) and this
+-- socket was the device's latest: its release is the offline transition, at this socket's
+-- epoch (so the database's epoch guard accepts it), and any ghost lease of the older state goes.
 -- The offline notice is scheduled in the same step, so a reconnect (whose acquire cancels it)
 -- can never slip in between the transition and the scheduling.
 -- KEYS: 1 device:epoch:{id} 2 device:lease:{id} 3 presence:deadlines 4 device:status:{id}
 --       5 notify:offline:{id} 6 notify:due
 -- ARGV: 1 id 2 epoch 3 org 4 offline_status_ttl_s 5 notify_delay_ms
-local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[2] then
+local mine = tonumber(ARGV[2])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '')
+if cur and cur > mine then
   return 0
 end
 local existed = redis.call('DEL', KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[1])
-if cur and existed == 0 then
+if cur == mine and existed == 0 then
   return 0
 end
-if not cur then
+if cur ~= mine then
   redis.call('SET', KEYS[1], ARGV[2])
 end
 local t = redis.call('TIME')

@@ -1,12 +1,32 @@
 -- sweep: remove leases whose deadline passed (their replica died or lost Redis). Atomic, so each
--- expired lease is removed by exactly one replica. Returns a flat list id, epoch, org, ...
+-- expired lease is removed by exactly one replica. Returns the tick it wrote, then a flat list
+-- id, epoch, org, ...
 -- The offline notice is scheduled in the same step (see release.lua).
--- KEYS: 1 presence:deadlines 2 notify:due   ARGV: 1 limit 2 offline_status_ttl_s 3 notify_delay_ms
+-- Grace (see ARCHITECTURE.md, "stalls and rollbacks"): every sweep stamps presence:sweep-tick
+-- with Redis TIME. When the previous tick is missing (Redis restarted or rolled back past the
+-- first tick), older than the tick this replica last wrote (rolled back: a snapshot, an AOF, a
+-- promoted lagging replica), or older than stall_ms (Redis stalled or unreachable for everyone),
+-- the deadlines in Redis say nothing about the live sockets, so nothing is swept until
+-- presence:grace-until: long enough for every live replica to re-assert its leases first.
+-- KEYS: 1 presence:deadlines 2 notify:due 3 presence:sweep-tick 4 presence:grace-until
+-- ARGV: 1 limit 2 offline_status_ttl_s 3 notify_delay_ms 4 last tick this replica wrote (0: none)
+--       5 stall_ms 6 grace_ms (0: no grace)
 -- Lease and status keys are derived from the id (single-instance Redis; see ARCHITECTURE.md).
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prev = tonumber(redis.call('GET', KEYS[3]) or '')
+local seen = tonumber(ARGV[4]) or 0
+local grace_ms = tonumber(ARGV[6]) or 0
+redis.call('SET', KEYS[3], string.format('%.0f', now_ms))
+if grace_ms > 0 and (not prev or prev < seen or now_ms - prev > tonumber(ARGV[5])) then
+  redis.call('SET', KEYS[4], string.format('%.0f', now_ms + grace_ms), 'PX', grace_ms)
+end
+local out = {string.format('%.0f', now_ms)}
+local grace_until = tonumber(redis.call('GET', KEYS[4]) or '')
+if grace_until and grace_until > now_ms then
+  return out
+end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
-local out = {}
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[1], id)
   local raw = redis.call('GET', 'device:lease:' .. id)
