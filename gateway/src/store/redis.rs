@@ -103,8 +103,8 @@ fn lease_keys(device: &str) -> [String; 4] {
     ]
 }
 
-/// KEYS 1–6 of acquire.lua, refresh.lua and release.lua: the lease keys, then the offline notice and its
-/// due-time set.
+/// KEYS 1–6 of acquire.lua, refresh.lua and release.lua: the lease keys, then the offline
+/// notice and its due-time set.
 fn lease_and_notice_keys(device: &str) -> impl Iterator<Item = String> {
     lease_keys(device)
         .into_iter()
