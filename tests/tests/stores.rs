@@ -147,7 +147,12 @@ async fn sweep_expires_once_and_refresh_revives(s: &dyn Store) {
         .refresh("r1", &[live("d", "s1", a.epoch)], 30_000)
         .await
         .unwrap();
-    assert_eq!(r, vec![RefreshOutcome::Revived]);
+    assert_eq!(
+        r,
+        vec![RefreshOutcome::Revived {
+            notice_fired: false
+        }]
+    );
     assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![true]);
 }
 
@@ -376,12 +381,34 @@ async fn a_revived_lease_cancels_the_offline_notice_of_its_sweep(s: &dyn Store) 
         .refresh("r1", &[live("d", "s1", a.epoch)], 30_000)
         .await
         .unwrap();
-    assert_eq!(r, vec![RefreshOutcome::Revived]);
+    assert_eq!(
+        r,
+        vec![RefreshOutcome::Revived {
+            notice_fired: false
+        }]
+    );
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(
         s.claim_due_notices(10).await.unwrap().is_empty(),
         "the false sweep's offline notice is cancelled"
     );
+    // Swept again, and this time the notice fires before the lease is revived: the return owes
+    // the matching "back online" notice, once.
+    s.refresh("r1", &[live("d", "s1", a.epoch)], 1)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(s.sweep(100, 0, SweepGuard::NONE).await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(s.claim_due_notices(10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.refresh("r1", &[live("d", "s1", a.epoch)], 30_000)
+            .await
+            .unwrap(),
+        vec![RefreshOutcome::Revived { notice_fired: true }]
+    );
+    let a2 = s.acquire("d", "o", "r1", "s2", 30_000).await.unwrap();
+    assert!(!a2.offline_notice_fired, "owed once only");
 }
 
 async fn the_first_sweep_after_a_gap_waits_out_the_grace(s: &dyn Store) {

@@ -249,8 +249,8 @@ impl Gateway {
     async fn after_refresh(self: &Arc<Self>, l: &crate::store::LiveLease, o: RefreshOutcome) {
         match o {
             RefreshOutcome::Fresh | RefreshOutcome::Restored => {}
-            RefreshOutcome::Revived => {
-                self.online_transition(&l.device_id, &l.org, l.epoch, "refresh", false)
+            RefreshOutcome::Revived { notice_fired } => {
+                self.online_transition(&l.device_id, &l.org, l.epoch, "refresh", notice_fired)
             }
             RefreshOutcome::Stale => {
                 // The entry stays until the socket's disconnect handler removes it, so a socket

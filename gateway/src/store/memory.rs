@@ -160,7 +160,9 @@ impl PresenceStore for MemoryStore {
                     } else {
                         // The sweep's offline notice is cancelled: the device never left.
                         g.notices.remove(&l.device_id);
-                        RefreshOutcome::Revived
+                        RefreshOutcome::Revived {
+                            notice_fired: g.fired.remove(&l.device_id),
+                        }
                     }
                 }
                 _ => {

@@ -85,8 +85,12 @@ pub enum RefreshOutcome {
     /// The store had lost the epoch or held an older one (Redis restarted or rolled back):
     /// re-asserted as is, silently.
     Restored,
-    /// The lease had expired and been swept (offline was reported): online again.
-    Revived,
+    /// The lease had expired and been swept (offline was reported): online again. The offline
+    /// notice that sweep scheduled is cancelled; if it had already fired, the return owes a
+    /// "back online" notice (`notice_fired`), as after an acquire.
+    Revived {
+        notice_fired: bool,
+    },
 }
 
 /// What a heartbeat found.

@@ -170,10 +170,11 @@ impl PresenceStore for RedisStore {
         let build = || {
             let mut p = ::redis::pipe();
             for l in leases {
-                p.cmd("EVALSHA").arg(self.scripts.refresh.get_hash()).arg(6);
+                p.cmd("EVALSHA").arg(self.scripts.refresh.get_hash()).arg(7);
                 for k in lease_and_notice_keys(&l.device_id) {
                     p.arg(k);
                 }
+                p.arg(format!("notify:fired-offline:{}", l.device_id));
                 p.arg(&l.device_id)
                     .arg(l.epoch.to_string())
                     .arg(replica)
@@ -201,7 +202,10 @@ impl PresenceStore for RedisStore {
             .map(|c| match c {
                 1 => RefreshOutcome::Fresh,
                 2 => RefreshOutcome::Restored,
-                3 => RefreshOutcome::Revived,
+                3 => RefreshOutcome::Revived {
+                    notice_fired: false,
+                },
+                4 => RefreshOutcome::Revived { notice_fired: true },
                 _ => RefreshOutcome::Stale,
             })
             .collect())
