@@ -17,8 +17,10 @@ use crate::db::Db;
 use crate::emitter::IoEmitter;
 use crate::http::{self, EdgeState};
 use crate::limits::EdgeGuard;
+use crate::service::impressions::{self, DirectOutbox};
 use crate::service::{Gateway, persist};
 use crate::storage::Storage;
+use crate::store::outbox::{ImpressionOutbox, RedisOutbox};
 use crate::store::{PresenceStore, StateStore, memory::MemoryStore, redis::RedisStore};
 use crate::telemetry::Metrics;
 
@@ -28,6 +30,7 @@ struct Parts {
     db: Db,
     presence: Arc<dyn PresenceStore>,
     state: Arc<dyn StateStore>,
+    outbox: Arc<dyn ImpressionOutbox>,
     storage: Storage,
     metrics: Metrics,
 }
@@ -80,6 +83,9 @@ pub async fn run(
             let mem = Arc::new(MemoryStore::new());
             Parts {
                 presence: mem.clone(),
+                // The database is local: impressions are written before the ack (see
+                // `service::impressions::DirectOutbox`).
+                outbox: Arc::new(DirectOutbox::new(db.clone(), mem.clone(), metrics.clone())),
                 state: mem,
                 cfg: cfg.clone(),
                 db,
@@ -91,6 +97,7 @@ pub async fn run(
             let r = Arc::new(RedisStore::new(&resp3_url(url))?);
             Parts {
                 presence: r.clone(),
+                outbox: Arc::new(RedisOutbox::new(r.pool())),
                 state: r,
                 cfg: cfg.clone(),
                 db,
@@ -140,6 +147,7 @@ fn gateway(
         p.db,
         p.presence,
         p.state,
+        p.outbox,
         p.storage,
         p.metrics,
         emitter,
@@ -203,6 +211,7 @@ async fn serve<A: Adapter>(
     let stop_tasks = CancellationToken::new();
     let guard = Arc::new(EdgeGuard::new(&cfg.limits));
     spawn_background(&tasks, &gw, &guard, &stop_tasks);
+    tasks.spawn(impressions::run(gw.clone(), stop_tasks.clone()));
     tasks.spawn(persist::run(
         rx,
         persister,

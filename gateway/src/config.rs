@@ -13,6 +13,9 @@ use crate::proxies::TrustedProxies;
 /// Secrets shorter than this are refused: HS256 keys and API keys must not be guessable.
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Largest impression batch: 10 parameters a row, within SQLite's 32766 per statement.
+pub const MAX_IMPRESSION_BATCH: usize = 3000;
+
 /// Where relational data lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DatabaseConfig {
@@ -148,6 +151,12 @@ pub struct Config {
     /// `PRESENCE_RECONCILE_INTERVAL_MS` (60000): how often one replica of the cluster looks for
     /// rows that say online with no lease behind them.
     pub presence_reconcile_interval: Duration,
+    /// `IMPRESSION_FLUSH_MS` (1000): period of the impression drain (one multi-row insert per
+    /// batch per round).
+    pub impression_flush: Duration,
+    /// `IMPRESSION_BATCH_MAX` (500, at most 3000 so one statement stays within SQLite's bound
+    /// on parameters): rows per impression insert.
+    pub impression_batch_max: usize,
     /// `DRAIN_SECONDS` (30): how long a draining replica spreads transport closes.
     pub drain: Duration,
     /// `SCREENSHOT_MAX_BYTES` (2097152): decoded image cap.
@@ -297,6 +306,8 @@ impl Config {
             offline_notify_delay: p.ms("OFFLINE_NOTIFY_DELAY_MS", 120_000),
             last_seen_flush: p.ms("LAST_SEEN_FLUSH_MS", 60_000),
             presence_reconcile_interval: p.ms("PRESENCE_RECONCILE_INTERVAL_MS", 60_000),
+            impression_flush: p.ms("IMPRESSION_FLUSH_MS", 1_000),
+            impression_batch_max: p.num("IMPRESSION_BATCH_MAX", 500),
             drain: Duration::from_secs(p.num("DRAIN_SECONDS", 30)),
             screenshot_max_bytes: p.num("SCREENSHOT_MAX_BYTES", 2_097_152),
             screenshot_request_ttl: p.ms("SCREENSHOT_REQUEST_TTL_MS", 300_000),
@@ -438,6 +449,12 @@ impl<F: Fn(&str) -> Option<String>> Parser<'_, F> {
         if c.lease_ttl < c.heartbeat_interval.min(Duration::from_secs(3)) {
             self.err("LEASE_TTL_MS", "is too short to be refreshed reliably");
         }
+        if !(1..=MAX_IMPRESSION_BATCH).contains(&c.impression_batch_max) {
+            self.err(
+                "IMPRESSION_BATCH_MAX",
+                &format!("must be between 1 and {MAX_IMPRESSION_BATCH}"),
+            );
+        }
         if c.screenshot_max_bytes < 1024 {
             self.err("SCREENSHOT_MAX_BYTES", "must be at least 1024");
         }
@@ -471,6 +488,8 @@ mod tests {
         assert_eq!(c.offline_notify_delay, Duration::from_millis(120_000));
         assert_eq!(c.screenshot_max_bytes, 2_097_152);
         assert_eq!(c.api_base_url, "http://localhost:3000");
+        assert_eq!(c.impression_flush, Duration::from_millis(1000));
+        assert_eq!(c.impression_batch_max, 500);
         assert!(c.max_payload() >= 2_796_204 && c.max_payload() < 3_000_000);
     }
 

@@ -33,6 +33,8 @@ pub struct Gauges {
     pub dashboard_sockets: AtomicI64,
     pub pending_transitions: AtomicI64,
     pub tcp_connections: AtomicI64,
+    /// Impression outbox length (cluster-wide), as last seen by this replica's drain.
+    pub impressions_buffered: AtomicI64,
 }
 
 /// The gateway's instruments.
@@ -51,6 +53,8 @@ pub struct Metrics {
     store_errors: Counter<u64>,
     notifications: Counter<u64>,
     heartbeat_seconds: Histogram<f64>,
+    impressions_written: Counter<u64>,
+    impressions_dropped: Counter<u64>,
 }
 
 impl Metrics {
@@ -91,6 +95,12 @@ impl Metrics {
             .with_description("Open TCP connections on this replica (any protocol state)")
             .with_callback(move |o| o.observe(g.tcp_connections.load(Ordering::Relaxed), &[]))
             .build();
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("vizora_gateway_impressions_buffered")
+            .with_description("Impressions acknowledged but not yet written to the database")
+            .with_callback(move |o| o.observe(g.impressions_buffered.load(Ordering::Relaxed), &[]))
+            .build();
         let counter = |name: &'static str, desc: &'static str| {
             meter.u64_counter(name).with_description(desc).build()
         };
@@ -127,6 +137,14 @@ impl Metrics {
             notifications: counter(
                 "vizora_gateway_notifications",
                 "Offline/online notifications created, by type",
+            ),
+            impressions_written: counter(
+                "vizora_gateway_impressions_written",
+                "Impression rows written to the database",
+            ),
+            impressions_dropped: counter(
+                "vizora_gateway_impressions_dropped",
+                "Impressions the database refused for good, by reason",
             ),
             heartbeat_seconds: meter
                 .f64_histogram("vizora_gateway_heartbeat_duration")
@@ -201,6 +219,14 @@ impl Metrics {
     }
     pub fn notification(&self, kind: &'static str) {
         self.notifications.add(1, &[KeyValue::new("type", kind)]);
+    }
+    pub fn impressions_written(&self, n: u64) {
+        self.impressions_written.add(n, &[]);
+    }
+    /// `reason` is one of a fixed set: `foreign_key`, `constraint`, `invalid_value`, `malformed`.
+    pub fn impression_dropped(&self, reason: &'static str) {
+        self.impressions_dropped
+            .add(1, &[KeyValue::new("reason", reason)]);
     }
     pub fn heartbeat_duration(&self, secs: f64) {
         self.heartbeat_seconds.record(secs, &[]);

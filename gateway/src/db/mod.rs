@@ -32,6 +32,50 @@ impl From<sea_orm::DbErr> for DbError {
 
 pub type DbResult<T> = Result<T, DbError>;
 
+/// A failed write, split by whether retrying can help.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The database refuses these values and always will (a foreign key to a row that does not
+    /// exist, a check or not-null constraint, a value out of range). `reason` is a fixed label.
+    #[error("database refused the rows ({reason}): {message}")]
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
+    /// Anything else: connection reset or refused, pool or statement timeout, shutdown,
+    /// serialization failure. Worth retrying.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl WriteError {
+    /// Integrity violations and data exceptions (SQLSTATE classes 23 and 22 on PostgreSQL, the
+    /// constraint family on SQLite) are refusals; every other failure is transient.
+    pub fn classify(e: &sea_orm::DbErr) -> WriteError {
+        use sea_orm::sqlx::error::ErrorKind;
+        use sea_orm::{DbErr, RuntimeErr};
+        let message = e.to_string();
+        if let DbErr::Exec(RuntimeErr::SqlxError(x)) | DbErr::Query(RuntimeErr::SqlxError(x)) = e
+            && let sea_orm::sqlx::Error::Database(d) = &**x
+        {
+            let reason = match d.kind() {
+                ErrorKind::ForeignKeyViolation => Some("foreign_key"),
+                ErrorKind::NotNullViolation | ErrorKind::CheckViolation => Some("constraint"),
+                ErrorKind::UniqueViolation => Some("constraint"),
+                _ => match d.code().as_deref() {
+                    Some(c) if c.starts_with("23") && c.len() == 5 => Some("constraint"),
+                    Some(c) if c.starts_with("22") && c.len() == 5 => Some("invalid_value"),
+                    _ => None,
+                },
+            };
+            if let Some(reason) = reason {
+                return WriteError::Refused { reason, message };
+            }
+        }
+        WriteError::Unavailable(message)
+    }
+}
+
 /// A presence transition to persist (only transitions write `devices.status`), or the epoch of
 /// an acquire that replaced a lease (`is_transition: false`): recorded so the row agrees with
 /// Redis even when the replica that queued the transition died before writing it.
@@ -283,23 +327,46 @@ impl Db {
         Ok(row.map(|r| content_row(&r)).transpose()?)
     }
 
-    pub async fn insert_impression(&self, i: &NewImpression) -> DbResult<()> {
-        let sql = r#"INSERT INTO content_impressions ("id","organizationId","contentId","displayId","playlistId",
-                "duration","completionPercentage","timestamp","date","hour") VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)"#;
-        let values: Vec<Value> = vec![
-            cuid2::create_id().into(),
-            i.organization_id.clone().into(),
-            i.content_id.clone().into(),
-            i.device_id.clone().into(),
-            i.playlist_id.clone().into(),
-            i.duration.map(|d| d as i32).into(),
-            i.completion_percentage.map(|d| d as i32).into(),
-            i.timestamp.into(),
-            i.timestamp.date().into(),
-            (i.hour as i32).into(),
-        ];
-        self.conn.execute_raw(self.stmt(sql, values)).await?;
-        Ok(())
+    /// Writes impressions with ONE multi-row statement, idempotent by id (`ON CONFLICT DO
+    /// NOTHING` on the primary key, valid on PostgreSQL and SQLite). Returns the rows inserted
+    /// (ids already stored are skipped). A refusal is classified so the caller can drop rows the
+    /// database will never accept and retry everything else.
+    pub async fn insert_impressions(&self, rows: &[NewImpression]) -> Result<u64, WriteError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        const COLS: usize = 10;
+        let mut sql = String::from(
+            r#"INSERT INTO content_impressions ("id","organizationId","contentId","displayId","playlistId",
+                "duration","completionPercentage","timestamp","date","hour") VALUES "#,
+        );
+        let mut values: Vec<Value> = Vec::with_capacity(rows.len() * COLS);
+        for (n, i) in rows.iter().enumerate() {
+            let slots: Vec<String> = (1..=COLS).map(|c| format!("${}", n * COLS + c)).collect();
+            if n > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            sql.push_str(&slots.join(","));
+            sql.push(')');
+            values.extend([
+                i.id.clone().into(),
+                i.organization_id.clone().into(),
+                i.content_id.clone().into(),
+                i.device_id.clone().into(),
+                i.playlist_id.clone().into(),
+                i.duration.map(|d| d as i32).into(),
+                i.completion_percentage.map(|d| d as i32).into(),
+                i.timestamp.into(),
+                i.timestamp.date().into(),
+                (i.hour as i32).into(),
+            ]);
+        }
+        sql.push_str(r#" ON CONFLICT ("id") DO NOTHING"#);
+        match self.conn.execute_raw(self.stmt(&sql, values)).await {
+            Ok(r) => Ok(r.rows_affected()),
+            Err(e) => Err(WriteError::classify(&e)),
+        }
     }
 
     pub async fn insert_notification(&self, n: &NewNotification) -> DbResult<String> {

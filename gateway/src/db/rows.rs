@@ -50,8 +50,11 @@ pub struct PlaylistRows {
     pub items: Vec<ItemRow>,
 }
 
-#[derive(Clone, Debug)]
+/// One proof-of-play row. The id is minted when the event is accepted, so a row that is written
+/// twice (a retried batch, two replicas draining the same outbox entry) is stored once.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewImpression {
+    pub id: String,
     pub organization_id: String,
     pub content_id: String,
     pub device_id: String,

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Gateway, commands::parse_commands, playlist};
 use crate::db::{DbError, NewImpression, now};
-use crate::store::{HeartbeatOutcome, now_ms};
+use crate::store::{HeartbeatOutcome, StoreError, now_ms};
 use crate::wire::events::{ContentError, Heartbeat, Impression};
 
 /// The heartbeat ack's `data`, and whether the socket turned out to be superseded.
@@ -83,18 +83,18 @@ impl Gateway {
         }
     }
 
+    /// Accepts an impression: mints its row id and hands it to the outbox (with the device's
+    /// daily counter). `Ok` only once the outbox holds it; the drain writes it later.
     pub async fn impression(
         &self,
         device: &str,
         org: &str,
         imp: Impression,
-    ) -> Result<(), DbError> {
+    ) -> Result<(), StoreError> {
         let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-        if self.state.count_impression(device, &today).await.is_err() {
-            self.metrics.store_error("redis", "impression");
-        }
         let positive = |v: Option<f64>| v.map(|x| x.round() as i64).filter(|x| *x != 0);
         let row = NewImpression {
+            id: cuid2::create_id(),
             organization_id: org.into(),
             content_id: imp.content_id,
             device_id: device.into(),
@@ -104,7 +104,7 @@ impl Gateway {
             timestamp: now(),
             hour: chrono::Local::now().hour(),
         };
-        self.db.insert_impression(&row).await
+        self.outbox.append(&row, &today).await
     }
 
     pub async fn content_error(&self, device: &str, e: ContentError) {

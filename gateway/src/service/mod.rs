@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod device_auth;
 pub mod device_events;
+pub mod impressions;
 pub mod live;
 pub mod notifications;
 pub mod persist;
@@ -21,6 +22,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::emitter::Emitter;
 use crate::storage::Storage;
+use crate::store::outbox::ImpressionOutbox;
 use crate::store::{PresenceStore, StateStore};
 use crate::telemetry::Metrics;
 
@@ -48,6 +50,8 @@ pub struct Gateway {
     pub db: Db,
     pub presence: Arc<dyn PresenceStore>,
     pub state: Arc<dyn StateStore>,
+    /// Where accepted impressions wait for the database.
+    pub outbox: Arc<dyn ImpressionOutbox>,
     pub storage: Storage,
     pub metrics: Metrics,
     pub emitter: Arc<dyn Emitter>,
@@ -69,6 +73,7 @@ impl Gateway {
         db: Db,
         presence: Arc<dyn PresenceStore>,
         state: Arc<dyn StateStore>,
+        outbox: Arc<dyn ImpressionOutbox>,
         storage: Storage,
         metrics: Metrics,
         emitter: Arc<dyn Emitter>,
@@ -84,6 +89,7 @@ impl Gateway {
             db,
             presence,
             state,
+            outbox,
             storage,
             metrics,
             emitter,

@@ -118,10 +118,14 @@ async fn on_impression<A: Adapter>(
     let Some((imp, ack)) = validated(&gw, EV, ack, events::impression(&payload(data))) else {
         return;
     };
+    // Success only once the impression is durable: it is billed, so an impression we could not
+    // keep is reported to the player (the original's wording) rather than acknowledged and lost.
     if let Err(e) = gw.impression(&d.device_id, &d.organization_id, imp).await {
-        // As the original: a row the database refuses (unknown content id) is logged, not fatal.
-        gw.metrics.store_error("db", "impression");
-        tracing::debug!(device = %d.device_id, error = %e, "Impression not stored.");
+        gw.metrics.store_error("outbox", "impression");
+        gw.metrics.event(EV, "error");
+        tracing::warn!(device = %d.device_id, error = %e, "Impression not accepted.");
+        reply(ack, ack::err("Failed to log impression"));
+        return;
     }
     gw.metrics.event(EV, "ok");
     reply(ack, ack::ok(None));

@@ -7,6 +7,7 @@
 //! service (reference §5.2) plus the lease keys.
 
 pub mod memory;
+pub mod outbox;
 pub mod pubsub;
 pub mod redis;
 

@@ -62,6 +62,11 @@ impl RedisStore {
         })
     }
 
+    /// The pool, shared with the impression outbox.
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     async fn conn(&self) -> StoreResult<deadpool_redis::Connection> {
         self.pool.get().await.map_err(|e| StoreError(e.to_string()))
     }

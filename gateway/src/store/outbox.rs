@@ -1,0 +1,272 @@
+//! The impression outbox: proof-of-play rows wait here between the acknowledgement and the
+//! database, so neither a database outage nor a replica crash loses an acknowledged impression.
+//!
+//! In cluster mode it is one Redis stream, `impressions:outbox`, read through the consumer group
+//! `writers` with one consumer per replica. An entry stays in the stream (and in its reader's
+//! pending list) until its row is committed, then it is acknowledged and deleted. Entries pending
+//! for a replica that stopped draining (killed, or stuck) are claimed by another replica once they
+//! have been idle for a while. Delivery is therefore at least once; the row id minted at
+//! acceptance makes the database write idempotent, so every entry is stored exactly once.
+
+use std::time::Duration;
+
+use ::redis::Value;
+use async_trait::async_trait;
+use deadpool_redis::Pool;
+
+use super::{STATS_TTL_S, StoreError, StoreResult};
+use crate::db::NewImpression;
+
+pub const OUTBOX_KEY: &str = "impressions:outbox";
+pub const OUTBOX_GROUP: &str = "writers";
+/// Field of each stream entry holding the row as JSON.
+const FIELD: &str = "row";
+
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// An entry handed to one drainer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claimed {
+    /// The outbox's own id of the entry (what [`ImpressionOutbox::ack`] takes).
+    pub entry: String,
+    /// The row, or `None` when the entry cannot be read back (never written by this gateway).
+    pub row: Option<NewImpression>,
+}
+
+#[async_trait]
+pub trait ImpressionOutbox: Send + Sync + 'static {
+    /// Makes the impression durable and bumps `stats:device:{id}:impressions:{date}`, in one
+    /// round trip. `Ok` means the row will reach the database.
+    async fn append(&self, row: &NewImpression, date: &str) -> StoreResult<()>;
+    /// Up to `limit` entries for `consumer` to write: first those it already holds and has not
+    /// acknowledged (a failed write, or a restart under the same replica id), then those other
+    /// consumers have held for longer than `stale` (a dead replica), then new ones in order.
+    async fn claim(
+        &self,
+        consumer: &str,
+        limit: usize,
+        stale: Duration,
+    ) -> StoreResult<Vec<Claimed>>;
+    /// Forgets entries whose rows are committed (or dropped for good).
+    async fn ack(&self, entries: &[String]) -> StoreResult<()>;
+    /// Entries not yet acknowledged, cluster-wide.
+    async fn backlog(&self) -> StoreResult<u64>;
+}
+
+/// The Redis stream outbox, on the stores' connection pool.
+pub struct RedisOutbox {
+    pool: Pool,
+}
+
+impl RedisOutbox {
+    pub fn new(pool: Pool) -> RedisOutbox {
+        RedisOutbox { pool }
+    }
+
+    async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> StoreResult<T> {
+        let mut c = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        timed(cmd.query_async(&mut c)).await
+    }
+
+    async fn pipeline<T: ::redis::FromRedisValue>(&self, p: &::redis::Pipeline) -> StoreResult<T> {
+        let mut c = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        timed(p.query_async(&mut c)).await
+    }
+
+    /// Creates the group (and the stream) unless it exists; needed at start and after a Redis
+    /// that lost its data.
+    async fn ensure_group(&self) -> StoreResult<()> {
+        let r: StoreResult<String> = self
+            .query(
+                ::redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(OUTBOX_KEY)
+                    .arg(OUTBOX_GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM"),
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.0.contains("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_group(&self, consumer: &str, limit: usize, from: &str) -> StoreResult<Value> {
+        self.query(
+            ::redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(OUTBOX_GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(limit)
+                .arg("STREAMS")
+                .arg(OUTBOX_KEY)
+                .arg(from),
+        )
+        .await
+    }
+
+    async fn claim_once(
+        &self,
+        consumer: &str,
+        limit: usize,
+        stale: Duration,
+    ) -> StoreResult<Vec<Claimed>> {
+        let own = entries_of_read(&self.read_group(consumer, limit, "0").await?);
+        if !own.is_empty() {
+            return Ok(own);
+        }
+        let auto: Value = self
+            .query(
+                ::redis::cmd("XAUTOCLAIM")
+                    .arg(OUTBOX_KEY)
+                    .arg(OUTBOX_GROUP)
+                    .arg(consumer)
+                    .arg(stale.as_millis() as u64)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(limit),
+            )
+            .await?;
+        let stolen = match &auto {
+            Value::Array(parts) => parts.get(1).map(entries).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if !stolen.is_empty() {
+            return Ok(stolen);
+        }
+        Ok(entries_of_read(
+            &self.read_group(consumer, limit, ">").await?,
+        ))
+    }
+}
+
+async fn timed<T>(f: impl std::future::Future<Output = ::redis::RedisResult<T>>) -> StoreResult<T> {
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StoreError(e.to_string())),
+        Err(_) => Err(StoreError("redis operation timed out".into())),
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// `[[id, [field, value, …]], …]` (entries deleted meanwhile come back as nil and are skipped).
+fn entries(v: &Value) -> Vec<Claimed> {
+    let Value::Array(list) = v else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|e| {
+            let Value::Array(pair) = e else { return None };
+            let entry = text(pair.first()?)?;
+            let row = match pair.get(1) {
+                Some(Value::Array(kv)) => kv
+                    .chunks_exact(2)
+                    .find(|c| text(&c[0]).as_deref() == Some(FIELD))
+                    .and_then(|c| text(&c[1]))
+                    .and_then(|j| serde_json::from_str(&j).ok()),
+                Some(Value::Map(kv)) => kv
+                    .iter()
+                    .find(|(k, _)| text(k).as_deref() == Some(FIELD))
+                    .and_then(|(_, v)| text(v))
+                    .and_then(|j| serde_json::from_str(&j).ok()),
+                _ => None,
+            };
+            Some(Claimed { entry, row })
+        })
+        .collect()
+}
+
+/// XREADGROUP's reply: `[[stream, entries]]` (RESP2) or `{stream: entries}` (RESP3); nil if none.
+fn entries_of_read(v: &Value) -> Vec<Claimed> {
+    match v {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| match s {
+                Value::Array(pair) => pair.get(1).map(entries),
+                _ => None,
+            })
+            .flatten()
+            .collect(),
+        Value::Map(streams) => streams.iter().flat_map(|(_, e)| entries(e)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[async_trait]
+impl ImpressionOutbox for RedisOutbox {
+    async fn append(&self, row: &NewImpression, date: &str) -> StoreResult<()> {
+        let json = serde_json::to_string(row).map_err(|e| StoreError(e.to_string()))?;
+        let stats = format!("stats:device:{}:impressions:{date}", row.device_id);
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("XADD")
+            .arg(OUTBOX_KEY)
+            .arg("*")
+            .arg(FIELD)
+            .arg(json)
+            .ignore()
+            .cmd("INCR")
+            .arg(&stats)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&stats)
+            .arg(STATS_TTL_S)
+            .ignore();
+        self.pipeline::<()>(&p).await
+    }
+
+    async fn claim(
+        &self,
+        consumer: &str,
+        limit: usize,
+        stale: Duration,
+    ) -> StoreResult<Vec<Claimed>> {
+        match self.claim_once(consumer, limit, stale).await {
+            Err(e) if e.0.contains("NOGROUP") => {
+                self.ensure_group().await?;
+                self.claim_once(consumer, limit, stale).await
+            }
+            other => other,
+        }
+    }
+
+    async fn ack(&self, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("XACK")
+            .arg(OUTBOX_KEY)
+            .arg(OUTBOX_GROUP)
+            .arg(ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(OUTBOX_KEY)
+            .arg(ids)
+            .ignore();
+        self.pipeline::<()>(&p).await
+    }
+
+    async fn backlog(&self) -> StoreResult<u64> {
+        self.query(::redis::cmd("XLEN").arg(OUTBOX_KEY)).await
+    }
+}
