@@ -75,6 +75,11 @@ pub async fn run(
     let metrics = Metrics::new().map_err(anyhow::Error::msg)?;
     let db = open_database(&cfg).await?;
     let storage = Storage::from_config(&cfg)?;
+    // One attempt before serving so a healthy MinIO is usable from the first screenshot; a
+    // failure is not fatal (`storage::keep_ready` retries in the background).
+    if let Err(e) = storage.ensure_ready().await {
+        tracing::warn!(error = %e, "Object storage not usable at start; retrying in the background.");
+    }
     let parts = match &cfg.redis_url {
         None => {
             tracing::warn!(
@@ -212,6 +217,10 @@ async fn serve<A: Adapter>(
     let guard = Arc::new(EdgeGuard::new(&cfg.limits));
     spawn_background(&tasks, &gw, &guard, &stop_tasks);
     tasks.spawn(impressions::run(gw.clone(), stop_tasks.clone()));
+    tasks.spawn(crate::storage::keep_ready(
+        gw.storage.clone(),
+        stop_tasks.clone(),
+    ));
     tasks.spawn(persist::run(
         rx,
         persister,

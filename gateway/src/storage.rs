@@ -1,8 +1,14 @@
 //! Object storage for screenshots: a local directory in the embedded default (served back by the
 //! gateway through HMAC-signed, expiring links) or an S3-compatible bucket (presigned GET links
 //! for the endpoint browsers reach).
+//!
+//! An S3 bucket is checked at start and created when missing (object_store has no CreateBucket,
+//! so that one call is presigned with rusty-s3 and sent with reqwest). Storage that cannot be set
+//! up is retried in the background with backoff; until it is usable, uploads fail at once (the
+//! screenshot service answers "Storage service unavailable") and the deep health report says why.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -24,8 +30,36 @@ fn se(e: impl std::fmt::Display) -> StorageError {
 }
 
 enum Backend {
-    Local { public_url: String, key: Vec<u8> },
-    S3 { signer: Box<AmazonS3> },
+    Local {
+        public_url: String,
+        key: Vec<u8>,
+    },
+    S3 {
+        signer: Box<AmazonS3>,
+        bucket: Box<BucketSetup>,
+    },
+}
+
+/// What it takes to check and create the bucket.
+struct BucketSetup {
+    bucket: rusty_s3::Bucket,
+    credentials: rusty_s3::Credentials,
+    http: reqwest::Client,
+}
+
+/// Whether the storage can be used, and if not, the last reason.
+#[derive(Default)]
+struct Readiness {
+    ready: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+/// What the health report says about storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageStatus {
+    pub backend: &'static str,
+    pub ready: bool,
+    pub error: Option<String>,
 }
 
 /// Where screenshots go and how their links are made.
@@ -34,7 +68,11 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     backend: Arc<Backend>,
     url_ttl: Duration,
+    readiness: Arc<Readiness>,
 }
+
+/// Bound on each setup request, so an unreachable endpoint fails fast and is retried.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Storage {
     pub fn from_config(cfg: &Config) -> Result<Storage, StorageError> {
@@ -47,6 +85,8 @@ impl Storage {
                 let mut mac = Hmac::<Sha256>::new_from_slice(cfg.internal_api_secret.as_bytes())
                     .map_err(se)?;
                 mac.update(b"vizora-gateway screenshot links v1");
+                let readiness = Readiness::default();
+                readiness.ready.store(true, Ordering::Relaxed);
                 Ok(Storage {
                     store: Arc::new(store),
                     backend: Arc::new(Backend::Local {
@@ -54,6 +94,7 @@ impl Storage {
                         key: mac.finalize().into_bytes().to_vec(),
                     }),
                     url_ttl: cfg.screenshot_url_ttl,
+                    readiness: Arc::new(readiness),
                 })
             }
             Some(m) => {
@@ -71,12 +112,31 @@ impl Storage {
                 };
                 let store = build(&m.endpoint_url())?;
                 let signer = build(m.public_endpoint.as_deref().unwrap_or(&m.endpoint_url()))?;
+                let endpoint = url::Url::parse(&m.endpoint_url())
+                    .map_err(|e| StorageError(format!("MINIO_ENDPOINT: {e}")))?;
+                let bucket = rusty_s3::Bucket::new(
+                    endpoint,
+                    rusty_s3::UrlStyle::Path,
+                    m.bucket.clone(),
+                    m.region.clone(),
+                )
+                .map_err(|e| StorageError(format!("MINIO_BUCKET: {e}")))?;
+                let http = reqwest::Client::builder()
+                    .timeout(SETUP_TIMEOUT)
+                    .build()
+                    .map_err(se)?;
                 Ok(Storage {
                     store: Arc::new(store),
                     backend: Arc::new(Backend::S3 {
                         signer: Box::new(signer),
+                        bucket: Box::new(BucketSetup {
+                            bucket,
+                            credentials: rusty_s3::Credentials::new(&m.access_key, &m.secret_key),
+                            http,
+                        }),
                     }),
                     url_ttl: cfg.screenshot_url_ttl.min(Duration::from_secs(604_800)),
+                    readiness: Arc::new(Readiness::default()),
                 })
             }
         }
@@ -86,12 +146,56 @@ impl Storage {
         matches!(*self.backend, Backend::Local { .. })
     }
 
+    /// Whether uploads can be attempted (the bucket is known to exist).
+    pub fn is_ready(&self) -> bool {
+        self.readiness.ready.load(Ordering::Relaxed)
+    }
+
+    pub fn status(&self) -> StorageStatus {
+        StorageStatus {
+            backend: if self.is_local() { "local" } else { "s3" },
+            ready: self.is_ready(),
+            error: self
+                .readiness
+                .last_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn set_ready(&self, result: &Result<(), StorageError>) {
+        self.readiness
+            .ready
+            .store(result.is_ok(), Ordering::Relaxed);
+        if let Ok(mut e) = self.readiness.last_error.lock() {
+            *e = result.as_ref().err().map(|e| e.0.clone());
+        }
+    }
+
+    /// Makes the storage usable: for S3, checks the bucket and creates it when it does not exist
+    /// (as the original service does at start). Records the outcome for uploads and health.
+    pub async fn ensure_ready(&self) -> Result<(), StorageError> {
+        let result = match &*self.backend {
+            Backend::Local { .. } => Ok(()),
+            Backend::S3 { bucket, .. } => bucket.ensure().await,
+        };
+        self.set_ready(&result);
+        result
+    }
+
     pub async fn put(
         &self,
         key: &str,
         bytes: Vec<u8>,
         content_type: &str,
     ) -> Result<(), StorageError> {
+        if !self.is_ready() {
+            return Err(StorageError(format!(
+                "not set up yet: {}",
+                self.status().error.unwrap_or_default()
+            )));
+        }
         let path = Path::from(key);
         let mut opts = PutOptions::default();
         if !self.is_local() {
@@ -99,10 +203,18 @@ impl Storage {
             attrs.insert(Attribute::ContentType, content_type.to_string().into());
             opts.attributes = attrs;
         }
-        self.store
+        if let Err(e) = self
+            .store
             .put_opts(&path, PutPayload::from(bytes), opts)
             .await
-            .map_err(se)?;
+        {
+            let e = se(e);
+            if e.0.contains("NoSuchBucket") {
+                // Deleted behind our back: the setup task creates it again.
+                self.set_ready(&Err(StorageError("the bucket disappeared".into())));
+            }
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -121,7 +233,7 @@ impl Storage {
                     sign(k, key, exp)
                 ))
             }
-            Backend::S3 { signer } => Ok(signer
+            Backend::S3 { signer, .. } => Ok(signer
                 .signed_url(Method::GET, &Path::from(key), self.url_ttl)
                 .await
                 .map_err(se)?
@@ -139,6 +251,87 @@ impl Storage {
         }
         let expected = sign(k, key, exp);
         subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), sig.as_bytes()).into()
+    }
+}
+
+impl BucketSetup {
+    /// HEAD the bucket; on 404, PUT it (CreateBucket). Both requests are presigned for a minute.
+    async fn ensure(&self) -> Result<(), StorageError> {
+        use rusty_s3::S3Action;
+        let sign_for = Duration::from_secs(60);
+        let head = self
+            .bucket
+            .head_bucket(Some(&self.credentials))
+            .sign(sign_for);
+        let r = self
+            .http
+            .head(head.as_str())
+            .send()
+            .await
+            .map_err(|e| StorageError(format!("cannot reach {}: {e}", self.endpoint())))?;
+        match r.status().as_u16() {
+            200..=299 => return Ok(()),
+            404 => {}
+            s => return Err(StorageError(format!("checking the bucket: HTTP {s}"))),
+        }
+        let create = self.bucket.create_bucket(&self.credentials).sign(sign_for);
+        // Outside us-east-1 S3 wants the region as the location constraint.
+        let body = match self.bucket.region() {
+            "us-east-1" => String::new(),
+            region => format!(
+                r#"<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><LocationConstraint>{region}</LocationConstraint></CreateBucketConfiguration>"#
+            ),
+        };
+        let r = self
+            .http
+            .put(create.as_str())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| StorageError(format!("cannot reach {}: {e}", self.endpoint())))?;
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        // Another replica may have created it a moment ago.
+        if (200..=299).contains(&status) || text.contains("BucketAlreadyOwnedByYou") {
+            tracing::info!(bucket = self.bucket.name(), "Created the storage bucket.");
+            Ok(())
+        } else {
+            Err(StorageError(format!(
+                "creating bucket {}: HTTP {status} {}",
+                self.bucket.name(),
+                text.chars().take(200).collect::<String>()
+            )))
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        self.bucket.base_url().origin().ascii_serialization()
+    }
+}
+
+/// Sets storage up at start, and keeps trying with backoff (0.5 s doubling to 30 s) whenever it
+/// is not usable, so a MinIO that comes up after the gateway is picked up without a restart.
+pub async fn keep_ready(storage: Storage, stop: tokio_util::sync::CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        if storage.is_ready() {
+            backoff = Duration::from_millis(500);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = stop.cancelled() => return,
+            }
+        }
+        match storage.ensure_ready().await {
+            Ok(()) => tracing::info!("Object storage ready."),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Object storage not usable yet; retrying.");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 

@@ -64,16 +64,21 @@ pub async fn health(State(gw): State<Arc<Gateway>>) -> Json<Value> {
             "postgres"
         },
     );
-    let storage = json!({
-        "status": "configured",
-        "kind": if gw.cfg.minio.is_some() { "s3" } else { "local" },
-    });
+    // Whether uploads can be attempted: S3 storage is set up (bucket checked or created) in the
+    // background until it works (`storage::keep_ready`).
+    let st = gw.storage.status();
+    let storage = if st.ready {
+        json!({"status": "healthy", "kind": st.backend})
+    } else {
+        json!({"status": "unhealthy", "kind": st.backend,
+               "error": st.error.unwrap_or_else(|| "not set up yet".into())})
+    };
     let ws = if gw.is_draining() {
         json!({"status": "unhealthy", "error": "draining"})
     } else {
         json!({"status": "healthy"})
     };
-    let all_ok = [&store, &database, &ws]
+    let all_ok = [&store, &database, &ws, &storage]
         .iter()
         .all(|d| d["status"] == "healthy");
     let mut deps =

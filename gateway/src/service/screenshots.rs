@@ -88,6 +88,10 @@ impl Gateway {
         // Cheap checks first; the request id is consumed only by a well-formed image, so a
         // corrupted upload can be retried with the same id until it expires.
         let (bytes, ext, ctype) = check_image(&r, self.cfg.screenshot_max_bytes)?;
+        // Before the request id is consumed, so the device can retry once storage is back.
+        if !self.storage.is_ready() {
+            return Err(ScreenshotError::StorageUnavailable);
+        }
         match self
             .state
             .take_screenshot_request(device, &r.request_id)
