@@ -543,6 +543,20 @@ mod tests {
     }
 
     #[test]
+    fn impression_batch_bounds() {
+        for (v, ok) in [("0", false), ("1", true), ("3000", true), ("3001", false)] {
+            let mut m = base();
+            m.insert("IMPRESSION_BATCH_MAX".into(), v.into());
+            let r = Config::from_map(&m);
+            assert_eq!(r.is_ok(), ok, "IMPRESSION_BATCH_MAX={v}: {r:?}");
+        }
+        let mut m = base();
+        m.insert("IMPRESSION_FLUSH_MS".into(), "0".into());
+        let errs = Config::from_map(&m).unwrap_err().0;
+        assert!(errs[0].starts_with("IMPRESSION_FLUSH_MS:"), "{errs:?}");
+    }
+
+    #[test]
     fn cors_list_is_trimmed() {
         let mut m = base();
         m.insert(

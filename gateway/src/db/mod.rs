@@ -635,6 +635,48 @@ mod tests {
         )
     }
 
+    fn impression(id: &str, content: &str) -> NewImpression {
+        NewImpression {
+            id: id.into(),
+            organization_id: "o".into(),
+            content_id: content.into(),
+            device_id: "d".into(),
+            playlist_id: None,
+            duration: Some(5),
+            completion_percentage: None,
+            timestamp: now(),
+            hour: 3,
+        }
+    }
+
+    #[tokio::test]
+    async fn impression_batches_are_idempotent_and_refusals_are_classified() {
+        let db = db_with_device().await;
+        db.connection()
+            .execute_unprepared(
+                r#"INSERT INTO "Content" ("id","name","type","url","duration","organizationId","updatedAt")
+                   VALUES ('c','C','image','u',10,'o',CURRENT_TIMESTAMP)"#,
+            )
+            .await
+            .unwrap();
+        let batch = [impression("i1", "c"), impression("i2", "c")];
+        assert_eq!(db.insert_impressions(&batch).await.unwrap(), 2);
+        // The same ids again (a retried batch) insert nothing and do not fail.
+        assert_eq!(db.insert_impressions(&batch).await.unwrap(), 0);
+        // An unknown content id is a refusal, not an outage: the whole statement is refused.
+        let bad = [impression("i3", "c"), impression("i4", "no-such-content")];
+        match db.insert_impressions(&bad).await {
+            Err(WriteError::Refused { reason, .. }) => assert_eq!(reason, "foreign_key"),
+            other => panic!("expected a foreign-key refusal, got {other:?}"),
+        }
+        // A closed connection is an outage.
+        db.connection().clone().close().await.unwrap();
+        match db.insert_impressions(&[impression("i5", "c")]).await {
+            Err(WriteError::Unavailable(_)) => {}
+            other => panic!("expected an outage, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn reconciliation_applies_once_keeps_last_seen_and_loses_to_real_transitions() {
         let db = db_with_device().await;
