@@ -342,3 +342,56 @@ async fn rows_the_database_refuses_are_dropped_and_counted_the_rest_are_stored()
     good.extend(send(&screen, 9..=10, "c-img").await);
     rig.expect_exactly_once(&good).await;
 }
+
+/// Measurement, not a check: `cargo test -p vizora-gateway-tests --release --test impressions
+/// impression_throughput -- --ignored --nocapture`. Devices send impressions back to back; prints
+/// the acknowledged rate, the time until all rows are stored, and how many statements wrote them.
+#[tokio::test]
+#[ignore]
+async fn impression_throughput() {
+    let devices = 20;
+    let per_device: i64 = 200;
+    let (db, _pg, _dir) = gateway::seeded_db("postgres", devices).await;
+    let redis = RedisServer::start().await;
+    let gw = Gateway::start(GatewayOptions::new(db.clone()).redis(&redis.url())).await;
+    let conn = db_conn(&db).await;
+    let mut screens = Vec::new();
+    for i in 0..devices {
+        screens.push(ws_device(gw.client(), &load_device(i)).await);
+    }
+    let start = std::time::Instant::now();
+    let sends = screens.iter().map(|s| async move {
+        for d in 0..per_device {
+            let ack = s
+                .emit_with_ack(
+                    "content:impression",
+                    json!({"contentId": "c-img", "duration": d}),
+                    T,
+                )
+                .await
+                .unwrap();
+            assert_ok_ack(&ack, "throughput");
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    let acked = start.elapsed();
+    let total = devices as i64 * per_device;
+    eventually(SETTLE, "all rows stored", || async {
+        let n = count(&conn, "SELECT COUNT(*) FROM content_impressions", vec![]).await;
+        (n == total).then_some(())
+    })
+    .await;
+    let stored = start.elapsed();
+    let statements = count(
+        &conn,
+        "SELECT COUNT(DISTINCT xmin::text) FROM content_impressions",
+        vec![],
+    )
+    .await;
+    println!(
+        "{total} impressions from {devices} devices: acknowledged in {:.2} s ({:.0}/s), all stored after {:.2} s, by {statements} INSERT statements",
+        acked.as_secs_f64(),
+        total as f64 / acked.as_secs_f64(),
+        stored.as_secs_f64()
+    );
+}
