@@ -395,3 +395,59 @@ async fn impression_throughput() {
         stored.as_secs_f64()
     );
 }
+
+/// Readers of replicas that are gone are forgotten, but never one that still holds entries (its
+/// entries would be orphaned).
+#[tokio::test]
+async fn idle_readers_are_forgotten_only_when_they_hold_nothing() {
+    use vizora_gateway::store::outbox::{ImpressionOutbox, RedisOutbox};
+    let redis = RedisServer::start().await;
+    let store = vizora_gateway::store::redis::RedisStore::new(&redis.url()).unwrap();
+    let outbox = RedisOutbox::new(store.pool());
+    let row = vizora_gateway::db::NewImpression {
+        id: "imp-1".into(),
+        organization_id: ORG_A.into(),
+        content_id: "c-img".into(),
+        device_id: DEV_A1.into(),
+        playlist_id: None,
+        duration: Some(1),
+        completion_percentage: None,
+        timestamp: chrono::Utc::now().naive_utc(),
+        hour: 1,
+    };
+    outbox.append(&row, "2026-01-01").await.unwrap();
+    let stale = Duration::from_secs(3600);
+    let held = outbox.claim("holder", 10, stale).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        held[0].row.as_ref(),
+        Some(&row),
+        "the row comes back as appended"
+    );
+    assert!(outbox.claim("empty", 10, stale).await.unwrap().is_empty());
+    let consumers = || async {
+        let v: redis::Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg("impressions:outbox")
+            .arg("writers")
+            .query_async(&mut redis.conn().await)
+            .await
+            .unwrap();
+        match v {
+            redis::Value::Array(a) => a.len(),
+            _ => 0,
+        }
+    };
+    assert_eq!(consumers().await, 2);
+    eventually(T, "the empty reader forgotten", || async {
+        outbox.forget_idle_readers(Duration::ZERO).await.unwrap();
+        (consumers().await == 1).then_some(())
+    })
+    .await;
+    // The holder was kept, with its entry: it can still acknowledge it.
+    assert_eq!(outbox.backlog().await.unwrap(), 1);
+    let again = outbox.claim("holder", 10, stale).await.unwrap();
+    assert_eq!(again.len(), 1, "the holder still has its entry");
+    outbox.ack(&[again[0].entry.clone()]).await.unwrap();
+    assert_eq!(outbox.backlog().await.unwrap(), 0);
+}

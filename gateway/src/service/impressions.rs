@@ -72,6 +72,10 @@ impl ImpressionOutbox for DirectOutbox {
     async fn backlog(&self) -> StoreResult<u64> {
         Ok(0)
     }
+
+    async fn forget_idle_readers(&self, _: Duration) -> StoreResult<u64> {
+        Ok(0)
+    }
 }
 
 /// Why a drain round stopped early.
@@ -197,7 +201,22 @@ struct BatchOutcome {
 pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
     let base = gw.cfg.impression_flush;
     let mut wait = base;
+    let mut rounds: u64 = 0;
     loop {
+        rounds += 1;
+        // Now and then, forget readers of replicas that are gone (an hour without reading and
+        // nothing held); cheap, and any replica may do it.
+        if rounds % 600 == 1 {
+            match gw
+                .outbox
+                .forget_idle_readers(Duration::from_secs(3600))
+                .await
+            {
+                Ok(n) if n > 0 => tracing::info!(readers = n, "Forgot idle impression readers."),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "Could not tidy impression readers."),
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => break,

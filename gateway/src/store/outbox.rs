@@ -51,7 +51,28 @@ pub trait ImpressionOutbox: Send + Sync + 'static {
     async fn ack(&self, entries: &[String]) -> StoreResult<()>;
     /// Entries not yet acknowledged, cluster-wide.
     async fn backlog(&self) -> StoreResult<u64>;
+    /// Forgets readers that hold nothing and have not read for `idle` (replicas that are gone;
+    /// pod names change with every rollout). Returns how many were forgotten.
+    async fn forget_idle_readers(&self, idle: Duration) -> StoreResult<u64>;
 }
+
+/// Atomic, so a reader cannot take entries between the check and the removal (which would
+/// orphan them): removes consumers of the group with no pending entries, idle longer than
+/// ARGV[2] ms.
+const FORGET_IDLE: &str = r#"
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local removed = 0
+for _, c in ipairs(consumers) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed = removed + 1
+  end
+end
+return removed
+"#;
 
 /// The Redis stream outbox, on the stores' connection pool.
 pub struct RedisOutbox {
@@ -268,5 +289,19 @@ impl ImpressionOutbox for RedisOutbox {
 
     async fn backlog(&self) -> StoreResult<u64> {
         self.query(::redis::cmd("XLEN").arg(OUTBOX_KEY)).await
+    }
+
+    async fn forget_idle_readers(&self, idle: Duration) -> StoreResult<u64> {
+        let script = ::redis::Script::new(FORGET_IDLE);
+        let mut inv = script.prepare_invoke();
+        inv.key(OUTBOX_KEY)
+            .arg(OUTBOX_GROUP)
+            .arg(idle.as_millis() as u64);
+        let mut c = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        timed(inv.invoke_async(&mut c)).await
     }
 }
