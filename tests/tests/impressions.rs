@@ -451,3 +451,65 @@ async fn idle_readers_are_forgotten_only_when_they_hold_nothing() {
     outbox.ack(&[again[0].entry.clone()]).await.unwrap();
     assert_eq!(outbox.backlog().await.unwrap(), 0);
 }
+
+/// Nothing is acknowledged that could not be kept: with the outbox unreachable (Redis down in
+/// cluster mode; the database down in embedded mode, where the row is written before the ack)
+/// the ack is the original's error, and the socket keeps working once the store is back.
+#[tokio::test]
+async fn an_impression_that_cannot_be_kept_is_not_acknowledged() {
+    let mut rig = Rig::start().await;
+    let what = "cluster, Redis down";
+    let gw = Gateway::start(rig.replica("a", rig.direct.clone())).await;
+    let screen = ws_device(gw.client(), DEV_A1).await;
+    rig.redis.stop();
+    let ack = screen
+        .emit_with_ack(
+            "content:impression",
+            json!({"contentId": "c-img", "duration": 7}),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_err_ack(&ack, what),
+        "Failed to log impression",
+        "{what}"
+    );
+    rig.redis.start_again().await;
+    let ok = eventually(SETTLE, "Redis back for impressions", || async {
+        let ack = screen
+            .emit_with_ack(
+                "content:impression",
+                json!({"contentId": "c-img", "duration": 8}),
+                T,
+            )
+            .await
+            .ok()?;
+        (ack["success"] == true).then_some(8)
+    })
+    .await;
+    rig.expect_exactly_once(&[ok]).await;
+    drop(screen);
+    drop(gw);
+
+    let what = "embedded, database down";
+    let gw = Gateway::start(GatewayOptions::new(rig.via_proxy())).await;
+    let screen = ws_device(gw.client(), DEV_A1).await;
+    rig.proxy.refuse_connections();
+    let ack = screen
+        .emit_with_ack(
+            "content:impression",
+            json!({"contentId": "c-img", "duration": 9}),
+            // The database pool gives up after its 5 s acquire timeout.
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_err_ack(&ack, what),
+        "Failed to log impression",
+        "{what}"
+    );
+    rig.proxy.restore();
+    rig.expect_exactly_once(&[ok]).await;
+}
