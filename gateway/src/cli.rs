@@ -1,4 +1,5 @@
-//! The command line: `serve` (default), `migrate`, `token device|user`, `demo`, `check-config`.
+//! The command line: `serve` (default), `migrate`, `token device|user`, `demo`, `check-config`,
+//! `seed`, `healthcheck`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -50,6 +51,15 @@ enum Command {
         orgs: usize,
         #[arg(long, default_value_t = 1000)]
         devices: usize,
+    },
+    /// Probe the local readiness route: exit 0 on HTTP 200, 1 otherwise (container HEALTHCHECK).
+    Healthcheck {
+        /// Target URL (plain http); default `http://127.0.0.1:$PORT/api/health/ready`.
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this long, e.g. 5s.
+        #[arg(long, default_value = "5s", value_parser = parse_ttl)]
+        timeout: Duration,
     },
 }
 
@@ -156,6 +166,16 @@ pub async fn main() -> ExitCode {
             orgs,
             devices,
         } => report(seed(&prefix, orgs, devices).await),
+        Command::Healthcheck { url, timeout } => {
+            let url = url.unwrap_or_else(crate::healthcheck::default_url);
+            match crate::healthcheck::probe(&url, timeout).await {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {url}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo { screens } => {
             crate::telemetry::init_logging(false);
             report(crate::demo::run(screens).await)

@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod emitter;
+pub mod healthcheck;
 pub mod hooks;
 pub mod http;
 pub mod limits;

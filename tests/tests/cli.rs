@@ -185,3 +185,85 @@ async fn demo_shows_the_whole_loop() {
     assert!(img.bytes().await.unwrap().starts_with(b"\x89PNG"));
     let _ = child.kill().await;
 }
+
+/// Runs `vizora-gateway healthcheck` with `args` and `PORT` (if any); returns (exit code, stderr).
+async fn healthcheck(port: Option<u16>, args: &[&str]) -> (Option<i32>, String) {
+    let mut c = cmd();
+    c.arg("healthcheck").args(args);
+    if let Some(p) = port {
+        c.env("PORT", p.to_string());
+    }
+    let out = c.output().await.unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn healthcheck_passes_on_a_ready_gateway_and_fails_otherwise() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let mut gw = Gateway::start(GatewayOptions::new(db)).await;
+    // Default target: the readiness route on $PORT.
+    let (code, err) = healthcheck(Some(gw.port), &[]).await;
+    assert_eq!(code, Some(0), "ready gateway: {err}");
+    let live = format!("{}/api/health/live", gw.url());
+    assert_eq!(healthcheck(None, &["--url", &live]).await.0, Some(0));
+    // A route that is not 200 fails the probe.
+    let missing = format!("{}/api/health/nope", gw.url());
+    let (code, err) = healthcheck(None, &["--url", &missing]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("status 404"), "{err}");
+    // Nothing listening any more.
+    let port = gw.port;
+    gw.terminate().await;
+    let (code, err) = healthcheck(Some(port), &[]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach"), "{err}");
+}
+
+#[tokio::test]
+async fn healthcheck_fails_on_503_garbage_silence_and_bad_urls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A peer answering with a fixed reply, or holding the connection silent when `reply` is None.
+    async fn peer(reply: Option<&'static [u8]>) -> u16 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                match reply {
+                    Some(r) => {
+                        let _ = s.write_all(r).await;
+                    }
+                    None => {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            drop(s)
+                        });
+                    }
+                }
+            }
+        });
+        port
+    }
+    let draining = peer(Some(
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+    ))
+    .await;
+    let (code, err) = healthcheck(Some(draining), &[]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("status 503"), "{err}");
+    let garbage = peer(Some(b"SSH-2.0-OpenSSH_9\r\n")).await;
+    let (code, err) = healthcheck(Some(garbage), &[]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not an HTTP response"), "{err}");
+    let silent = peer(None).await;
+    let (code, err) = healthcheck(Some(silent), &["--timeout", "1s"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no answer within"), "{err}");
+    let (code, err) = healthcheck(None, &["--url", "https://127.0.0.1:1/"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not an http:// URL"), "{err}");
+}
