@@ -1,5 +1,5 @@
 //! The command line: `serve` (default), `migrate`, `token device|user`, `demo`, `check-config`,
-//! `seed`, `healthcheck`.
+//! `seed`, `healthcheck`, and the hidden `pause` (preStop hook).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -60,6 +60,12 @@ enum Command {
         /// Give up after this long, e.g. 5s.
         #[arg(long, default_value = "5s", value_parser = parse_ttl)]
         timeout: Duration,
+    },
+    /// Wait, then exit 0: the Kubernetes preStop pause in an image without a shell or `sleep`.
+    #[command(hide = true)]
+    Pause {
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
     },
 }
 
@@ -166,6 +172,10 @@ pub async fn main() -> ExitCode {
             orgs,
             devices,
         } => report(seed(&prefix, orgs, devices).await),
+        Command::Pause { seconds } => {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            ExitCode::SUCCESS
+        }
         Command::Healthcheck { url, timeout } => {
             let url = url.unwrap_or_else(crate::healthcheck::default_url);
             match crate::healthcheck::probe(&url, timeout).await {

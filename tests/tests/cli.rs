@@ -267,3 +267,19 @@ async fn healthcheck_fails_on_503_garbage_silence_and_bad_urls() {
     assert_eq!(code, Some(1));
     assert!(err.contains("not an http:// URL"), "{err}");
 }
+
+#[tokio::test]
+async fn pause_for_the_prestop_hook_exits_zero_and_refuses_garbage() {
+    let out = cmd()
+        .args(["pause", "--seconds", "0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let out = cmd()
+        .args(["pause", "--seconds", "soon"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+}
