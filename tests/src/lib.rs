@@ -8,6 +8,7 @@ pub mod api;
 pub mod cluster;
 pub mod fixture;
 pub mod gateway;
+pub mod nginx;
 pub mod postgres;
 pub mod proxy;
 pub mod redis_server;
