@@ -436,3 +436,38 @@ async fn alerts_and_dashboard_use_metrics_the_gateway_exports() {
             >= 5
     );
 }
+
+/// Every key path of `v` (maps descended, anything else a leaf).
+fn key_paths(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    match v.as_object() {
+        Some(map) if !map.is_empty() => {
+            for (k, child) in map {
+                key_paths(child, &format!("{prefix}{k}."), out);
+            }
+        }
+        _ => out.push(prefix.trim_end_matches('.').to_string()),
+    }
+}
+
+#[test]
+fn chart_readme_lists_every_value() {
+    let chart = repo().join("helm/vizora-gateway");
+    let values: Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap())
+            .unwrap();
+    let readme = std::fs::read_to_string(chart.join("README.md")).unwrap();
+    let mut paths = Vec::new();
+    key_paths(&values, "", &mut paths);
+    let missing: Vec<_> = paths
+        .iter()
+        .filter(|p| {
+            // A map value (resources, securityContext…) is documented as a whole.
+            let parts: Vec<&str> = p.split('.').collect();
+            !(1..=parts.len()).any(|n| readme.contains(&format!("| `{}` |", parts[..n].join("."))))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "values missing from the chart README: {missing:?}"
+    );
+}
