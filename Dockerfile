@@ -33,14 +33,14 @@ RUN for crate in gateway migration sioclient tests; do \
  && echo 'fn main() {}' > gateway/src/main.rs \
  && echo 'fn main() {}' > tests/src/bin/gateway-under-test.rs \
  && cargo build --release --locked -p vizora-gateway \
- && rm -rf gateway/src migration/src sioclient/src tests/src
+ && rm -rf gateway/src migration/src sioclient/src
 
-# 2. The sources. COPY keeps the files' own modification times, which can be older than the
-#    empty roots above: touch them so cargo rebuilds our crates (and only them).
+# 2. The sources (the test harness keeps its empty roots: the image does not build it). COPY
+#    keeps the files' own modification times, which can be older than the empty roots above:
+#    touch them so cargo rebuilds our crates (and only them).
 COPY gateway/src gateway/src
 COPY migration/src migration/src
 COPY sioclient/src sioclient/src
-COPY tests/src tests/src
 RUN find gateway/src migration/src sioclient/src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked -p vizora-gateway \
  && install -D -m 0755 target/release/vizora-gateway /out/vizora-gateway
