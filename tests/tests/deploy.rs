@@ -536,3 +536,63 @@ fn compose_and_chart_environments_pass_check_config() {
         assert_eq!(code, Some(0), "chart {args:?}: {err}");
     }
 }
+
+#[test]
+fn ingress_fits_screenshots_and_outlives_pings() {
+    for shot in ["2097152", "8388608"] {
+        let set = format!("config.screenshotMaxBytes={shot}");
+        let objs = render(&["-f", &production(), "--set", &set]);
+        let ing = one(&objs, "Ingress");
+        let a = &ing["metadata"]["annotations"];
+        let body_k = int(&json!(
+            a["nginx.ingress.kubernetes.io/proxy-body-size"]
+                .as_str()
+                .unwrap()
+                .strip_suffix('k')
+                .unwrap()
+        ));
+        let shot: i64 = shot.parse().unwrap();
+        // The gateway's Engine.IO payload cap: base64 of the image + 16 KiB.
+        assert!(
+            body_k * 1024 > shot * 4 / 3 + 16 * 1024,
+            "{body_k}k for {shot} B"
+        );
+        let cm = find(&objs, "ConfigMap")
+            .into_iter()
+            .find(|c| c["data"].get("PING_INTERVAL_MS").is_some())
+            .unwrap();
+        let ping_s =
+            (int(&cm["data"]["PING_INTERVAL_MS"]) + int(&cm["data"]["PING_TIMEOUT_MS"])) / 1000;
+        for t in ["proxy-read-timeout", "proxy-send-timeout"] {
+            let v = int(&a[format!("nginx.ingress.kubernetes.io/{t}")]);
+            assert!(
+                v > ping_s,
+                "{t} {v} s must outlive ping interval + timeout {ping_s} s"
+            );
+        }
+        assert_eq!(a["nginx.ingress.kubernetes.io/affinity"], "cookie");
+        assert_eq!(
+            a["cert-manager.io/cluster-issuer"], "letsencrypt",
+            "user annotations kept"
+        );
+        assert_eq!(
+            ing["spec"]["tls"][0]["secretName"],
+            "realtime-example-com-tls"
+        );
+        let paths: Vec<_> = ing["spec"]["rules"][0]["http"]["paths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["path"].clone())
+            .collect();
+        assert_eq!(
+            paths,
+            vec![json!("/socket.io/")],
+            "the internal API stays private"
+        );
+        assert_eq!(
+            ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"],
+            one(&objs, "Service")["metadata"]["name"]
+        );
+    }
+}
