@@ -27,15 +27,19 @@ COPY gateway/Cargo.toml gateway/
 COPY migration/Cargo.toml migration/
 COPY sioclient/Cargo.toml sioclient/
 COPY tests/Cargo.toml tests/
+COPY loadtest/swarm/Cargo.toml loadtest/swarm/
+# Every workspace member needs its manifest and crate roots, even those the image does not build.
 RUN for crate in gateway migration sioclient tests; do \
       mkdir -p "$crate/src/bin" && echo '' > "$crate/src/lib.rs"; \
     done \
+ && mkdir -p loadtest/swarm/src \
+ && echo 'fn main() {}' > loadtest/swarm/src/main.rs \
  && echo 'fn main() {}' > gateway/src/main.rs \
  && echo 'fn main() {}' > tests/src/bin/gateway-under-test.rs \
  && cargo build --release --locked -p vizora-gateway \
  && rm -rf gateway/src migration/src sioclient/src
 
-# 2. The sources (the test harness keeps its empty roots: the image does not build it). COPY
+# 2. The sources (the test harness and the load generator keep their empty roots). COPY
 #    keeps the files' own modification times, which can be older than the empty roots above:
 #    touch them so cargo rebuilds our crates (and only them).
 COPY gateway/src gateway/src
