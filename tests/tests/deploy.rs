@@ -491,7 +491,6 @@ fn check_config(env: &serde_json::Map<String, Value>) -> (Option<i32>, String) {
 }
 
 #[test]
-#[ignore = "TRUSTED_PROXIES is a CIDR in compose and the chart: enable once d-edge (CIDR ranges) is merged"]
 fn compose_and_chart_environments_pass_check_config() {
     // The compose replicas' environment, interpolated from .env.example.
     let compose = Command::new(repo().join(".ci/venv/bin/docker-compose"))

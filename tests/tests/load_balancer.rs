@@ -218,7 +218,6 @@ async fn per_ip_limits_see_the_client_address_behind_nginx() {
 }
 
 #[tokio::test]
-#[ignore = "enable once d-edge (right-most untrusted X-Forwarded-For hop) is merged"]
 async fn a_client_cannot_spoof_its_address_through_nginx() {
     let c = Cluster::start(3, 0, |o| {
         o.env("TRUSTED_PROXIES", "127.0.0.1")
