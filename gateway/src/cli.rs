@@ -131,6 +131,7 @@ pub async fn main() -> ExitCode {
                 Err(code) => return code,
             };
             crate::telemetry::init_logging(cfg.log_json);
+            raise_open_file_limit();
             let listener = match tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port)).await
             {
                 Ok(l) => l,
@@ -211,6 +212,15 @@ async fn seed(prefix: &str, orgs: usize, devices: usize) -> anyhow::Result<()> {
     crate::seed::run(&db, prefix, orgs, devices).await?;
     eprintln!("seeded {orgs} organisations and {devices} devices with prefix `{prefix}`");
     Ok(())
+}
+
+/// Every connection is a file descriptor, and the usual soft limit (1024) would cap a replica at
+/// about a thousand screens: raise it to the hard limit, as servers commonly do, and log both.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(now) => tracing::info!(open_files = now, "Open-file limit raised to the hard limit."),
+        Err(e) => tracing::warn!(error = %e, "Could not raise the open-file limit."),
+    }
 }
 
 fn report(r: anyhow::Result<()>) -> ExitCode {

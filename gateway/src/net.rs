@@ -249,8 +249,18 @@ impl Listener for KillListener {
                     );
                 }
                 Err(e) => {
-                    // Usually EMFILE under a connection flood: back off instead of spinning.
-                    tracing::warn!(error = %e, "Accept failed.");
+                    // Usually EMFILE under a connection flood: back off instead of spinning, and
+                    // say plainly which limit was hit so an operator can raise it.
+                    if matches!(e.raw_os_error(), Some(24 | 23)) {
+                        tracing::error!(
+                            error = %e,
+                            "Accept failed: the open-file limit is reached (one file descriptor per \
+                             connection). New connections wait until sockets close; raise \
+                             `ulimit -n` / LimitNOFILE / the container's nofile limit."
+                        );
+                    } else {
+                        tracing::warn!(error = %e, "Accept failed.");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
