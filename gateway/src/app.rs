@@ -21,6 +21,7 @@ use crate::service::impressions::{self, DirectOutbox};
 use crate::service::{Gateway, persist};
 use crate::storage::Storage;
 use crate::store::outbox::{ImpressionOutbox, RedisOutbox};
+use crate::store::target::RedisTarget;
 use crate::store::{PresenceStore, StateStore, memory::MemoryStore, redis::RedisStore};
 use crate::telemetry::Metrics;
 
@@ -53,17 +54,6 @@ pub async fn open_database(cfg: &Config) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// The adapter needs RESP3 for its push subscriptions; operators pass an ordinary URL.
-pub fn resp3_url(url: &str) -> String {
-    if url.contains("protocol=") {
-        url.to_string()
-    } else if url.contains('?') {
-        format!("{url}&protocol=resp3")
-    } else {
-        format!("{url}?protocol=resp3")
-    }
-}
-
 /// Runs the gateway until `shutdown` is cancelled (then drains and returns).
 pub async fn run(
     cfg: Config,
@@ -80,10 +70,17 @@ pub async fn run(
     if let Err(e) = storage.ensure_ready().await {
         tracing::warn!(error = %e, "Object storage not usable at start; retrying in the background.");
     }
-    let parts = match &cfg.redis_url {
+    let target = match &cfg.redis {
+        None => None,
+        Some(r) => {
+            tracing::info!(redis = %r.describe(), "Cluster mode.");
+            Some(Arc::new(RedisTarget::new(r)?))
+        }
+    };
+    let parts = match &target {
         None => {
             tracing::warn!(
-                "REDIS_URL is not set: SINGLE-NODE MODE (in-process presence, queues and rooms). Do not run more than one replica like this."
+                "Neither REDIS_URL nor REDIS_SENTINELS is set: SINGLE-NODE MODE (in-process presence, queues and rooms). Do not run more than one replica like this."
             );
             let mem = Arc::new(MemoryStore::new());
             Parts {
@@ -98,8 +95,8 @@ pub async fn run(
                 metrics,
             }
         }
-        Some(url) => {
-            let r = Arc::new(RedisStore::new(&resp3_url(url))?);
+        Some(target) => {
+            let r = Arc::new(RedisStore::with_target(target.clone())?);
             Parts {
                 presence: r.clone(),
                 outbox: Arc::new(RedisOutbox::new(r.pool())),
@@ -111,7 +108,7 @@ pub async fn run(
             }
         }
     };
-    match cfg.redis_url.clone() {
+    match target {
         None => {
             let emitter = Arc::new(IoEmitter::<socketioxide::adapter::LocalAdapter>::default());
             let (gw, rx, persister) = gateway(parts, emitter.clone());
@@ -120,9 +117,8 @@ pub async fn run(
             crate::socket::register_local(&io);
             serve(gw, io, layer, rx, persister, listener, shutdown).await
         }
-        Some(url) => {
-            let client = redis::Client::open(resp3_url(&url))?;
-            let ctr = adapter_with_retry(&client, &shutdown).await?;
+        Some(target) => {
+            let ctr = adapter_with_retry(&target, &shutdown).await?;
             let emitter = Arc::new(IoEmitter::<crate::socket::RedisIo>::default());
             let (gw, rx, persister) = gateway(parts, emitter.clone());
             let (layer, io) = builder(&cfg)
@@ -163,14 +159,14 @@ fn gateway(
 
 /// The adapter subscribes at start; a Redis that is down then is waited for, with backoff.
 async fn adapter_with_retry(
-    client: &redis::Client,
+    target: &Arc<RedisTarget>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<socketioxide_redis::RedisAdapterCtr<crate::store::pubsub::ResilientDriver>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let cfg = socketioxide_redis::RedisAdapterConfig::new()
             .with_request_timeout(Duration::from_secs(2));
-        match crate::store::pubsub::ResilientDriver::new(client).await {
+        match crate::store::pubsub::ResilientDriver::new(target.clone()).await {
             Ok(driver) => {
                 return Ok(socketioxide_redis::RedisAdapterCtr::new_with_driver(
                     driver, cfg,

@@ -36,6 +36,71 @@ impl DatabaseConfig {
     }
 }
 
+/// How the gateway reaches Redis (unset: single-node mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisConfig {
+    /// `REDIS_URL`: one address. A managed endpoint that moves to a new primary on failover
+    /// works: connections that fail or answer `READONLY` are dropped and made again.
+    Url { url: String },
+    /// `REDIS_SENTINELS` + `REDIS_SENTINEL_MASTER`: the primary is asked of the Sentinels on
+    /// every new connection, so a failover is followed.
+    Sentinel(SentinelConfig),
+}
+
+impl RedisConfig {
+    /// For logs: where Redis is, without credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            RedisConfig::Url { url } => match url::Url::parse(url) {
+                Ok(u) => format!(
+                    "{}://{}:{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or(""),
+                    u.port().unwrap_or(6379)
+                ),
+                Err(_) => "an unparsable REDIS_URL".into(),
+            },
+            RedisConfig::Sentinel(s) => format!(
+                "primary `{}` of Sentinels {}",
+                s.master,
+                s.sentinels
+                    .iter()
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+}
+
+/// TLS towards Redis nodes found through Sentinel (`REDIS_SENTINEL_TLS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisTls {
+    /// `false` (default): plain TCP.
+    Off,
+    /// `true`: TLS, certificates checked against the system roots or `SSL_CERT_FILE`.
+    Verify,
+    /// `insecure`: TLS without any certificate check (logged as a warning).
+    Insecure,
+}
+
+/// Redis Sentinel settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// `REDIS_SENTINELS`: `host:port,host:port,…` of the Sentinel processes.
+    pub sentinels: Vec<(String, u16)>,
+    /// `REDIS_SENTINEL_MASTER`: the monitored primary's name (`sentinel monitor <name> …`).
+    pub master: String,
+    /// `REDIS_SENTINEL_USERNAME` / `REDIS_SENTINEL_PASSWORD`: credentials for the Sentinels.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+    /// `REDIS_USERNAME` / `REDIS_PASSWORD`: credentials for the primary it names.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `REDIS_SENTINEL_TLS`: TLS to the Sentinels and to the primary.
+    pub tls: RedisTls,
+}
+
 /// S3-compatible object storage (MinIO variables of the original service).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MinioConfig {
@@ -111,8 +176,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `DB_MIGRATE` (true for SQLite, false for PostgreSQL).
     pub db_migrate: bool,
-    /// `REDIS_URL` (unset: single-node mode with in-process presence, queues and adapter).
-    pub redis_url: Option<String>,
+    /// `REDIS_URL` or `REDIS_SENTINELS` (neither: single-node mode with in-process presence,
+    /// queues and adapter; both: a configuration error).
+    pub redis: Option<RedisConfig>,
     /// `DEVICE_JWT_SECRET` (required, >= 32 bytes).
     pub device_jwt_secret: String,
     /// `JWT_SECRET` (required, >= 32 bytes).
@@ -216,12 +282,7 @@ impl Config {
             }
         };
         let db_migrate = p.boolean("DB_MIGRATE", database.is_sqlite());
-        let redis_url = p.opt("REDIS_URL");
-        if let Some(u) = &redis_url
-            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
-        {
-            p.err("REDIS_URL", "must start with redis:// or rediss://");
-        }
+        let redis = p.redis();
         let device_jwt_secret = p.secret("DEVICE_JWT_SECRET");
         let jwt_secret = p.secret("JWT_SECRET");
         let internal_api_secret = p.secret("INTERNAL_API_SECRET");
@@ -286,7 +347,7 @@ impl Config {
             port,
             database,
             db_migrate,
-            redis_url,
+            redis,
             device_jwt_secret,
             jwt_secret,
             internal_api_secret,
@@ -340,6 +401,14 @@ fn default_replica_id() -> String {
         .and_then(|h| h.into_string().ok())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("replica-{}", std::process::id()))
+}
+
+/// `host:port` or `[v6]:port`, with a port that is not 0.
+fn host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    (!host.is_empty() && !host.contains([' ', '/'])).then(|| (host.to_string(), port))
 }
 
 /// Every configuration problem found, one per line.
@@ -425,6 +494,85 @@ impl<F: Fn(&str) -> Option<String>> Parser<'_, F> {
             }
         }
     }
+    /// `REDIS_URL`, or the Sentinel variables; never both.
+    fn redis(&mut self) -> Option<RedisConfig> {
+        let url = self.opt("REDIS_URL");
+        let sentinels = self.opt("REDIS_SENTINELS");
+        // Variables that only mean something with Sentinel are refused elsewhere rather than
+        // silently ignored: with REDIS_URL, credentials and TLS belong in the URL.
+        let sentinel_only = [
+            "REDIS_SENTINEL_MASTER",
+            "REDIS_SENTINEL_USERNAME",
+            "REDIS_SENTINEL_PASSWORD",
+            "REDIS_SENTINEL_TLS",
+            "REDIS_USERNAME",
+            "REDIS_PASSWORD",
+        ];
+        if sentinels.is_none() {
+            for var in sentinel_only {
+                if self.opt(var).is_some() {
+                    let hint = if url.is_some() {
+                        "is only used with REDIS_SENTINELS; with REDIS_URL put it in the URL"
+                    } else {
+                        "is only used with REDIS_SENTINELS"
+                    };
+                    self.err(var, hint);
+                }
+            }
+        }
+        match (url, sentinels) {
+            (None, None) => None,
+            (Some(_), Some(_)) => {
+                self.err(
+                    "REDIS_SENTINELS",
+                    "set either REDIS_URL or REDIS_SENTINELS, not both",
+                );
+                None
+            }
+            (Some(url), None) => {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    self.err("REDIS_URL", "must start with redis:// or rediss://");
+                } else if let Err(e) =
+                    ::redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                {
+                    // The parser's message never repeats the URL, so no password leaks here.
+                    self.err("REDIS_URL", &format!("is not a valid Redis URL: {e}"));
+                }
+                Some(RedisConfig::Url { url })
+            }
+            (None, Some(list)) => {
+                let mut addrs = Vec::new();
+                for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    match host_port(part) {
+                        Some(a) => addrs.push(a),
+                        None => self.err("REDIS_SENTINELS", &format!("`{part}` is not host:port")),
+                    }
+                }
+                let tls = match self.opt("REDIS_SENTINEL_TLS").as_deref() {
+                    None | Some("false" | "0" | "no") => RedisTls::Off,
+                    Some("true" | "1" | "yes") => RedisTls::Verify,
+                    Some("insecure") => RedisTls::Insecure,
+                    Some(v) => {
+                        self.err(
+                            "REDIS_SENTINEL_TLS",
+                            &format!("`{v}` is not true, false or insecure"),
+                        );
+                        RedisTls::Off
+                    }
+                };
+                Some(RedisConfig::Sentinel(SentinelConfig {
+                    sentinels: addrs,
+                    master: self.required("REDIS_SENTINEL_MASTER"),
+                    sentinel_username: self.opt("REDIS_SENTINEL_USERNAME"),
+                    sentinel_password: (self.get)("REDIS_SENTINEL_PASSWORD")
+                        .filter(|v| !v.is_empty()),
+                    username: self.opt("REDIS_USERNAME"),
+                    password: (self.get)("REDIS_PASSWORD").filter(|v| !v.is_empty()),
+                    tls,
+                }))
+            }
+        }
+    }
     fn proxy_list(&mut self, var: &str) -> TrustedProxies {
         let Some(v) = self.opt(var) else {
             return TrustedProxies::default();
@@ -483,7 +631,7 @@ mod tests {
         assert_eq!(c.port, 3002);
         assert!(c.database.is_sqlite());
         assert!(c.db_migrate);
-        assert!(c.redis_url.is_none());
+        assert!(c.redis.is_none());
         assert_eq!(c.heartbeat_interval, Duration::from_millis(15_000));
         assert_eq!(c.offline_notify_delay, Duration::from_millis(120_000));
         assert_eq!(c.screenshot_max_bytes, 2_097_152);
@@ -567,6 +715,84 @@ mod tests {
         assert_eq!(
             c.cors_origins,
             vec!["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn redis_url_and_sentinels_are_alternatives() {
+        let mut m = base();
+        m.insert(
+            "REDIS_URL".into(),
+            "rediss://cache.example:6380/#insecure".into(),
+        );
+        let c = Config::from_map(&m).unwrap();
+        assert!(matches!(c.redis, Some(RedisConfig::Url { .. })));
+
+        m.insert("REDIS_SENTINELS".into(), "s1:26379".into());
+        m.insert("REDIS_SENTINEL_MASTER".into(), "mymaster".into());
+        let errs = Config::from_map(&m).unwrap_err().0;
+        assert_eq!(
+            errs,
+            vec!["REDIS_SENTINELS: set either REDIS_URL or REDIS_SENTINELS, not both"]
+        );
+
+        m.remove("REDIS_SENTINELS");
+        let errs = Config::from_map(&m).unwrap_err().0;
+        assert_eq!(
+            errs,
+            vec![
+                "REDIS_SENTINEL_MASTER: is only used with REDIS_SENTINELS; with REDIS_URL put it in the URL"
+            ]
+        );
+    }
+
+    #[test]
+    fn sentinel_settings_are_parsed() {
+        let mut m = base();
+        m.insert(
+            "REDIS_SENTINELS".into(),
+            " s1.example:26379, [::1]:26380 ,".into(),
+        );
+        m.insert("REDIS_SENTINEL_MASTER".into(), "mymaster".into());
+        m.insert("REDIS_SENTINEL_PASSWORD".into(), "sp".into());
+        m.insert("REDIS_PASSWORD".into(), "rp".into());
+        m.insert("REDIS_SENTINEL_TLS".into(), "insecure".into());
+        let Some(RedisConfig::Sentinel(s)) = Config::from_map(&m).unwrap().redis else {
+            panic!("sentinel mode expected");
+        };
+        assert_eq!(
+            s.sentinels,
+            vec![
+                ("s1.example".to_string(), 26379),
+                ("::1".to_string(), 26380)
+            ]
+        );
+        assert_eq!(s.master, "mymaster");
+        assert_eq!(s.sentinel_password.as_deref(), Some("sp"));
+        assert_eq!(s.password.as_deref(), Some("rp"));
+        assert_eq!(s.username, None);
+        assert_eq!(s.tls, RedisTls::Insecure);
+    }
+
+    #[test]
+    fn every_bad_redis_variable_is_reported() {
+        let mut m = base();
+        m.insert("REDIS_SENTINELS".into(), "s1,s2:0,s3:26379".into());
+        m.insert("REDIS_SENTINEL_TLS".into(), "sometimes".into());
+        let errs = Config::from_map(&m).unwrap_err().0;
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(errs.contains(&"REDIS_SENTINELS: `s1` is not host:port".to_string()));
+        assert!(errs.contains(&"REDIS_SENTINELS: `s2:0` is not host:port".to_string()));
+        assert!(errs.iter().any(|e| e.starts_with("REDIS_SENTINEL_TLS:")));
+        assert!(errs.contains(&"REDIS_SENTINEL_MASTER: is required".to_string()));
+
+        let mut m = base();
+        m.insert("REDIS_URL".into(), "rediss://h:1/#secure".into());
+        let errs = Config::from_map(&m).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("REDIS_URL: is not a valid Redis URL"),
+            "{errs:?}"
         );
     }
 }

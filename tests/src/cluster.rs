@@ -32,14 +32,22 @@ impl Cluster {
         load_devices: usize,
         tweak: impl Fn(GatewayOptions) -> GatewayOptions,
     ) -> Cluster {
+        Cluster::start_connected(redis, n, load_devices, |o| tweak(o.redis(redis_url))).await
+    }
+
+    /// Like [`Cluster::start_on`], but `connect` tells each replica how to reach Redis itself
+    /// (`REDIS_URL`, or the Sentinel variables) and adjusts its options. `redis` is the node
+    /// the cluster's own checks read.
+    pub async fn start_connected(
+        redis: RedisServer,
+        n: usize,
+        load_devices: usize,
+        connect: impl Fn(GatewayOptions) -> GatewayOptions,
+    ) -> Cluster {
         let (db, pg, dir) = seeded_db("postgres", load_devices).await;
         let mut replicas = Vec::with_capacity(n);
         for i in 0..n {
-            let opts = tweak(
-                GatewayOptions::new(db.clone())
-                    .redis(redis_url)
-                    .replica(&format!("r{i}")),
-            );
+            let opts = connect(GatewayOptions::new(db.clone()).replica(&format!("r{i}")));
             replicas.push(Gateway::start(opts).await);
         }
         Cluster {

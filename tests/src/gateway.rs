@@ -137,7 +137,25 @@ impl Gateway {
         g
     }
 
+    /// Starts the process without waiting for it to answer (for replicas expected to stay
+    /// unready, e.g. refusing an untrusted Redis certificate).
+    pub fn launch(opts: GatewayOptions) -> Gateway {
+        let mut g = Gateway {
+            port: crate::free_port(),
+            opts,
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        g.spawn_process();
+        g
+    }
+
     async fn spawn(&mut self) {
+        self.spawn_process();
+        self.wait_live().await;
+    }
+
+    fn spawn_process(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -171,6 +189,9 @@ impl Gateway {
             .spawn()
             .expect("gateway-under-test binary");
         self.child = Some(child);
+    }
+
+    async fn wait_live(&self) {
         let url = format!("{}/api/health/live", self.url());
         let client = reqwest::Client::new();
         let logs = self.log_path();

@@ -13,6 +13,8 @@ pub mod postgres;
 pub mod proxy;
 pub mod redis_server;
 pub mod scenarios;
+pub mod sentinel;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::time::Duration;

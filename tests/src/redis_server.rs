@@ -2,14 +2,18 @@
 //! caches that restart empty); [`RedisServer::start_with`] runs it the way most deployments do
 //! (snapshots, an append-only file, a replica of another server). It keeps its directory across
 //! restarts, so a server killed with SIGKILL comes back from its files, and it can be stalled
-//! with SIGSTOP / SIGCONT.
+//! with SIGSTOP / SIGCONT. Variants: a TLS listener next to the plain one
+//! ([`RedisServer::start_tls`]) and replicas ([`RedisServer::start_replica_of`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 pub struct RedisServer {
+    /// The plain port: the harness's own checks use it.
     pub port: u16,
+    /// The TLS port, when started with [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
     child: Option<Child>,
     dir: tempfile::TempDir,
     /// Extra `redis-server` arguments, kept for restarts.
@@ -34,18 +38,105 @@ impl RedisServer {
     /// `["--save", "", "--appendonly", "yes"]` or `["--replicaof", "127.0.0.1", "6379"]`.
     /// No automatic snapshot is taken unless the arguments ask for one (`SAVE` does).
     pub async fn start_with(args: &[&str]) -> RedisServer {
-        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        RedisServer::start_args(args, None).await
+    }
+
+    async fn start_args(mut args: Vec<String>, tls_port: Option<u16>) -> RedisServer {
         if !args.iter().any(|a| a == "--save") {
             args.extend(["--save".into(), String::new()]);
         }
         let mut r = RedisServer {
             port: crate::free_port(),
+            tls_port,
             child: None,
             dir: tempfile::tempdir().unwrap(),
             args,
         };
         r.spawn().await;
         r
+    }
+
+    /// Also listens with TLS (server certificate from `certs`, clients not authenticated).
+    pub async fn start_tls(certs: &crate::tls::TestCerts) -> RedisServer {
+        let (args, tls_port) = Self::tls_args(certs);
+        Self::start_args(args, Some(tls_port)).await
+    }
+
+    /// A replica of `primary` (ephemeral), caught up (first sync done) before this returns.
+    pub async fn start_replica_of(primary: &RedisServer) -> RedisServer {
+        let port = primary.port.to_string();
+        let mut args: Vec<&str> = EPHEMERAL.to_vec();
+        args.extend(["--replicaof", "127.0.0.1", &port]);
+        let r = Self::start_with(&args).await;
+        r.wait_synced().await;
+        r
+    }
+
+    /// A replica of a TLS `primary` that replicates over TLS and listens with TLS too (it
+    /// announces its TLS port, so a Sentinel reaches it there).
+    pub async fn start_tls_replica_of(
+        primary: &RedisServer,
+        certs: &crate::tls::TestCerts,
+    ) -> RedisServer {
+        let (mut args, tls_port) = Self::tls_args(certs);
+        args.extend([
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.tls_port.expect("a TLS primary").to_string(),
+        ]);
+        let r = Self::start_args(args, Some(tls_port)).await;
+        r.wait_synced().await;
+        r
+    }
+
+    fn tls_args(certs: &crate::tls::TestCerts) -> (Vec<String>, u16) {
+        let tls_port = crate::free_port();
+        let mut args: Vec<String> = EPHEMERAL.iter().map(|s| s.to_string()).collect();
+        args.extend([
+            "--tls-replication".into(),
+            "yes".into(),
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            certs.server_cert.display().to_string(),
+            "--tls-key-file".into(),
+            certs.server_key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            certs.ca_cert.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]);
+        (args, tls_port)
+    }
+
+    async fn wait_synced(&self) {
+        crate::eventually(
+            Duration::from_secs(10),
+            "the replica to finish its first sync",
+            || async {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut self.conn().await)
+                    .await
+                    .ok()?;
+                info.contains("master_link_status:up").then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// `rediss://` to the TLS port (the certificate names 127.0.0.1).
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}/",
+            self.tls_port.expect("started with start_tls")
+        )
+    }
+
+    /// SIGKILL, like a crashed node (same as [`Self::stop`]).
+    pub fn kill9(&mut self) {
+        self.stop();
     }
 
     async fn spawn(&mut self) {

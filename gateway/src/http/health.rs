@@ -54,7 +54,7 @@ fn named(mut probe: Value, kind: &str) -> Value {
 
 pub async fn health(State(gw): State<Arc<Gateway>>) -> Json<Value> {
     let (store, database) = dependencies(&gw).await;
-    let cluster = gw.cfg.redis_url.is_some();
+    let cluster = gw.cfg.redis.is_some();
     let store = named(store, if cluster { "redis" } else { "in-process" });
     let database = named(
         database,

@@ -8,8 +8,10 @@
 
 pub mod memory;
 pub mod outbox;
+pub mod pool;
 pub mod pubsub;
 pub mod redis;
+pub mod target;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

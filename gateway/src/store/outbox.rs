@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ::redis::Value;
 use async_trait::async_trait;
-use deadpool_redis::Pool;
+use super::pool::{Conn, Pool};
 
 use super::{STATS_TTL_S, StoreError, StoreResult};
 use crate::db::NewImpression;
@@ -89,6 +89,7 @@ impl RedisOutbox {
             .pool
             .get()
             .await
+            .map(Conn)
             .map_err(|e| StoreError(e.to_string()))?;
         timed(cmd.query_async(&mut c)).await
     }
@@ -98,6 +99,7 @@ impl RedisOutbox {
             .pool
             .get()
             .await
+            .map(Conn)
             .map_err(|e| StoreError(e.to_string()))?;
         timed(p.query_async(&mut c)).await
     }
@@ -301,6 +303,7 @@ impl ImpressionOutbox for RedisOutbox {
             .pool
             .get()
             .await
+            .map(Conn)
             .map_err(|e| StoreError(e.to_string()))?;
         timed(inv.invoke_async(&mut c)).await
     }

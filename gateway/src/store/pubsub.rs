@@ -1,27 +1,49 @@
-//! The Socket.IO adapter's pub/sub driver, built to survive Redis restarts.
+//! The Socket.IO adapter's pub/sub driver, built to survive Redis restarts and failovers.
 //!
 //! socketioxide-redis's stock driver holds one multiplexed connection that never reconnects, and
 //! the adapter publishes before it delivers locally: after a Redis restart every emit failed,
-//! even to this replica's own sockets. This driver uses a `ConnectionManager` (reconnects with
-//! backoff, resubscribes every channel automatically) and treats publishing as best effort, so an
-//! outage degrades to "local delivery only" and heals by itself.
+//! even to this replica's own sockets. This driver keeps one RESP3 connection to the current
+//! primary (through [`RedisTarget`]: the URL, or whatever the Sentinels name now), and a
+//! supervisor task replaces it when it breaks, answers `READONLY`, or `ROLE` says replica,
+//! then subscribes every channel again. Publishing is best effort, so an outage or a failover
+//! degrades to "local delivery only" and heals by itself.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, PushInfo, PushKind, RedisError};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, FromRedisValue, PushInfo, PushKind, RedisError};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+
+use super::target::{self, RedisTarget};
 
 type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 
+/// How often the live connection is asked `ROLE`: a managed endpoint or a Sentinel failover can
+/// demote our node while the connection stays open, and pub/sub on a replica only half works
+/// (what we publish there reaches nobody on the primary).
+const ROLE_CHECK_EVERY: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct ResilientDriver {
-    conn: ConnectionManager,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Arc<RedisTarget>,
     handlers: Handlers,
+    /// The connection in use; `None` while reconnecting.
+    conn: RwLock<Option<MultiplexedConnection>>,
+    /// Id of the connection in use, so the disconnection push of a connection we retired
+    /// ourselves does not start another reconnect.
+    current: AtomicU64,
+    /// Woken when the connection in use broke.
+    lost: Notify,
 }
 
 fn route(msg: PushInfo, handlers: &Handlers) {
@@ -44,21 +66,139 @@ fn route(msg: PushInfo, handlers: &Handlers) {
     }
 }
 
-impl ResilientDriver {
-    pub async fn new(client: &redis::Client) -> Result<Self, RedisError> {
-        let handlers: Handlers = Arc::default();
-        let h = handlers.clone();
-        let cfg = ConnectionManagerConfig::new()
-            .set_push_sender(move |msg: PushInfo| {
+impl Inner {
+    fn current_conn(&self) -> Option<MultiplexedConnection> {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_conn(&self, c: Option<MultiplexedConnection>) {
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+
+    /// Connects to the current primary and subscribes every channel the adapter holds.
+    async fn connect(self: &Arc<Self>) -> Result<(), RedisError> {
+        let id = self.current.fetch_add(1, Ordering::SeqCst) + 1;
+        let h = self.handlers.clone();
+        let me = Arc::downgrade(self);
+        let cfg = AsyncConnectionConfig::new().set_push_sender(move |msg: PushInfo| {
+            if msg.kind == PushKind::Disconnection {
+                if let Some(me) = me.upgrade()
+                    && me.current.load(Ordering::SeqCst) == id
+                {
+                    me.lost.notify_one();
+                }
+            } else {
                 route(msg, &h);
-                Ok::<(), Infallible>(())
-            })
-            .set_automatic_resubscription()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
-        Ok(ResilientDriver { conn, handlers })
+            }
+            Ok::<(), Infallible>(())
+        });
+        let mut conn = self.target.connect(cfg).await?;
+        if !RedisTarget::is_primary(&mut conn).await? {
+            return Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "the node is not the primary (yet)",
+            )));
+        }
+        // Published first, then the channels are read: a subscribe() racing with us either sees
+        // this connection (and subscribes itself) or had its channel in the map already.
+        self.set_conn(Some(conn.clone()));
+        let channels: Vec<String> = self
+            .handlers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        if !channels.is_empty() {
+            conn.subscribe(&channels).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the connection in use is still a primary that answers.
+    async fn healthy(&self) -> bool {
+        let Some(mut c) = self.current_conn() else {
+            return false;
+        };
+        match RedisTarget::is_primary(&mut c).await {
+            Ok(true) => true,
+            Ok(false) => {
+                self.target.primary_lost();
+                false
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Keeps the driver connected to the primary until the driver is dropped.
+async fn supervise(me: Weak<Inner>) {
+    let Some(mut changes) = me.upgrade().map(|i| i.target.changes()) else {
+        return;
+    };
+    loop {
+        // Connected: wait for a break, a failover seen by the stores, or the next role check.
+        loop {
+            let Some(inner) = me.upgrade() else { return };
+            let broke = tokio::select! {
+                _ = inner.lost.notified() => true,
+                r = changes.changed() => r.is_ok(),
+                _ = tokio::time::sleep(ROLE_CHECK_EVERY) => !inner.healthy().await,
+            };
+            if broke {
+                break;
+            }
+        }
+        // Reconnecting: the adapter delivers locally only until this succeeds.
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let Some(inner) = me.upgrade() else { return };
+            inner.set_conn(None);
+            match inner.connect().await {
+                Ok(()) => {
+                    tracing::info!(redis = %inner.target.describe(), "Adapter reconnected to the Redis primary.");
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "Adapter reconnect failed; retrying.");
+                }
+            }
+            drop(inner);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+impl ResilientDriver {
+    /// Connects once (the caller retries), then keeps reconnecting in the background.
+    pub async fn new(target: Arc<RedisTarget>) -> Result<Self, RedisError> {
+        let inner = Arc::new(Inner {
+            target,
+            handlers: Arc::default(),
+            conn: RwLock::new(None),
+            current: AtomicU64::new(0),
+            lost: Notify::new(),
+        });
+        inner.connect().await?;
+        tokio::spawn(supervise(Arc::downgrade(&inner)));
+        Ok(ResilientDriver { inner })
+    }
+
+    fn conn(&self) -> Result<MultiplexedConnection, RedisError> {
+        self.inner.current_conn().ok_or_else(|| {
+            RedisError::from((redis::ErrorKind::Io, "reconnecting to the Redis primary"))
+        })
+    }
+
+    /// A command failed: if the connection is broken or on a replica, reconnect now rather
+    /// than at the next role check.
+    fn failed(&self, e: &RedisError) {
+        if target::is_not_primary(e) {
+            self.inner.target.primary_lost();
+        } else if target::is_broken(e) {
+            self.inner.lost.notify_one();
+        }
     }
 }
 
@@ -67,12 +207,18 @@ impl Driver for ResilientDriver {
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
         // Best effort: an error here would also stop local delivery (the adapter publishes first).
-        if let Err(e) = redis::cmd("PUBLISH")
-            .arg(chan)
-            .arg(val)
-            .query_async::<redis::Value>(&mut self.conn.clone())
-            .await
-        {
+        let res = match self.conn() {
+            Ok(mut c) => {
+                redis::cmd("PUBLISH")
+                    .arg(chan)
+                    .arg(val)
+                    .query_async::<redis::Value>(&mut c)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = res {
+            self.failed(&e);
             tracing::debug!(error = %e, "Cluster publish failed; delivering locally only.");
         }
         Ok(())
@@ -84,28 +230,45 @@ impl Driver for ResilientDriver {
         size: usize,
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size);
-        self.handlers
+        self.inner
+            .handlers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(chan.clone(), tx);
-        self.conn.clone().subscribe(chan).await?;
+        // Without a connection the supervisor subscribes the channel when it reconnects.
+        if let Some(mut c) = self.inner.current_conn()
+            && let Err(e) = c.subscribe(&chan).await
+        {
+            self.failed(&e);
+            return Err(e);
+        }
         Ok(MessageStream::new(rx))
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
-        self.handlers
+        self.inner
+            .handlers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&chan);
-        self.conn.clone().unsubscribe(chan).await
+        match self.inner.current_conn() {
+            Some(mut c) => c.unsubscribe(chan).await,
+            None => Ok(()),
+        }
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
-        let (_, count): (String, u16) = redis::cmd("PUBSUB")
+        let res = redis::cmd("PUBSUB")
             .arg("NUMSUB")
             .arg(chan)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(count)
+            .query_async::<(String, u16)>(&mut self.conn()?)
+            .await;
+        match res {
+            Ok((_, count)) => Ok(count),
+            Err(e) => {
+                self.failed(&e);
+                Err(e)
+            }
+        }
     }
 }

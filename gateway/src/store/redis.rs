@@ -2,12 +2,14 @@
 //! EVALSHA (loaded once), and batch work is one pipeline, so each hot-path step costs one round
 //! trip.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::{Script, Value};
+use ::redis::{RedisError, Script, Value};
 use async_trait::async_trait;
-use deadpool_redis::{Pool, Runtime};
 
+use super::pool::{self, Conn, Pool};
+use super::target::{self, RedisTarget};
 use super::*;
 
 /// Bound on any single Redis call, so an outage fails fast instead of stalling handlers.
@@ -24,30 +26,39 @@ struct Scripts {
     push_error: Script,
 }
 
-/// Both stores on one deadpool-redis pool.
+/// Both stores on one connection pool that follows the primary.
 pub struct RedisStore {
     pool: Pool,
+    target: Arc<RedisTarget>,
     scripts: Scripts,
     /// The `presence:sweep-tick` this replica's last sweep wrote: a stored tick older than it
     /// means Redis came back with older data (see sweep.lua).
     last_tick: std::sync::atomic::AtomicI64,
 }
 
+/// What became of one attempt.
+enum Attempt<T> {
+    Done(StoreResult<T>),
+    /// The node said it is not the primary: nothing ran, so one retry on a new connection is
+    /// safe (the Lua scripts are refused before any write).
+    NotPrimary(RedisError),
+}
+
 impl RedisStore {
+    /// A store on one Redis URL (tests, tools).
+    pub fn new(url: &str) -> Result<Self, StoreError> {
+        let cfg = crate::config::RedisConfig::Url { url: url.into() };
+        let target = RedisTarget::new(&cfg).map_err(|e| StoreError(e.to_string()))?;
+        Self::with_target(Arc::new(target))
+    }
+
     /// Builds the pool (connections are made lazily, so a Redis that is down at start-up does
     /// not stop the gateway from starting; readiness reports it).
-    pub fn new(url: &str) -> Result<Self, StoreError> {
-        let mut cfg = deadpool_redis::Config::from_url(url);
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(16);
-        pool_cfg.timeouts.wait = Some(OP_TIMEOUT);
-        pool_cfg.timeouts.create = Some(OP_TIMEOUT);
-        pool_cfg.timeouts.recycle = Some(OP_TIMEOUT);
-        cfg.pool = Some(pool_cfg);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| StoreError(e.to_string()))?;
+    pub fn with_target(target: Arc<RedisTarget>) -> Result<Self, StoreError> {
+        let pool = pool::pool(target.clone(), 16).map_err(StoreError)?;
         Ok(RedisStore {
             pool,
+            target,
             scripts: Scripts {
                 acquire: Script::new(include_str!("lua/acquire.lua")),
                 refresh: Script::new(include_str!("lua/refresh.lua")),
@@ -67,8 +78,39 @@ impl RedisStore {
         self.pool.clone()
     }
 
-    async fn conn(&self) -> StoreResult<deadpool_redis::Connection> {
-        self.pool.get().await.map_err(|e| StoreError(e.to_string()))
+    async fn conn(&self) -> StoreResult<Conn> {
+        self.pool
+            .get()
+            .await
+            .map(Conn)
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
+    /// Classifies one attempt's outcome, dropping the connection when it must not be reused.
+    fn settle<T>(
+        &self,
+        c: Conn,
+        r: Result<::redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Attempt<T> {
+        match r {
+            Ok(Ok(v)) => Attempt::Done(Ok(v)),
+            Ok(Err(e)) if target::is_not_primary(&e) => {
+                c.discard();
+                self.target.primary_lost();
+                Attempt::NotPrimary(e)
+            }
+            Ok(Err(e)) => {
+                if target::is_broken(&e) {
+                    c.discard();
+                }
+                Attempt::Done(Err(StoreError(e.to_string())))
+            }
+            Err(_) => {
+                // A connection that hung (a stalled or vanished node) is not trusted again.
+                c.discard();
+                Attempt::Done(Err(StoreError("redis operation timed out".into())))
+            }
+        }
     }
 
     /// Runs a script invocation with the op timeout (EVALSHA, loading the script on NOSCRIPT).
@@ -76,18 +118,40 @@ impl RedisStore {
         &self,
         inv: ::redis::ScriptInvocation<'_>,
     ) -> StoreResult<T> {
-        let mut c = self.conn().await?;
-        timed(inv.invoke_async(&mut c)).await
+        let mut last = None;
+        for _ in 0..2 {
+            let mut c = self.conn().await?;
+            let r = tokio::time::timeout(OP_TIMEOUT, inv.invoke_async(&mut c)).await;
+            match self.settle(c, r) {
+                Attempt::Done(v) => return v,
+                Attempt::NotPrimary(e) => last = Some(e),
+            }
+        }
+        Err(StoreError(last.map(|e| e.to_string()).unwrap_or_default()))
     }
 
     async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> StoreResult<T> {
-        let mut c = self.conn().await?;
-        timed(cmd.query_async(&mut c)).await
+        let mut last = None;
+        for _ in 0..2 {
+            let mut c = self.conn().await?;
+            let r = tokio::time::timeout(OP_TIMEOUT, cmd.query_async(&mut c)).await;
+            match self.settle(c, r) {
+                Attempt::Done(v) => return v,
+                Attempt::NotPrimary(e) => last = Some(e),
+            }
+        }
+        Err(StoreError(last.map(|e| e.to_string()).unwrap_or_default()))
     }
 
+    /// Pipelines are not retried on `READONLY`: a pipeline is not atomic, so an earlier read
+    /// in it may have run. The next call gets a connection to the current primary.
     async fn pipeline<T: ::redis::FromRedisValue>(&self, p: &::redis::Pipeline) -> StoreResult<T> {
         let mut c = self.conn().await?;
-        timed(p.query_async(&mut c)).await
+        let r = tokio::time::timeout(OP_TIMEOUT, p.query_async(&mut c)).await;
+        match self.settle(c, r) {
+            Attempt::Done(v) => v,
+            Attempt::NotPrimary(e) => Err(StoreError(e.to_string())),
+        }
     }
 }
 
