@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod endpoint;
 pub mod fixture;
 pub mod gateway;
 pub mod nginx;

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use vizora_gateway_tests::endpoint::ManagedEndpoint;
 use vizora_gateway_tests::sentinel::{MASTER, SentinelSet};
 use vizora_gateway_tests::tls::TestCerts;
 use vizora_gateway_tests::*;
@@ -187,6 +188,78 @@ async fn a_sentinel_failover_strands_no_screen_and_reports_nobody_offline() {
         assert_eq!(c.notifications(&load_device(i), "device_offline").await, 0);
     }
     assert!(late.is_connected());
+    for r in &c.replicas {
+        let (st, body) = r.api().get_text("/api/health/ready", &[]).await;
+        assert_eq!(st, 200, "{body}");
+    }
+}
+
+/// Sends `REPLICAOF` to a node (`None`: become a primary).
+async fn replicaof(node: &RedisServer, primary: Option<u16>) {
+    let mut cmd = redis::cmd("REPLICAOF");
+    match primary {
+        Some(p) => cmd.arg("127.0.0.1").arg(p),
+        None => cmd.arg("NO").arg("ONE"),
+    };
+    let _: String = cmd.query_async(&mut node.conn().await).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_managed_endpoint_that_moves_to_an_up_to_date_replica_is_followed() {
+    let old = RedisServer::start().await;
+    let new = RedisServer::start_replica_of(&old).await;
+    let endpoint = ManagedEndpoint::start(old.port).await;
+    let url = endpoint.url();
+    let c = Cluster::start_on(new, 2, 4, |o| o.redis(&url).env("LEASE_TTL_MS", 10_000)).await;
+    let (a, b) = (&c.replicas[0], &c.replicas[1]);
+    let dash = ws_dashboard(a.client(), ORG_A).await;
+    let mut screens = Vec::new();
+    for i in 0..4 {
+        screens.push(ws_device(c.replicas[i % 2].client(), &load_device(i)).await);
+    }
+    command_reaches(a, &load_device(1), &screens[1]).await;
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query_async(&mut old.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(acked, 1, "the replica is up to date");
+
+    // The provider's failover: promote the replica, repoint the endpoint, demote the old
+    // primary. The gateways' open connections still reach the old node, which now answers
+    // READONLY to writes and `ROLE` with "slave".
+    replicaof(&c.redis, None).await;
+    endpoint.switch_to(c.redis.port);
+    replicaof(&old, Some(c.redis.port)).await;
+
+    // Writes work again: a screen connecting now takes a lease (an acquire is a write) and
+    // is reported online on the other replica's dashboard.
+    let late = ws_device(b.client(), DEV_A1).await;
+    let mut log = Vec::new();
+    while status_events(&log, DEV_A1, "online").is_empty() {
+        let e = dash.next_event(T).await;
+        log.push(e.expect("the late screen's online event on A's dashboard"));
+    }
+    assert!(c.lease(DEV_A1).await.is_some(), "the lease is on the new primary");
+    command_reaches(a, DEV_A1, &late).await;
+    command_reaches(b, &load_device(0), &screens[0]).await;
+    broadcast_reaches(a, &[&screens[0], &screens[1], &late], "after:switch").await;
+    assert!(
+        a.logs().contains("no longer the primary") || b.logs().contains("no longer the primary"),
+        "a replica noticed the demoted node"
+    );
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    log.extend(dash.drain_events());
+    for (i, s) in screens.iter().enumerate() {
+        assert!(s.is_connected(), "screen {i} kept its socket");
+        assert!(
+            status_events(&log, &load_device(i), "offline").is_empty(),
+            "no false offline for screen {i}"
+        );
+        assert!(c.lease(&load_device(i)).await.is_some(), "lease of {i}");
+    }
     for r in &c.replicas {
         let (st, body) = r.api().get_text("/api/health/ready", &[]).await;
         assert_eq!(st, 200, "{body}");
