@@ -241,7 +241,10 @@ async fn a_managed_endpoint_that_moves_to_an_up_to_date_replica_is_followed() {
         let e = dash.next_event(T).await;
         log.push(e.expect("the late screen's online event on A's dashboard"));
     }
-    assert!(c.lease(DEV_A1).await.is_some(), "the lease is on the new primary");
+    assert!(
+        c.lease(DEV_A1).await.is_some(),
+        "the lease is on the new primary"
+    );
     command_reaches(a, DEV_A1, &late).await;
     command_reaches(b, &load_device(0), &screens[0]).await;
     broadcast_reaches(a, &[&screens[0], &screens[1], &late], "after:switch").await;

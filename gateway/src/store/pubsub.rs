@@ -17,7 +17,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, PushInfo, PushKind, RedisError};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::target::{self, RedisTarget};
 
@@ -27,7 +27,12 @@ type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 /// demote our node while the connection stays open, and pub/sub on a replica only half works
 /// (what we publish there reaches nobody on the primary).
 const ROLE_CHECK_EVERY: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Reconnect attempts are cheap (a refused TCP connect); a short cap keeps the window in which
+/// this replica misses other replicas' messages after Redis returns small.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// How long a publish waits for a reconnect in progress before delivering locally only (what
+/// a `ConnectionManager` did too): a message published right after Redis returned is not lost.
+const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct ResilientDriver {
@@ -37,13 +42,17 @@ pub struct ResilientDriver {
 struct Inner {
     target: Arc<RedisTarget>,
     handlers: Handlers,
-    /// The connection in use; `None` while reconnecting.
-    conn: RwLock<Option<MultiplexedConnection>>,
-    /// Id of the connection in use, so the disconnection push of a connection we retired
-    /// ourselves does not start another reconnect.
+    /// The connection in use and its id; `None` while reconnecting.
+    conn: watch::Sender<Option<(u64, MultiplexedConnection)>>,
+    /// Id of the newest connection attempt.
     current: AtomicU64,
+    /// Id of the connection reported broken, so reports about a connection we retired
+    /// already (its disconnection push, a late failed command) start no second reconnect.
+    broken: AtomicU64,
     /// Woken when the connection in use broke.
     lost: Notify,
+    /// Cuts a reconnect backoff short (a publish is waiting).
+    kick: Notify,
 }
 
 fn route(msg: PushInfo, handlers: &Handlers) {
@@ -67,12 +76,20 @@ fn route(msg: PushInfo, handlers: &Handlers) {
 }
 
 impl Inner {
-    fn current_conn(&self) -> Option<MultiplexedConnection> {
-        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    fn current_conn(&self) -> Option<(u64, MultiplexedConnection)> {
+        self.conn.borrow().clone()
     }
 
-    fn set_conn(&self, c: Option<MultiplexedConnection>) {
-        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = c;
+    fn set_conn(&self, c: Option<(u64, MultiplexedConnection)>) {
+        self.conn.send_replace(c);
+    }
+
+    /// The connection `id` broke: reconnect, unless that connection is already retired.
+    fn report_broken(&self, id: u64) {
+        if self.current.load(Ordering::SeqCst) == id && self.broken.swap(id, Ordering::SeqCst) != id
+        {
+            self.lost.notify_one();
+        }
     }
 
     /// Connects to the current primary and subscribes every channel the adapter holds.
@@ -82,10 +99,8 @@ impl Inner {
         let me = Arc::downgrade(self);
         let cfg = AsyncConnectionConfig::new().set_push_sender(move |msg: PushInfo| {
             if msg.kind == PushKind::Disconnection {
-                if let Some(me) = me.upgrade()
-                    && me.current.load(Ordering::SeqCst) == id
-                {
-                    me.lost.notify_one();
+                if let Some(me) = me.upgrade() {
+                    me.report_broken(id);
                 }
             } else {
                 route(msg, &h);
@@ -101,7 +116,7 @@ impl Inner {
         }
         // Published first, then the channels are read: a subscribe() racing with us either sees
         // this connection (and subscribes itself) or had its channel in the map already.
-        self.set_conn(Some(conn.clone()));
+        self.set_conn(Some((id, conn.clone())));
         let channels: Vec<String> = self
             .handlers
             .read()
@@ -117,7 +132,7 @@ impl Inner {
 
     /// Whether the connection in use is still a primary that answers.
     async fn healthy(&self) -> bool {
-        let Some(mut c) = self.current_conn() else {
+        let Some((_, mut c)) = self.current_conn() else {
             return false;
         };
         match RedisTarget::is_primary(&mut c).await {
@@ -141,7 +156,10 @@ async fn supervise(me: Weak<Inner>) {
         loop {
             let Some(inner) = me.upgrade() else { return };
             let broke = tokio::select! {
-                _ = inner.lost.notified() => true,
+                _ = inner.lost.notified() => {
+                    // Only a report about the connection in use counts.
+                    inner.broken.load(Ordering::SeqCst) == inner.current.load(Ordering::SeqCst)
+                }
                 r = changes.changed() => r.is_ok(),
                 _ = tokio::time::sleep(ROLE_CHECK_EVERY) => !inner.healthy().await,
             };
@@ -163,8 +181,11 @@ async fn supervise(me: Weak<Inner>) {
                     tracing::debug!(error = %e, "Adapter reconnect failed; retrying.");
                 }
             }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = inner.kick.notified() => {}
+            }
             drop(inner);
-            tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -176,28 +197,41 @@ impl ResilientDriver {
         let inner = Arc::new(Inner {
             target,
             handlers: Arc::default(),
-            conn: RwLock::new(None),
+            conn: watch::channel(None).0,
             current: AtomicU64::new(0),
+            broken: AtomicU64::new(0),
             lost: Notify::new(),
+            kick: Notify::new(),
         });
         inner.connect().await?;
         tokio::spawn(supervise(Arc::downgrade(&inner)));
         Ok(ResilientDriver { inner })
     }
 
-    fn conn(&self) -> Result<MultiplexedConnection, RedisError> {
-        self.inner.current_conn().ok_or_else(|| {
-            RedisError::from((redis::ErrorKind::Io, "reconnecting to the Redis primary"))
-        })
+    fn conn(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
+        self.inner.current_conn().ok_or_else(reconnecting)
     }
 
-    /// A command failed: if the connection is broken or on a replica, reconnect now rather
-    /// than at the next role check.
-    fn failed(&self, e: &RedisError) {
+    /// The connection, waiting up to [`PUBLISH_WAIT`] for a reconnect in progress.
+    async fn conn_soon(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
+        if let Some(c) = self.inner.current_conn() {
+            return Ok(c);
+        }
+        self.inner.kick.notify_one();
+        let mut rx = self.inner.conn.subscribe();
+        match tokio::time::timeout(PUBLISH_WAIT, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(c)) => c.clone().ok_or_else(reconnecting),
+            _ => Err(reconnecting()),
+        }
+    }
+
+    /// A command on connection `id` failed: if it is broken or on a replica, reconnect now
+    /// rather than at the next role check.
+    fn failed(&self, id: u64, e: &RedisError) {
         if target::is_not_primary(e) {
             self.inner.target.primary_lost();
         } else if target::is_broken(e) {
-            self.inner.lost.notify_one();
+            self.inner.report_broken(id);
         }
     }
 }
@@ -207,18 +241,19 @@ impl Driver for ResilientDriver {
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
         // Best effort: an error here would also stop local delivery (the adapter publishes first).
-        let res = match self.conn() {
-            Ok(mut c) => {
-                redis::cmd("PUBLISH")
-                    .arg(chan)
-                    .arg(val)
-                    .query_async::<redis::Value>(&mut c)
-                    .await
-            }
+        let res = match self.conn_soon().await {
+            Ok((id, mut c)) => redis::cmd("PUBLISH")
+                .arg(chan)
+                .arg(val)
+                .query_async::<redis::Value>(&mut c)
+                .await
+                .map_err(|e| {
+                    self.failed(id, &e);
+                    e
+                }),
             Err(e) => Err(e),
         };
         if let Err(e) = res {
-            self.failed(&e);
             tracing::debug!(error = %e, "Cluster publish failed; delivering locally only.");
         }
         Ok(())
@@ -236,10 +271,10 @@ impl Driver for ResilientDriver {
             .unwrap_or_else(|p| p.into_inner())
             .insert(chan.clone(), tx);
         // Without a connection the supervisor subscribes the channel when it reconnects.
-        if let Some(mut c) = self.inner.current_conn()
+        if let Some((id, mut c)) = self.inner.current_conn()
             && let Err(e) = c.subscribe(&chan).await
         {
-            self.failed(&e);
+            self.failed(id, &e);
             return Err(e);
         }
         Ok(MessageStream::new(rx))
@@ -252,23 +287,28 @@ impl Driver for ResilientDriver {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&chan);
         match self.inner.current_conn() {
-            Some(mut c) => c.unsubscribe(chan).await,
+            Some((_, mut c)) => c.unsubscribe(chan).await,
             None => Ok(()),
         }
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
+        let (id, mut c) = self.conn()?;
         let res = redis::cmd("PUBSUB")
             .arg("NUMSUB")
             .arg(chan)
-            .query_async::<(String, u16)>(&mut self.conn()?)
+            .query_async::<(String, u16)>(&mut c)
             .await;
         match res {
             Ok((_, count)) => Ok(count),
             Err(e) => {
-                self.failed(&e);
+                self.failed(id, &e);
                 Err(e)
             }
         }
     }
+}
+
+fn reconnecting() -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, "reconnecting to the Redis primary"))
 }
