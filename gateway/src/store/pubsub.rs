@@ -247,10 +247,7 @@ impl Driver for ResilientDriver {
                 .arg(val)
                 .query_async::<redis::Value>(&mut c)
                 .await
-                .map_err(|e| {
-                    self.failed(id, &e);
-                    e
-                }),
+                .inspect_err(|e| self.failed(id, e)),
             Err(e) => Err(e),
         };
         if let Err(e) = res {
