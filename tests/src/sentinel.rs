@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::RedisServer;
+use crate::tls::TestCerts;
 
 /// The name the Sentinel monitors (`REDIS_SENTINEL_MASTER`).
 pub const MASTER: &str = "vizora";
@@ -13,30 +14,63 @@ pub const MASTER: &str = "vizora";
 /// and becomes the node a `Cluster` reads from).
 pub struct SentinelSet {
     pub primary: RedisServer,
+    /// The replica's port as the Sentinel names it (its TLS port in a TLS set).
     pub replica_port: u16,
+    /// The port the gateway is given (TLS in a TLS set).
     pub sentinel_port: u16,
+    /// The plain port the harness asks.
+    plain_port: u16,
     sentinel: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
 impl SentinelSet {
     pub async fn start() -> (SentinelSet, RedisServer) {
-        let primary = RedisServer::start().await;
-        let replica = RedisServer::start_replica_of(&primary).await;
+        Self::start_with(None).await
+    }
+
+    /// With `certs`: the nodes replicate over TLS and the Sentinel speaks TLS on its port (the
+    /// harness still uses the plain ports next to them).
+    pub async fn start_with(certs: Option<&TestCerts>) -> (SentinelSet, RedisServer) {
+        let primary = match certs {
+            Some(c) => RedisServer::start_tls(c).await,
+            None => RedisServer::start().await,
+        };
+        let replica = match certs {
+            Some(c) => RedisServer::start_tls_replica_of(&primary, c).await,
+            None => RedisServer::start_replica_of(&primary).await,
+        };
         let dir = tempfile::tempdir().unwrap();
-        let port = crate::free_port();
+        let plain_port = crate::free_port();
+        // The port the gateway is given, and the ports the Sentinel knows the nodes by.
+        let (port, watched, replica_port, tls_conf) = match certs {
+            Some(c) => (
+                crate::free_port(),
+                primary.tls_port.unwrap(),
+                replica.tls_port.unwrap(),
+                format!(
+                    "tls-port {{port}}\ntls-replication yes\ntls-auth-clients no\n\
+                     tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
+                    c.server_cert.display(),
+                    c.server_key.display(),
+                    c.ca_cert.display()
+                ),
+            ),
+            None => (plain_port, primary.port, replica.port, String::new()),
+        };
+        let tls_conf = tls_conf.replace("{port}", &port.to_string());
         // Sentinel rewrites its configuration file, so it must be a writable file of its own.
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                "port {plain_port}\nbind 127.0.0.1\ndir {dir}\n{tls_conf}\
                  sentinel monitor {MASTER} 127.0.0.1 {p} 1\n\
                  sentinel down-after-milliseconds {MASTER} 1000\n\
                  sentinel failover-timeout {MASTER} 5000\n\
                  sentinel parallel-syncs {MASTER} 1\n",
                 dir = dir.path().display(),
-                p = primary.port,
+                p = watched,
             ),
         )
         .unwrap();
@@ -51,8 +85,9 @@ impl SentinelSet {
         .expect("redis-server must be installed (it runs as a Sentinel with --sentinel)");
         let set = SentinelSet {
             primary,
-            replica_port: replica.port,
+            replica_port,
             sentinel_port: port,
+            plain_port,
             sentinel: Some(child),
             _dir: dir,
         };
@@ -83,7 +118,7 @@ impl SentinelSet {
     }
 
     async fn sentinel_conn(&self) -> Option<redis::aio::MultiplexedConnection> {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.sentinel_port))
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.plain_port))
             .ok()?
             .get_multiplexed_async_connection()
             .await

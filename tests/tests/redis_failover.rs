@@ -268,3 +268,29 @@ async fn a_managed_endpoint_that_moves_to_an_up_to_date_replica_is_followed() {
         assert_eq!(st, 200, "{body}");
     }
 }
+
+#[tokio::test]
+async fn sentinel_and_the_primary_it_names_are_reached_over_tls() {
+    let certs = TestCerts::generate();
+    let (mut set, replica) = SentinelSet::start_with(Some(&certs)).await;
+    let sentinels = set.sentinels_env();
+    let ca = certs.ca_cert.display().to_string();
+    let c = Cluster::start_on(replica, 2, 0, |o| {
+        o.env("REDIS_SENTINELS", &sentinels)
+            .env("REDIS_SENTINEL_MASTER", MASTER)
+            .env("REDIS_SENTINEL_TLS", "true")
+            .env("SSL_CERT_FILE", &ca)
+            .env("LEASE_TTL_MS", 10_000)
+    })
+    .await;
+    let (a, b) = (&c.replicas[0], &c.replicas[1]);
+    let dev = ws_device(b.client(), DEV_A1).await;
+    command_reaches(a, DEV_A1, &dev).await;
+    set.sync_replica().await;
+
+    set.kill_primary_and_fail_over().await;
+
+    command_reaches(a, DEV_A1, &dev).await;
+    assert!(dev.is_connected());
+    assert!(c.lease(DEV_A1).await.is_some());
+}
