@@ -62,7 +62,7 @@ async fn a_cluster_runs_on_tls_redis_trusted_through_ssl_cert_file() {
     let redis = RedisServer::start_tls(&certs).await;
     let url = redis.tls_url();
     let ca = certs.ca_cert.display().to_string();
-    let c = Cluster::start_on(redis, 2, 0, |o| o.redis(&url).env("SSL_CERT_FILE", &ca)).await;
+    let c = Cluster::start_on(redis, &url, 2, 0, |o| o.env("SSL_CERT_FILE", &ca)).await;
     let (a, b) = (&c.replicas[0], &c.replicas[1]);
     let dev = ws_device(b.client(), DEV_A1).await;
     let dash = ws_dashboard(a.client(), ORG_A).await;
@@ -124,7 +124,7 @@ async fn a_sentinel_failover_strands_no_screen_and_reports_nobody_offline() {
     let sentinels = set.sentinels_env();
     // A lease TTL comfortably above the failover time (down-after 1 s + election): this test is
     // about following the new primary, not about leases that expired during the outage.
-    let c = Cluster::start_on(replica, 2, 4, |o| {
+    let c = Cluster::start_connected(replica, 2, 4, |o| {
         o.env("REDIS_SENTINELS", &sentinels)
             .env("REDIS_SENTINEL_MASTER", MASTER)
             .env("LEASE_TTL_MS", 10_000)
@@ -210,7 +210,7 @@ async fn a_managed_endpoint_that_moves_to_an_up_to_date_replica_is_followed() {
     let new = RedisServer::start_replica_of(&old).await;
     let endpoint = ManagedEndpoint::start(old.port).await;
     let url = endpoint.url();
-    let c = Cluster::start_on(new, 2, 4, |o| o.redis(&url).env("LEASE_TTL_MS", 10_000)).await;
+    let c = Cluster::start_on(new, &url, 2, 4, |o| o.env("LEASE_TTL_MS", 10_000)).await;
     let (a, b) = (&c.replicas[0], &c.replicas[1]);
     let dash = ws_dashboard(a.client(), ORG_A).await;
     let mut screens = Vec::new();
@@ -275,7 +275,7 @@ async fn sentinel_and_the_primary_it_names_are_reached_over_tls() {
     let (mut set, replica) = SentinelSet::start_with(Some(&certs)).await;
     let sentinels = set.sentinels_env();
     let ca = certs.ca_cert.display().to_string();
-    let c = Cluster::start_on(replica, 2, 0, |o| {
+    let c = Cluster::start_connected(replica, 2, 0, |o| {
         o.env("REDIS_SENTINELS", &sentinels)
             .env("REDIS_SENTINEL_MASTER", MASTER)
             .env("REDIS_SENTINEL_TLS", "true")
