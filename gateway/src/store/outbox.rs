@@ -10,9 +10,9 @@
 
 use std::time::Duration;
 
+use super::pool::{Conn, Pool};
 use ::redis::Value;
 use async_trait::async_trait;
-use super::pool::{Conn, Pool};
 
 use super::{STATS_TTL_S, StoreError, StoreResult};
 use crate::db::NewImpression;
