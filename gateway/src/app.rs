@@ -349,6 +349,20 @@ fn spawn_background(
         gw.clone(),
         |gw| async move { gw.flush_once().await },
     );
+    every(
+        tasks,
+        stop,
+        cfg.session_sweep_interval,
+        gw.clone(),
+        |gw| async move { gw.session_sweep_once().await },
+    );
+    every(
+        tasks,
+        stop,
+        Duration::from_secs(1),
+        gw.clone(),
+        |gw| async move { gw.suspended_refresh_once().await },
+    );
     let guard = guard.clone();
     every(
         tasks,

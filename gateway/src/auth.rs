@@ -27,6 +27,10 @@ pub struct DevicePrincipal {
     pub device_id: String,
     pub device_identifier: String,
     pub organization_id: String,
+    /// `exp` (epoch seconds), when the token has one: drives the near-expiry refresh.
+    pub exp: Option<i64>,
+    /// `iat` (epoch seconds): only long-lived (pairing) tokens are refreshed.
+    pub iat: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +39,8 @@ pub struct UserPrincipal {
     pub organization_id: String,
     pub role: String,
     pub jti: Option<String>,
+    /// `iat` (epoch seconds): sessions issued before a password change are expired.
+    pub iat: Option<i64>,
 }
 
 impl Principal {
@@ -58,6 +64,11 @@ pub enum AuthError {
     DeviceNotFound,
     #[error("device_disabled")]
     DeviceDisabled,
+    /// The token is not the one bound to the device row (re-paired, revoked, rotated away).
+    #[error("device_revoked")]
+    DeviceRevoked,
+    #[error("tenant_suspended")]
+    TenantSuspended,
     #[error("unavailable: {0}")]
     Unavailable(String),
 }
@@ -70,6 +81,8 @@ impl AuthError {
             AuthError::Expired => "auth_expired",
             AuthError::DeviceNotFound => "device_not_found",
             AuthError::DeviceDisabled => "device_disabled",
+            AuthError::DeviceRevoked => "device_revoked",
+            AuthError::TenantSuspended => "tenant_suspended",
             AuthError::Unavailable(_) => "unavailable",
         }
     }
@@ -88,6 +101,10 @@ struct DeviceClaims {
     device_identifier: Option<String>,
     #[serde(rename = "organizationId")]
     organization_id: String,
+    #[serde(default)]
+    exp: Option<i64>,
+    #[serde(default)]
+    iat: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -99,6 +116,8 @@ struct UserClaims {
     role: Option<String>,
     #[serde(default)]
     jti: Option<String>,
+    #[serde(default)]
+    iat: Option<i64>,
 }
 
 /// Verifies tokens with the two configured secrets.
@@ -147,6 +166,8 @@ impl TokenVerifier {
                 device_identifier: c.device_identifier.unwrap_or_default(),
                 device_id: c.sub,
                 organization_id: c.organization_id,
+                exp: c.exp,
+                iat: c.iat,
             }))
         } else {
             let c = jsonwebtoken::decode::<UserClaims>(token, &self.user_key, &self.validation)
@@ -160,6 +181,7 @@ impl TokenVerifier {
                 organization_id: c.organization_id,
                 role: c.role.unwrap_or_else(|| "viewer".into()),
                 jti: c.jti.filter(|j| !j.is_empty()),
+                iat: c.iat,
             }))
         }
     }
@@ -179,6 +201,18 @@ pub fn valid_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// SHA-256 of a device token, lowercase hex: the form `devices."jwtToken"` binds.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Whether a stored `jwtToken` is a SHA-256 hash (rather than NULL or the raw token that older
+/// middleware stored).
+pub fn is_token_hash(v: &str) -> bool {
+    v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Reads `vizora_auth_token` from a `Cookie` header value.
@@ -216,10 +250,47 @@ pub mod mint {
         ttl_secs: i64,
     ) -> Result<String, jsonwebtoken::errors::Error> {
         let iat = now();
+        device_token_at(
+            secret,
+            device_id,
+            device_identifier,
+            org,
+            iat,
+            iat + ttl_secs,
+        )
+    }
+
+    /// A device token with explicit `iat` and `exp` (epoch seconds), e.g. a 90-day pairing
+    /// token issued 80 days ago.
+    pub fn device_token_at(
+        secret: &str,
+        device_id: &str,
+        device_identifier: &str,
+        org: &str,
+        iat: i64,
+        exp: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         sign(
             secret,
             &json!({"sub": device_id, "deviceIdentifier": device_identifier, "organizationId": org,
-                    "type": "device", "iat": iat, "exp": iat + ttl_secs}),
+                    "type": "device", "iat": iat, "exp": exp}),
+        )
+    }
+
+    /// A refreshed device token: the same claims, a fresh `iat`/`exp`, and a unique `jti` so
+    /// two rotations within one second never mint byte-identical tokens.
+    pub fn refreshed_device_token(
+        secret: &str,
+        device_id: &str,
+        device_identifier: &str,
+        org: &str,
+        ttl_secs: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let iat = now();
+        sign(
+            secret,
+            &json!({"sub": device_id, "deviceIdentifier": device_identifier, "organizationId": org,
+                    "type": "device", "jti": uuid::Uuid::new_v4().to_string(), "iat": iat, "exp": iat + ttl_secs}),
         )
     }
 

@@ -218,7 +218,10 @@ async fn seed(prefix: &str, orgs: usize, devices: usize) -> anyhow::Result<()> {
 /// about a thousand screens: raise it to the hard limit, as servers commonly do, and log both.
 fn raise_open_file_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(now) => tracing::info!(open_files = now, "Open-file limit raised to the hard limit."),
+        Ok(now) => tracing::info!(
+            open_files = now,
+            "Open-file limit raised to the hard limit."
+        ),
         Err(e) => tracing::warn!(error = %e, "Could not raise the open-file limit."),
     }
 }

@@ -191,6 +191,9 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// `API_BASE_URL` (`http://localhost:3000`): base of rewritten `minio://` content URLs.
     pub api_base_url: String,
+    /// `CONTENT_URL_PATH` (`/api/device-content/{id}/file`): path of rewritten `minio://` content
+    /// URLs after `API_BASE_URL`; `{id}` is the content id.
+    pub content_url_path: String,
     /// `PUBLIC_URL` (`http://localhost:$PORT`): base of signed screenshot links in embedded mode.
     pub public_url: String,
     /// `STORAGE_DIR` (`./data/storage`): local object storage when no `MINIO_ENDPOINT`.
@@ -236,6 +239,11 @@ pub struct Config {
     pub command_queue_ttl: Duration,
     /// `HTTP_BODY_LIMIT_BYTES` (1048576): internal API body cap (413 above).
     pub http_body_limit: usize,
+    /// `DELIVERY_ACK_TIMEOUT_MS` (10000): how long an acknowledged `playlist:update` or
+    /// `command` waits for the client's ack before it is kept for replay.
+    pub delivery_ack_timeout: Duration,
+    /// `SESSION_SWEEP_INTERVAL_MS` (60000): how often dashboard sessions are re-checked.
+    pub session_sweep_interval: Duration,
     /// `LOG_FORMAT` (`text`; `json` for production log pipelines).
     pub log_json: bool,
     pub limits: Limits,
@@ -246,6 +254,11 @@ impl Config {
     /// for the JSON envelope, and nothing much larger.
     pub fn max_payload(&self) -> usize {
         self.screenshot_max_bytes.div_ceil(3) * 4 + 16 * 1024
+    }
+
+    /// The full template of rewritten `minio://` URLs: `API_BASE_URL` + `CONTENT_URL_PATH`.
+    pub fn content_url_template(&self) -> String {
+        format!("{}{}", self.api_base_url, self.content_url_path)
     }
 
     /// Loads from the process environment.
@@ -297,6 +310,12 @@ impl Config {
         let api_base_url = p
             .opt("API_BASE_URL")
             .unwrap_or_else(|| "http://localhost:3000".into());
+        let content_url_path = p
+            .opt("CONTENT_URL_PATH")
+            .unwrap_or_else(|| "/api/device-content/{id}/file".into());
+        if !content_url_path.starts_with('/') || !content_url_path.contains("{id}") {
+            p.err("CONTENT_URL_PATH", "must start with / and contain {id}");
+        }
         let public_url = p
             .opt("PUBLIC_URL")
             .unwrap_or_else(|| format!("http://localhost:{port}"))
@@ -354,6 +373,7 @@ impl Config {
             metrics_token,
             cors_origins,
             api_base_url: api_base_url.trim_end_matches('/').to_string(),
+            content_url_path,
             public_url,
             storage_dir,
             minio,
@@ -376,6 +396,8 @@ impl Config {
             command_queue_max: p.num("COMMAND_QUEUE_MAX", 100),
             command_queue_ttl: p.ms("COMMAND_QUEUE_TTL_MS", 86_400_000),
             http_body_limit: p.num("HTTP_BODY_LIMIT_BYTES", 1_048_576),
+            delivery_ack_timeout: p.ms("DELIVERY_ACK_TIMEOUT_MS", 10_000),
+            session_sweep_interval: p.ms("SESSION_SWEEP_INTERVAL_MS", 60_000),
             log_json: match p.opt("LOG_FORMAT").as_deref() {
                 None | Some("text") => false,
                 Some("json") => true,
@@ -639,6 +661,20 @@ mod tests {
         assert_eq!(c.impression_flush, Duration::from_millis(1000));
         assert_eq!(c.impression_batch_max, 500);
         assert!(c.max_payload() >= 2_796_204 && c.max_payload() < 3_000_000);
+        assert_eq!(c.delivery_ack_timeout, Duration::from_millis(10_000));
+        assert_eq!(c.session_sweep_interval, Duration::from_millis(60_000));
+        assert_eq!(
+            c.content_url_template(),
+            "http://localhost:3000/api/device-content/{id}/file"
+        );
+    }
+
+    #[test]
+    fn content_url_path_needs_a_slash_and_the_id() {
+        let mut m = base();
+        m.insert("CONTENT_URL_PATH".into(), "api/v1/x".into());
+        let e = Config::from_map(&m).unwrap_err();
+        assert!(e.0.iter().any(|l| l.contains("CONTENT_URL_PATH")), "{e:?}");
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! sockets; with the in-process adapter they stay local. Both are fire-and-forget.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
@@ -14,6 +16,18 @@ use socketioxide::adapter::Adapter;
 pub trait Emitter: Send + Sync + 'static {
     /// Emits `event` to every socket in `room`, cluster-wide.
     async fn emit(&self, room: String, event: &str, data: Value);
+    /// Emits to every socket in `room` except those also in `except`, cluster-wide.
+    async fn emit_except(&self, room: String, except: String, event: &str, data: Value);
+    /// Emits with an acknowledgement request to every socket in `room`, cluster-wide, and waits
+    /// up to `timeout`: one result per socket reached (empty when none was). An ack whose
+    /// argument cannot be decoded still counts as an answer (`Null`).
+    async fn emit_with_ack(
+        &self,
+        room: String,
+        event: &str,
+        data: Value,
+        timeout: Duration,
+    ) -> Vec<Result<Value, String>>;
     /// Server-disconnects every socket in `room`, cluster-wide (Socket.IO DISCONNECT, no retry).
     async fn disconnect_room(&self, room: String);
     /// Whether a socket with this sid is connected to this replica.
@@ -47,6 +61,47 @@ impl<A: Adapter> Emitter for IoEmitter<A> {
             && let Err(e) = io.to(room).emit(event, &data).await
         {
             tracing::warn!(event, error = %e, "Broadcast failed.");
+        }
+    }
+
+    async fn emit_except(&self, room: String, except: String, event: &str, data: Value) {
+        if let Some(io) = self.io.get()
+            && let Err(e) = io.to(room).except(except).emit(event, &data).await
+        {
+            tracing::warn!(event, error = %e, "Broadcast failed.");
+        }
+    }
+
+    async fn emit_with_ack(
+        &self,
+        room: String,
+        event: &str,
+        data: Value,
+        timeout: Duration,
+    ) -> Vec<Result<Value, String>> {
+        let Some(io) = self.io.get() else {
+            return Vec::new();
+        };
+        match io
+            .to(room)
+            .timeout(timeout)
+            .emit_with_ack::<_, Value>(event, &data)
+            .await
+        {
+            Ok(stream) => {
+                stream
+                    .map(|(_, r)| match r {
+                        Ok(v) => Ok(v),
+                        Err(socketioxide::AckError::Decode(_)) => Ok(Value::Null),
+                        Err(e) => Err(e.to_string()),
+                    })
+                    .collect()
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(event, error = %e, "Acknowledged emit failed.");
+                Vec::new()
+            }
         }
     }
 

@@ -20,6 +20,8 @@ pub struct Event {
     pub name: String,
     /// Arguments after the name (possibly none).
     pub args: Vec<Value>,
+    /// With manual acks: the id the server awaits an ack for ([`Client::ack`]).
+    pub ack_id: Option<u64>,
 }
 
 /// Why the connection ended.
@@ -284,6 +286,26 @@ impl Client {
                 }
                 st.close_reason.is_some().then_some(None)
             })
+            .await
+    }
+
+    /// The next event named `event` as a whole (with its `ack_id`); other events stay
+    /// buffered.
+    pub async fn wait_for_event(&self, event: &str, timeout: Duration) -> Option<Event> {
+        self.inner
+            .shared
+            .wait(Instant::now() + timeout, |st| {
+                if let Some(i) = st.events.iter().position(|e| e.name == event) {
+                    return Some(st.events.remove(i));
+                }
+                st.close_reason.is_some().then_some(None)
+            })
+            .await
+    }
+
+    /// Answers a server event's ack request (`43<id>[...args]`).
+    pub async fn ack(&self, id: u64, args: Vec<Value>) -> Result<(), ClientError> {
+        self.send_raw(&SioPacket::ack(&self.inner.nsp, id, args).to_engine())
             .await
     }
 

@@ -97,6 +97,7 @@ async fn connect_inner(opts: ClientOptions) -> Result<Client, ConnectError> {
         commands: cmd_rx,
         ping_window: ping_window(&open),
         auto_ack: opts.auto_ack,
+        manual_acks: opts.manual_acks,
     };
     tokio::spawn(driver.run());
     Ok(Client::new(sid, open.sid, nsp, shared, cmd_tx))

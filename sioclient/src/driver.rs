@@ -24,6 +24,8 @@ pub(crate) struct Driver {
     pub(crate) ping_window: Duration,
     /// Arguments of the automatic ack for server events that request one.
     pub(crate) auto_ack: Vec<serde_json::Value>,
+    /// Leave acks to the caller.
+    pub(crate) manual_acks: bool,
 }
 
 enum Exit {
@@ -131,10 +133,14 @@ impl Driver {
         match p.kind {
             SioKind::Event => {
                 if let Some((name, args)) = p.event_parts() {
-                    self.shared.push_event(Event { name, args });
+                    self.shared.push_event(Event {
+                        name,
+                        args,
+                        ack_id: p.id.filter(|_| self.manual_acks),
+                    });
                     // The server asked for an ack; this client has no handlers, so answer
                     // with the configured arguments rather than leave the server waiting.
-                    if let Some(id) = p.id {
+                    if let Some(id) = p.id.filter(|_| !self.manual_acks) {
                         self.conn.send(
                             SioPacket::ack(&self.nsp, id, self.auto_ack.clone()).to_engine(),
                             None,

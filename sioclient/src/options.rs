@@ -41,6 +41,10 @@ pub struct ClientOptions {
     /// decode the first ack argument (e.g. socketioxide's `emit_with_ack::<_, Value>`)
     /// need at least one.
     pub auto_ack: Vec<serde_json::Value>,
+    /// When true, server events that request an ack are not answered automatically: the
+    /// test answers (or deliberately does not) with [`crate::Client::ack`], using
+    /// [`crate::Event::ack_id`].
+    pub manual_acks: bool,
 }
 
 impl ClientOptions {
@@ -57,6 +61,7 @@ impl ClientOptions {
             path: "/socket.io/".to_owned(),
             namespace: "/".to_owned(),
             auto_ack: Vec::new(),
+            manual_acks: false,
         }
     }
 
@@ -99,6 +104,12 @@ impl ClientOptions {
     /// Sets the Socket.IO namespace (default `/`).
     pub fn namespace(mut self, n: impl Into<String>) -> Self {
         self.namespace = n.into();
+        self
+    }
+
+    /// Leaves acks of server events to the caller ([`crate::Client::ack`]).
+    pub fn manual_acks(mut self) -> Self {
+        self.manual_acks = true;
         self
     }
 

@@ -51,7 +51,31 @@ async fn official_socket_io_client_drives_the_gateway_like_the_shipped_clients()
     ensure_node_modules(&dir).await;
 
     let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    {
+        // Devices of `credentials.test.mjs` only.
+        use sea_orm::ConnectionTrait;
+        let conn = sea_orm::Database::connect(db.url()).await.unwrap();
+        conn.execute_unprepared(&format!(
+            r#"INSERT INTO devices ("id","organizationId","deviceIdentifier","updatedAt") VALUES
+               ('dev-c1','{ORG_A}','mac-c1',CURRENT_TIMESTAMP),('dev-c2','{ORG_A}','mac-c2',CURRENT_TIMESTAMP),
+               ('dev-c3','{ORG_A}','mac-c3',CURRENT_TIMESTAMP)"#
+        ))
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
     let gw = Gateway::start(GatewayOptions::new(db)).await;
+    let now = chrono::Utc::now().timestamp();
+    // A 90-day pairing token with 10 days left.
+    let near_expiry = mint::device_token_at(
+        DEVICE_SECRET,
+        "dev-c1",
+        "mac-c1",
+        ORG_A,
+        now - 80 * 86_400,
+        now + 10 * 86_400,
+    )
+    .unwrap();
     // Its own database: two SQLite-backed gateways must not share a file.
     let (db2, _pg2, _dir2) = gateway::seeded_db("sqlite", 0).await;
     let limited = Gateway::start(
@@ -93,6 +117,9 @@ async fn official_socket_io_client_drives_the_gateway_like_the_shipped_clients()
         .env("MISSING_DEVICE_TOKEN", device_token("dev-missing", ORG_A))
         .env("WRONG_ORG_DEVICE_TOKEN", device_token(DEV_B1, ORG_A))
         .env("EXPIRED_DEVICE_TOKEN", expired)
+        .env("NEAR_EXPIRY_TOKEN_C1", near_expiry)
+        .env("DEVICE_TOKEN_C2", device_token("dev-c2", ORG_A))
+        .env("DEVICE_TOKEN_C3", device_token("dev-c3", ORG_A))
         .env("INTERNAL_KEY", INTERNAL_KEY)
         .env("ORG_A", ORG_A)
         .stdin(Stdio::null())

@@ -372,7 +372,7 @@ async fn pushes_and_commands_reach_the_device() {
         assert_eq!(s, 201, "{r}");
         assert_eq!(
             r,
-            json!({"success": true, "message": "Playlist update sent to device"})
+            json!({"success": true, "message": "Playlist update sent to device", "delivery": "delivered"})
         );
         let upd = expect_event(&a1, "playlist:update", &what).await;
         assert_iso_ms(&upd["timestamp"], &what);

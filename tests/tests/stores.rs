@@ -10,8 +10,8 @@ use std::time::Duration;
 use vizora_gateway::store::memory::MemoryStore;
 use vizora_gateway::store::redis::RedisStore;
 use vizora_gateway::store::{
-    HeartbeatOutcome, LiveLease, OfflineNotice, PresenceStore, RefreshOutcome, StateStore,
-    SweepGuard, now_ms,
+    HeartbeatOutcome, HeartbeatWrite, LiveLease, OfflineNotice, PresenceStore, RefreshOutcome,
+    StateStore, SweepGuard, now_ms,
 };
 use vizora_gateway_tests::{RedisServer, eventually};
 
@@ -74,6 +74,10 @@ on_both_stores!(
     a_release_over_an_older_stored_epoch_is_the_offline_transition,
     a_revived_lease_cancels_the_offline_notice_of_its_sweep,
     the_first_sweep_after_a_gap_waits_out_the_grace,
+    a_refresh_claim_is_won_once_and_the_grace_dropped_only_by_its_owner,
+    a_heartbeat_bound_to_another_token_is_stale_and_takes_nothing,
+    pending_deliveries_are_taken_once,
+    suspended_organisations_are_shared,
 );
 
 fn live(device: &str, sid: &str, epoch: u64) -> LiveLease {
@@ -476,4 +480,156 @@ async fn a_release_after_redis_lost_its_state_is_the_offline_transition() {
         !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
         "only once"
     );
+}
+
+async fn a_refresh_claim_is_won_once_and_the_grace_dropped_only_by_its_owner(s: &dyn Store) {
+    let g1 = r#"{"prev":"a","next":"b"}"#;
+    assert!(s.claim_token_refresh("d", g1, 600, 3600).await.unwrap());
+    assert!(
+        !s.claim_token_refresh("d", r#"{"prev":"a","next":"c"}"#, 600, 3600)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.token_grace("d").await.unwrap().as_deref(),
+        Some(g1),
+        "the loser wrote nothing"
+    );
+    s.drop_token_grace("d", r#"{"prev":"x","next":"y"}"#, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.token_grace("d").await.unwrap().as_deref(),
+        Some(g1),
+        "not ours: kept"
+    );
+    s.drop_token_grace("d", g1, true).await.unwrap();
+    assert_eq!(s.token_grace("d").await.unwrap(), None);
+    assert!(
+        s.claim_token_refresh("d", g1, 600, 3600).await.unwrap(),
+        "cooldown released"
+    );
+}
+
+fn hb<'a>(device: &'a str, sid: &'a str, bound: Option<&'a str>, take: bool) -> HeartbeatWrite<'a> {
+    hb_at(device, sid, 0, bound, take)
+}
+
+fn hb_at<'a>(
+    device: &'a str,
+    sid: &'a str,
+    epoch: u64,
+    bound: Option<&'a str>,
+    take: bool,
+) -> HeartbeatWrite<'a> {
+    HeartbeatWrite {
+        device,
+        sid,
+        epoch,
+        status_json: "{}",
+        latest_json: "{}",
+        bound,
+        take_pending_playlist: take,
+        delivery_ack: false,
+    }
+}
+
+async fn a_heartbeat_bound_to_another_token_is_stale_and_takes_nothing(s: &dyn Store) {
+    s.enqueue_command("d", "c1", 10, 60_000).await.unwrap();
+    // No marker: any binding is live.
+    let f = s
+        .device_heartbeat(&hb("d", "s", Some("h1"), false))
+        .await
+        .unwrap();
+    assert_eq!(f.outcome, HeartbeatOutcome::Live(vec!["c1".into()]));
+    s.enqueue_command("d", "c2", 10, 60_000).await.unwrap();
+    s.set_token_marker("d", Some("h2"), 60, false)
+        .await
+        .unwrap();
+    let f = s
+        .device_heartbeat(&hb("d", "s", Some("h1"), false))
+        .await
+        .unwrap();
+    assert_eq!(f.outcome, HeartbeatOutcome::Stale);
+    let f = s
+        .device_heartbeat(&hb("d", "s", Some(""), false))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.outcome,
+        HeartbeatOutcome::Stale,
+        "an unbound socket after a re-pair"
+    );
+    let f = s
+        .device_heartbeat(&hb("d", "s", Some("h2"), false))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.outcome,
+        HeartbeatOutcome::Live(vec!["c2".into()]),
+        "kept for the bound socket"
+    );
+    // A rotation only rewrites a marker that exists.
+    s.set_token_marker("d", Some("h3"), 60, true).await.unwrap();
+    let f = s
+        .device_heartbeat(&hb("d", "s", Some("h3"), false))
+        .await
+        .unwrap();
+    assert_eq!(f.outcome, HeartbeatOutcome::Live(vec![]));
+    s.set_token_marker("d", None, 60, false).await.unwrap();
+    s.set_token_marker("d", Some("h4"), 60, true).await.unwrap();
+    let f = s
+        .device_heartbeat(&hb("d", "s", Some("h1"), false))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.outcome,
+        HeartbeatOutcome::Live(vec![]),
+        "no marker, no check"
+    );
+}
+
+async fn pending_deliveries_are_taken_once(s: &dyn Store) {
+    s.enqueue_command("d", "c1", 10, 60_000).await.unwrap();
+    s.set_pending_playlist("d", r#"{"playlist":1}"#, 1800)
+        .await
+        .unwrap();
+    let (c, p) = s.take_pending("d", Some("s1")).await.unwrap();
+    assert_eq!(
+        (c, p.as_deref()),
+        (vec!["c1".to_string()], Some(r#"{"playlist":1}"#))
+    );
+    assert_eq!(s.take_pending("d", None).await.unwrap(), (vec![], None));
+    // The acknowledging socket is known only while the lease names it.
+    assert_eq!(s.lease_and_ack("d").await.unwrap(), (None, false));
+    s.acquire("d", "o", "r", "s1", 30_000).await.unwrap();
+    assert!(s.lease_and_ack("d").await.unwrap().1);
+    let a2 = s.acquire("d", "o", "r", "s2", 30_000).await.unwrap();
+    assert!(
+        !s.lease_and_ack("d").await.unwrap().1,
+        "a newer, older-generation socket"
+    );
+    s.set_pending_playlist("d", "p2", 1800).await.unwrap();
+    let f = s
+        .device_heartbeat(&hb_at("d", "s2", a2.epoch, None, false))
+        .await
+        .unwrap();
+    assert_eq!(f.pending_playlist, None, "only taken when asked");
+    let f = s
+        .device_heartbeat(&hb_at("d", "s2", a2.epoch, None, true))
+        .await
+        .unwrap();
+    assert_eq!(f.pending_playlist.as_deref(), Some("p2"));
+    let f = s
+        .device_heartbeat(&hb_at("d", "s2", a2.epoch, None, true))
+        .await
+        .unwrap();
+    assert_eq!(f.pending_playlist, None);
+}
+
+async fn suspended_organisations_are_shared(s: &dyn Store) {
+    s.set_suspended("o1", true).await.unwrap();
+    s.set_suspended("o2", true).await.unwrap();
+    s.set_suspended("o2", false).await.unwrap();
+    assert_eq!(s.suspended_orgs().await.unwrap(), vec!["o1".to_string()]);
 }

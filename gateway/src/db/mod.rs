@@ -107,6 +107,8 @@ pub struct Db {
     backend: DbBackend,
     /// Whether `devices."isDisabled"` exists (later Vizora schemas add it).
     has_disabled: bool,
+    /// Whether `organizations."subscriptionStatus"` exists (later Vizora schemas add it).
+    has_subscription: bool,
 }
 
 pub fn now() -> NaiveDateTime {
@@ -154,9 +156,14 @@ impl Db {
             conn,
             backend,
             has_disabled: false,
+            has_subscription: false,
         };
         db.has_disabled = db
             .column_exists("devices", "isDisabled")
+            .await
+            .unwrap_or(false);
+        db.has_subscription = db
+            .column_exists("organizations", "subscriptionStatus")
             .await
             .unwrap_or(false);
         Ok(db)
@@ -197,24 +204,58 @@ impl Db {
         Ok(())
     }
 
-    /// The auth check: organisation and disabled flag of a device.
+    /// The auth check: organisation, disabled flag, bound token and tenant suspension of a
+    /// device (optional columns read where the schema has them).
     pub async fn device_auth(&self, id: &str) -> DbResult<Option<DeviceAuth>> {
-        let sql = if self.has_disabled {
-            r#"SELECT "organizationId" AS org, "isDisabled" AS disabled FROM devices WHERE "id" = $1"#
+        let disabled = if self.has_disabled {
+            r#"d."isDisabled""#
         } else {
-            r#"SELECT "organizationId" AS org, false AS disabled FROM devices WHERE "id" = $1"#
+            "false"
         };
+        let suspended = if self.has_subscription {
+            r#"o."subscriptionStatus""#
+        } else {
+            "NULL"
+        };
+        let sql = format!(
+            r#"SELECT d."organizationId" AS org, {disabled} AS disabled, d."jwtToken" AS jwt, {suspended} AS sub
+               FROM devices d LEFT JOIN organizations o ON o."id" = d."organizationId" WHERE d."id" = $1"#
+        );
         let row = self
             .conn
-            .query_one_raw(self.stmt(sql, vec![id.into()]))
+            .query_one_raw(self.stmt(&sql, vec![id.into()]))
             .await?;
         row.map(|r| {
             Ok(DeviceAuth {
                 organization_id: r.try_get("", "org")?,
                 disabled: r.try_get::<Option<bool>>("", "disabled")?.unwrap_or(false),
+                jwt_token: r.try_get::<Option<String>>("", "jwt")?,
+                suspended: r.try_get::<Option<String>>("", "sub")?.as_deref() == Some("suspended"),
             })
         })
         .transpose()
+    }
+
+    /// Rotates `devices."jwtToken"` to `new_hash`, only if it still holds `expected` (a
+    /// concurrent re-pair or revocation wins). True when the row was rotated.
+    pub async fn rotate_device_token(
+        &self,
+        id: &str,
+        org: &str,
+        expected: Option<&str>,
+        new_hash: &str,
+    ) -> DbResult<bool> {
+        let (guard, mut values): (&str, Vec<Value>) = match expected {
+            Some(e) => (r#""jwtToken" = $5"#, vec![e.into()]),
+            None => (r#""jwtToken" IS NULL"#, vec![]),
+        };
+        let sql = format!(
+            r#"UPDATE devices SET "jwtToken" = $1, "updatedAt" = $2 WHERE "id" = $3 AND "organizationId" = $4 AND {guard}"#
+        );
+        let mut all: Vec<Value> = vec![new_hash.into(), now().into(), id.into(), org.into()];
+        all.append(&mut values);
+        let r = self.conn.execute_raw(self.stmt(&sql, all)).await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// What the connect-time `config` and playlist need.

@@ -7,6 +7,11 @@ use serde_json::Value as Json;
 pub struct DeviceAuth {
     pub organization_id: String,
     pub disabled: bool,
+    /// `devices."jwtToken"`: the SHA-256 of the bound token, the raw token (older middleware),
+    /// or NULL.
+    pub jwt_token: Option<String>,
+    /// `organizations."subscriptionStatus" = 'suspended'` (false where the column is absent).
+    pub suspended: bool,
 }
 
 #[derive(Clone, Debug)]

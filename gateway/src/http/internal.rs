@@ -20,6 +20,8 @@ use crate::service::commands::{CommandError, Delivery};
 
 /// Most device ids one broadcast command may name.
 const BROADCAST_MAX: usize = 1000;
+/// Devices of one broadcast command handled at once.
+const BROADCAST_CONCURRENCY: usize = 64;
 
 pub async fn require_key(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
     let given = req
@@ -152,11 +154,12 @@ pub async fn push_playlist(
 ) -> Result<Response, ApiError> {
     let device = device_id(&b, &["deviceId"])?;
     let playlist = object_field(&b, "playlist")?;
-    gw.push_playlist(&device, playlist)
+    let d = gw
+        .push_playlist(&device, playlist)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(created(
-        json!({"success": true, "message": "Playlist update sent to device"}),
+        json!({"success": true, "message": "Playlist update sent to device", "delivery": delivery_name(d)}),
     ))
 }
 
@@ -273,8 +276,22 @@ pub async fn broadcast_command(
     let mut ids_out = Map::new();
     let mut failed = Vec::new();
     let mut first_error = None;
-    for id in &ids {
-        match gw.send_command(id, cmd.clone()).await {
+    // Concurrently (bounded): a device that acknowledges deliveries may take up to the ack
+    // timeout, which must not add up across a thousand devices.
+    use futures_util::StreamExt;
+    let outcomes: Vec<(String, _)> = futures_util::stream::iter(ids.clone())
+        .map(|id: String| {
+            let (gw, cmd) = (gw.clone(), cmd.clone());
+            async move {
+                let r = gw.send_command(&id, cmd).await;
+                (id, r)
+            }
+        })
+        .buffered(BROADCAST_CONCURRENCY)
+        .collect()
+        .await;
+    for (id, outcome) in outcomes {
+        match outcome {
             Ok((cid, d)) => {
                 match d {
                     Delivery::Delivered => delivered += 1,
@@ -326,6 +343,81 @@ pub async fn push_broadcast(
     gw.broadcast_org(&org, &event, data).await;
     Ok(created(
         json!({"success": true, "message": "Broadcast sent to organization"}),
+    ))
+}
+
+/// An optional short string field (`reason`), bounded.
+fn opt_reason(b: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match b.get("reason") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(r)) if r.len() <= 200 => Ok(Some(r.clone())),
+        Some(Value::String(_)) => Err(ApiError::field("reason", "must be at most 200 characters")),
+        Some(_) => Err(ApiError::field("reason", "must be a string")),
+    }
+}
+
+/// `POST /api/internal/device-revoked {deviceId, reason?}`: 2xx also when the device is not
+/// connected (the middleware's circuit breaker must not open on revocations).
+pub async fn device_revoked(
+    State(gw): State<Arc<Gateway>>,
+    Body(b): Body,
+) -> Result<Response, ApiError> {
+    let device = device_id(&b, &["deviceId"])?;
+    let reason = opt_reason(&b)?.unwrap_or_else(|| "revoked".into());
+    let online = gw.revoke_device(&device, &reason).await;
+    let message = if online {
+        "device:revoked emitted and device disconnected"
+    } else {
+        "Device not connected (will confirm via auth/check on next contact)"
+    };
+    Ok(created(json!({"success": true, "message": message})))
+}
+
+/// `POST /api/internal/tenant-entitlement {organizationId, state, reason?}`.
+pub async fn tenant_entitlement(
+    State(gw): State<Arc<Gateway>>,
+    Body(b): Body,
+) -> Result<Response, ApiError> {
+    let org = device_id(&b, &["organizationId"])?;
+    let state = match b.get("state") {
+        Some(Value::String(s)) if s == "suspended" || s == "resumed" => s.clone(),
+        None | Some(Value::Null) => return Err(ApiError::field("state", "is required")),
+        Some(_) => {
+            return Err(ApiError::field(
+                "state",
+                "must be one of suspended, resumed",
+            ));
+        }
+    };
+    let reason = opt_reason(&b)?;
+    gw.set_tenant_entitlement(&org, state == "suspended", reason)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(created(
+        json!({"success": true, "message": format!("tenant:{state} emitted")}),
+    ))
+}
+
+/// `POST /api/notifications/broadcast {organizationId, notification}`.
+pub async fn notification_broadcast(
+    State(gw): State<Arc<Gateway>>,
+    Body(b): Body,
+) -> Result<Response, ApiError> {
+    let org = device_id(&b, &["organizationId"])?;
+    let notification = object_field(&b, "notification")?;
+    match notification.get("userId") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(u)) if valid_id(u) => {}
+        Some(_) => {
+            return Err(ApiError::field(
+                "notification.userId",
+                "must be a user id of at most 128 characters [A-Za-z0-9._-]",
+            ));
+        }
+    }
+    gw.broadcast_notification(&org, notification).await;
+    Ok(created(
+        json!({"success": true, "message": "Notification broadcasted to organization"}),
     ))
 }
 

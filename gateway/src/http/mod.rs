@@ -33,6 +33,18 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
         .route("/api/internal/command", post(internal::command))
         .route("/api/commands/broadcast", post(internal::broadcast_command))
         .route(
+            "/api/internal/device-revoked",
+            post(internal::device_revoked),
+        )
+        .route(
+            "/api/internal/tenant-entitlement",
+            post(internal::tenant_entitlement),
+        )
+        .route(
+            "/api/notifications/broadcast",
+            post(internal::notification_broadcast),
+        )
+        .route(
             "/api/internal/devices/{id}/presence",
             get(internal::presence),
         )

@@ -70,13 +70,25 @@ impl Gateway {
         // Live means a lease whose socket can receive room emits. A `pending` lease names a socket
         // still in its connect middleware, in no namespace yet on whichever replica holds it: an
         // emit now would be lost, so queue it; the socket drains the queue once it is in.
-        let online = matches!(self.presence.lease(device).await?, Some(l) if !l.pending);
+        let (lease, acked) = self.state.lease_and_ack(device).await?;
+        let online = matches!(lease, Some(l) if !l.pending);
         if online {
-            self.emitter
-                .emit(room::device(device), names::COMMAND, cmd)
-                .await;
-            self.metrics.command("delivered");
-            Ok(Delivery::Delivered)
+            // Older sockets get it plainly ("delivered" as before); sockets that advertised
+            // `deliveryAck` must acknowledge it, else it goes back to the queue.
+            match self
+                .deliver_live(device, names::COMMAND, cmd.clone(), acked)
+                .await
+            {
+                super::delivery::AckOutcome::Failed(why) => {
+                    tracing::info!(device, reason = %why, "Command not acknowledged; queued for replay.");
+                    self.requeue(device, std::slice::from_ref(&cmd)).await;
+                    Ok(Delivery::Queued)
+                }
+                _ => {
+                    self.metrics.command("delivered");
+                    Ok(Delivery::Delivered)
+                }
+            }
         } else {
             self.state
                 .enqueue_command(
@@ -103,18 +115,18 @@ impl Gateway {
         }
     }
 
-    /// `POST /api/push/playlist`: invalidate the cached playlist, push the update.
-    pub async fn push_playlist(&self, device: &str, playlist: Value) -> Result<(), StoreError> {
+    /// `POST /api/push/playlist`: invalidate the cached playlist, push the update (acknowledged
+    /// by the sockets that advertised `deliveryAck`; `Queued` when they did not acknowledge it).
+    pub async fn push_playlist(
+        &self,
+        device: &str,
+        playlist: Value,
+    ) -> Result<Delivery, StoreError> {
         self.state.invalidate_playlist(device).await?;
-        let pl = playlist::push_form(&self.db, playlist, &self.cfg.api_base_url).await;
-        self.emitter
-            .emit(
-                room::device(device),
-                names::PLAYLIST_UPDATE,
-                json!({"playlist": pl, "timestamp": iso_now()}),
-            )
-            .await;
-        Ok(())
+        let pl = playlist::push_form(&self.db, playlist, &self.cfg.content_url_template()).await;
+        Ok(self
+            .deliver_playlist(device, json!({"playlist": pl, "timestamp": iso_now()}))
+            .await)
     }
 
     pub async fn push_qr_overlay(&self, device: &str, overlay: Value) {

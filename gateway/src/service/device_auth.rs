@@ -33,6 +33,12 @@ impl DeviceAuthCache {
             .map(|(v, _)| v.clone())
     }
 
+    /// Drops a device's entry (after a rotation or revocation this replica performed).
+    pub fn forget(&self, id: &str) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(id);
+    }
+
     fn put(&self, id: &str, v: Option<DeviceAuth>) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
@@ -49,6 +55,12 @@ impl Gateway {
         if let Some(v) = self.auth_cache.get(id, FRESH) {
             return Ok(v);
         }
+        self.device_auth_fresh(id).await
+    }
+
+    /// The row read from the database now (the cache is refreshed with it), falling back to
+    /// an older answer only when the database fails.
+    pub async fn device_auth_fresh(&self, id: &str) -> Result<Option<DeviceAuth>, DbError> {
         let fresh = match tokio::time::timeout(DB_TIMEOUT, self.db.device_auth(id)).await {
             Ok(r) => r,
             Err(_) => Err(DbError("device lookup timed out".into())),

@@ -4,15 +4,20 @@
 use chrono::Timelike;
 use serde_json::{Map, Value, json};
 
+use super::credentials::DeviceSession;
 use super::{Gateway, commands::parse_commands, playlist};
 use crate::db::{DbError, NewImpression, now};
-use crate::store::{HeartbeatOutcome, StoreError, now_ms};
+use crate::store::{HeartbeatOutcome, HeartbeatWrite, StoreError, now_ms};
 use crate::wire::events::{ContentError, Heartbeat, Impression};
 
-/// The heartbeat ack's `data`, and whether the socket turned out to be superseded.
+/// The heartbeat ack's `data`, whether the socket turned out to be superseded or bound to a
+/// stale token, and what a capabilities client gets replayed as events instead of in the ack.
 pub struct HeartbeatReply {
     pub data: Value,
     pub superseded: bool,
+    pub stale: bool,
+    pub replay_playlist: Option<Value>,
+    pub replay_commands: Vec<Value>,
 }
 
 /// The `config` event's fixed fields (reference §3.2).
@@ -23,12 +28,16 @@ impl Gateway {
     /// the database. If Redis is unreachable the device still gets its ack (presence follows the
     /// socket, not the heartbeat) and the error is counted. A socket a newer epoch has
     /// superseded writes nothing, gets no commands, and is told so (`superseded`).
+    /// `session` is the socket's credential and capability state: its bound token hash is
+    /// checked in the same script; a client that sent `auth.capabilities` gets `commands: []`
+    /// and its drained commands (and pending playlist) back for replay as events.
     pub async fn heartbeat(
         &self,
         device: &str,
         org: &str,
         sid: &str,
         hb: Heartbeat,
+        session: Option<&DeviceSession>,
     ) -> HeartbeatReply {
         let at = now_ms();
         let mut status = Map::new();
@@ -57,29 +66,53 @@ impl Gateway {
             return HeartbeatReply {
                 data: json!({"nextHeartbeatIn": self.cfg.heartbeat_interval.as_millis() as u64, "commands": []}),
                 superseded: false,
+                stale: false,
+                replay_playlist: None,
+                replay_commands: Vec::new(),
             };
         };
-        let (commands, superseded) = match self
-            .state
-            .heartbeat(
-                device,
-                epoch,
-                &Value::Object(status).to_string(),
-                &Value::Object(latest).to_string(),
-            )
-            .await
-        {
-            Ok(HeartbeatOutcome::Live(raw)) => (parse_commands(raw), false),
-            Ok(HeartbeatOutcome::Superseded) => (Vec::new(), true),
-            Err(e) => {
-                self.metrics.store_error("redis", "heartbeat");
-                tracing::debug!(device, error = %e, "Heartbeat could not reach Redis.");
-                (Vec::new(), false)
-            }
+        let bound = session.map(DeviceSession::bound);
+        let (status, latest) = (
+            Value::Object(status).to_string(),
+            Value::Object(latest).to_string(),
+        );
+        let write = HeartbeatWrite {
+            device,
+            sid,
+            epoch,
+            status_json: &status,
+            latest_json: &latest,
+            bound: bound.as_deref(),
+            take_pending_playlist: session.is_some_and(|s| s.capabilities),
+            delivery_ack: session.is_some_and(|s| s.delivery_ack),
         };
+        let (mut commands, mut pending, superseded, stale) =
+            match self.state.device_heartbeat(&write).await {
+                Ok(f) => match f.outcome {
+                    HeartbeatOutcome::Live(raw) => {
+                        (parse_commands(raw), f.pending_playlist, false, false)
+                    }
+                    HeartbeatOutcome::Superseded => (Vec::new(), None, true, false),
+                    HeartbeatOutcome::Stale => (Vec::new(), None, false, true),
+                },
+                Err(e) => {
+                    self.metrics.store_error("redis", "heartbeat");
+                    tracing::debug!(device, error = %e, "Heartbeat could not reach Redis.");
+                    (Vec::new(), None, false, false)
+                }
+            };
+        let mut replay_commands = Vec::new();
+        if session.is_some_and(|s| s.capabilities) {
+            // The latest players ignore commands in the ack: they travel as events.
+            replay_commands = std::mem::take(&mut commands);
+        }
+        let replay_playlist = pending.take().and_then(|p| serde_json::from_str(&p).ok());
         HeartbeatReply {
             data: json!({"nextHeartbeatIn": self.cfg.heartbeat_interval.as_millis() as u64, "commands": commands}),
             superseded,
+            stale,
+            replay_playlist,
+            replay_commands,
         }
     }
 
@@ -198,7 +231,7 @@ impl Gateway {
         let Some(pid) = playlist_id else {
             return Ok(None);
         };
-        let resolved = playlist::resolve(&self.db, &pid, &self.cfg.api_base_url).await?;
+        let resolved = playlist::resolve(&self.db, &pid, &self.cfg.content_url_template()).await?;
         if let Some(p) = &resolved
             && self
                 .state

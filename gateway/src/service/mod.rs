@@ -2,6 +2,8 @@
 //! Handlers (socket and HTTP) only translate between the wire and these functions.
 
 pub mod commands;
+pub mod credentials;
+pub mod delivery;
 pub mod device_auth;
 pub mod device_events;
 pub mod impressions;
@@ -13,6 +15,7 @@ pub mod presence;
 pub mod reconcile;
 pub mod rooms;
 pub mod screenshots;
+pub mod sessions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +45,15 @@ pub mod room {
     pub fn socket(sid: &str) -> String {
         format!("socket:{sid}")
     }
+    /// A device's sockets that acknowledge deliveries (`auth.capabilities.deliveryAck`).
+    /// Not a client-joinable pattern.
+    pub fn device_acked(id: &str) -> String {
+        format!("device-ack:{id}")
+    }
+    /// A dashboard user's sockets (per-user notifications). Not a client-joinable pattern.
+    pub fn user(sub: &str) -> String {
+        format!("user:{sub}")
+    }
 }
 
 /// Everything the services share. Built once by `app::run`.
@@ -60,6 +72,10 @@ pub struct Gateway {
     pub persister: persist::Persister,
     pub device_limiter: crate::limits::DeviceLimiter,
     pub auth_cache: device_auth::DeviceAuthCache,
+    /// This replica's dashboard sockets (the session sweep walks them).
+    pub dashboards: sessions::DashboardRegistry,
+    /// Organisations suspended through the internal API, as this replica last read them.
+    pub suspended: sessions::SuspendedOrgs,
     draining: AtomicBool,
     redis_healthy: AtomicBool,
     /// Test-only delays between lease steps (feature `test-hooks`).
@@ -83,6 +99,8 @@ impl Gateway {
             verifier: TokenVerifier::new(&cfg.device_jwt_secret, &cfg.jwt_secret),
             device_limiter: crate::limits::DeviceLimiter::new(&cfg.limits),
             auth_cache: device_auth::DeviceAuthCache::default(),
+            dashboards: sessions::DashboardRegistry::default(),
+            suspended: sessions::SuspendedOrgs::default(),
             live: live::LiveRegistry::default(),
             hooks: crate::hooks::Hooks::from_env(),
             cfg,

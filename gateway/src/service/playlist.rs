@@ -28,10 +28,12 @@ impl PlaylistSource for Db {
 /// Default item duration in seconds when `PlaylistItem.duration` is null or 0.
 pub const DEFAULT_ITEM_DURATION: i64 = 10;
 
-/// `minio://…` → `{API_BASE_URL}/api/device-content/{contentId}/file`; anything else unchanged.
+/// `minio://…` → the content URL template with `{id}` replaced (`{API_BASE_URL}` +
+/// `CONTENT_URL_PATH`, by default `…/api/device-content/{id}/file`); anything else unchanged.
+/// `api_base` is that template (see `Config::content_url_template`).
 pub fn resolve_url(url: &str, content_id: &str, api_base: &str) -> String {
     if url.starts_with("minio://") {
-        format!("{api_base}/api/device-content/{content_id}/file")
+        api_base.replace("{id}", content_id)
     } else {
         url.to_string()
     }
@@ -223,7 +225,7 @@ mod tests {
         }
     }
 
-    const BASE: &str = "http://api.example";
+    const BASE: &str = "http://api.example/api/device-content/{id}/file";
 
     #[test]
     fn minio_urls_are_rewritten_others_kept() {

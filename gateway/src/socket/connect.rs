@@ -17,6 +17,7 @@ use socketioxide::extract::{Extension, SocketRef, State, TryData};
 use super::SocketCtx;
 use crate::auth::{AuthError, Principal, token_from_cookie};
 use crate::limits::MessageLimiter;
+use crate::service::credentials::{self, DeviceSession};
 use crate::service::{Gateway, room};
 use crate::wire::events::names;
 use crate::wire::iso_now;
@@ -49,6 +50,12 @@ pub async fn authenticate<A: Adapter>(
             };
             gw.metrics.connection(kind, "accepted");
             s.extensions.insert(Arc::new(ctx));
+            // Event handlers are registered here, not in the connect handler: socketioxide
+            // spawns that handler after sending CONNECT, so a client that emits at once (the
+            // latest players heartbeat on `connect`) could otherwise reach a socket without
+            // handlers and have its event dropped.
+            super::events::register(&s);
+            s.on_disconnect(on_disconnect::<A>);
             Ok(())
         }
         Err(AuthError::Unavailable(why)) => {
@@ -88,6 +95,7 @@ async fn admit<A: Adapter>(
         None => (cookie_token().ok_or(AuthError::Invalid)?, true),
     };
     let principal = gw.verifier.verify(&token)?;
+    let mut session = None;
     match &principal {
         Principal::Device(d) => {
             // Devices authenticate with `auth.token` only.
@@ -105,6 +113,12 @@ async fn admit<A: Adapter>(
             if row.disabled {
                 return Err(AuthError::DeviceDisabled);
             }
+            let binding = gw.bind_device_token(d, &token, &row).await?;
+            if row.suspended || gw.suspended.contains(&d.organization_id) {
+                return Err(AuthError::TenantSuspended);
+            }
+            let (caps, ack) = credentials::capabilities(auth.as_ref());
+            let s_ = DeviceSession::new(d, binding, caps, ack);
             pace(gw, &d.device_id).await?;
             let sid = s.id.to_string();
             gw.acquire_device(&d.device_id, &d.organization_id, &sid)
@@ -113,16 +127,17 @@ async fn admit<A: Adapter>(
             // Join before the socket enters the namespace, so no room emit can fall between the
             // socket becoming reachable and the connect handler running (socketioxide removes
             // these memberships if the handshake still fails).
-            s.join(device_rooms(d, &sid));
+            s.join(device_rooms(d, &sid, s_.delivery_ack));
+            session = Some(Arc::new(s_));
         }
         Principal::User(u) => {
-            if let Some(jti) = &u.jti
-                && gw
-                    .state
-                    .is_revoked(jti)
-                    .await
-                    .map_err(|e| AuthError::Unavailable(e.to_string()))?
+            // `revoked_token:{jti}`, `user_revoked:{sub}` and `pwd_changed:{sub}` in one round trip.
+            if let Some(why) = gw
+                .dashboard_session_refusal(u)
+                .await
+                .map_err(|e| AuthError::Unavailable(e.to_string()))?
             {
+                tracing::info!(user = %u.user_id, reason = why, "Dashboard session refused.");
                 return Err(AuthError::Invalid);
             }
         }
@@ -136,16 +151,23 @@ async fn admit<A: Adapter>(
         principal,
         limiter: MessageLimiter::new(&gw.cfg.limits),
         kill,
+        device: session,
+        phase: std::sync::atomic::AtomicU8::new(0),
     })
 }
 
 /// A device socket's rooms: its device, its organisation, and its own (for targeted disconnects).
-fn device_rooms(d: &crate::auth::DevicePrincipal, sid: &str) -> Vec<String> {
-    vec![
+/// Sockets that acknowledge deliveries also join `device-ack:{id}`.
+fn device_rooms(d: &crate::auth::DevicePrincipal, sid: &str, acked: bool) -> Vec<String> {
+    let mut rooms = vec![
         room::device(&d.device_id),
         room::org(&d.organization_id),
         room::socket(sid),
-    ]
+    ];
+    if acked {
+        rooms.push(room::device_acked(&d.device_id));
+    }
+    rooms
 }
 
 /// Holds a device's connect until its bucket allows it, within the connect timeout.
@@ -176,24 +198,40 @@ pub async fn on_connect<A: Adapter>(
     State(gw): State<Arc<Gateway>>,
     Extension(ctx): Extension<Arc<SocketCtx>>,
 ) {
-    super::events::register(&s);
-    s.on_disconnect(on_disconnect::<A>);
+    use std::sync::atomic::Ordering::SeqCst;
+    if ctx.phase.compare_exchange(0, 1, SeqCst, SeqCst).is_err() {
+        // Disconnected before this handler ran: its release already happened; draining queues
+        // or confirming a lease now would only lose work.
+        return;
+    }
     match &ctx.principal {
         Principal::Device(d) => {
             let sid = s.id.to_string();
-            s.join(device_rooms(d, &sid));
+            let session = ctx.device.clone();
+            let acked = session.as_ref().is_some_and(|x| x.delivery_ack);
+            s.join(device_rooms(d, &sid, acked));
             gw.confirm_device(&d.device_id, &sid).await;
             gw.metrics
                 .gauges
                 .device_sockets
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            send_device_state(&s, &gw, &d.device_id).await;
+            send_device_state(&s, &gw, &d.device_id, session.as_deref()).await;
+            if let Some(x) = &session {
+                gw.maybe_refresh_token(d, x, &sid).await;
+            }
         }
         Principal::User(u) => {
+            let sid = s.id.to_string();
             s.join(vec![
                 room::org(&u.organization_id),
                 room::dashboards(&u.organization_id),
+                room::user(&u.user_id),
+                room::socket(&sid),
             ]);
+            gw.dashboards.insert(&sid, &u.user_id, u.iat);
+            if ctx.phase.load(SeqCst) == 2 {
+                gw.dashboards.remove(&sid);
+            }
             gw.metrics
                 .gauges
                 .dashboard_sockets
@@ -204,24 +242,60 @@ pub async fn on_connect<A: Adapter>(
     }
 }
 
-/// `config`, the playlist (if one is assigned) and queued commands, in that order.
-async fn send_device_state<A: Adapter>(s: &SocketRef<A>, gw: &Arc<Gateway>, device: &str) {
-    match gw.connect_state(device).await {
+/// `config`, the playlist (if one is assigned) and queued commands, in that order. A client
+/// that sent `auth.capabilities` gets the playlist and queued commands through the replay path
+/// (acknowledged when it advertised `deliveryAck`), a playlist kept from a failed delivery
+/// replacing the connect-time one.
+async fn send_device_state<A: Adapter>(
+    s: &SocketRef<A>,
+    gw: &Arc<Gateway>,
+    device: &str,
+    session: Option<&DeviceSession>,
+) {
+    let state = match gw.connect_state(device).await {
         Ok((cfg, playlist)) => {
             let _ = s.emit(names::CONFIG, &cfg);
-            if let Some(p) = playlist {
+            playlist
+        }
+        Err(e) => {
+            tracing::warn!(device, error = %e, "Could not load the device's config and playlist.");
+            None
+        }
+    };
+    match session.filter(|x| x.capabilities) {
+        Some(x) => {
+            let sid = s.id.to_string();
+            let ack_sid = x.delivery_ack.then_some(sid.as_str());
+            let (raw, pending) = match gw.state.take_pending(device, ack_sid).await {
+                Ok(v) => v,
+                Err(e) => {
+                    gw.metrics.store_error("redis", "take_pending");
+                    tracing::warn!(device, error = %e, "Could not take queued deliveries.");
+                    (Vec::new(), None)
+                }
+            };
+            let playlist = pending
+                .and_then(|p| serde_json::from_str::<Value>(&p).ok())
+                .or_else(|| state.map(|p| json!({"playlist": p, "timestamp": iso_now()})));
+            gw.replay_to_socket(
+                device,
+                &sid,
+                x.delivery_ack,
+                playlist,
+                crate::service::commands::parse_commands(raw),
+            );
+        }
+        None => {
+            if let Some(p) = state {
                 let _ = s.emit(
                     names::PLAYLIST_UPDATE,
                     &json!({"playlist": p, "timestamp": iso_now()}),
                 );
             }
+            for cmd in gw.take_queued_commands(device).await {
+                let _ = s.emit(names::COMMAND, &cmd);
+            }
         }
-        Err(e) => {
-            tracing::warn!(device, error = %e, "Could not load the device's config and playlist.")
-        }
-    }
-    for cmd in gw.take_queued_commands(device).await {
-        let _ = s.emit(names::COMMAND, &cmd);
     }
 }
 
@@ -261,19 +335,26 @@ async fn on_disconnect<A: Adapter>(
     State(gw): State<Arc<Gateway>>,
     Extension(ctx): Extension<Arc<SocketCtx>>,
 ) {
+    // Counted only if the connect handler ran (and counted) first.
+    let counted = ctx.phase.swap(2, std::sync::atomic::Ordering::SeqCst) == 1;
     match &ctx.principal {
         Principal::Device(_) => {
-            gw.metrics
-                .gauges
-                .device_sockets
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if counted {
+                gw.metrics
+                    .gauges
+                    .device_sockets
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
             gw.release_device(&s.id.to_string()).await;
         }
         Principal::User(_) => {
-            gw.metrics
-                .gauges
-                .dashboard_sockets
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            gw.dashboards.remove(&s.id.to_string());
+            if counted {
+                gw.metrics
+                    .gauges
+                    .dashboard_sockets
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }

@@ -81,11 +81,23 @@ async fn on_heartbeat<A: Adapter>(
         return;
     };
     let started = tokio::time::Instant::now();
+    let sid = s.id.to_string();
+    let session = ctx.device.as_deref();
     let hb = gw
-        .heartbeat(&d.device_id, &d.organization_id, &s.id.to_string(), hb)
+        .heartbeat(&d.device_id, &d.organization_id, &sid, hb, session)
         .await;
     gw.metrics
         .heartbeat_duration(started.elapsed().as_secs_f64());
+    if hb.stale {
+        // The token this socket was bound to is no longer the device's (the original's
+        // `device_token_stale`): tell it, then end the session; the next handshake decides.
+        gw.metrics.event(EV, "stale");
+        tracing::info!(device = %d.device_id, "Heartbeat from a socket bound to a stale token; disconnecting it.");
+        reply(ack, ack::err(STALE));
+        let _ = s.emit(names::ERROR, &json!({"message": STALE}));
+        let _ = s.disconnect();
+        return;
+    }
     gw.metrics.event(EV, "ok");
     let data = hb.data;
     // The shipped players read `response.commands` at the top level: mirror it there.
@@ -102,8 +114,22 @@ async fn on_heartbeat<A: Adapter>(
         // newer socket).
         tracing::info!(device = %d.device_id, "Heartbeat from a superseded socket; disconnecting it.");
         let _ = s.disconnect();
+        return;
+    }
+    if let Some(x) = session {
+        gw.replay_to_socket(
+            &d.device_id,
+            &sid,
+            x.delivery_ack,
+            hb.replay_playlist,
+            hb.replay_commands,
+        );
+        gw.maybe_refresh_token(d, x, &sid).await;
     }
 }
+
+/// The `error` message for a socket whose token binding went stale.
+const STALE: &str = "device_token_stale";
 
 async fn on_impression<A: Adapter>(
     State(gw): State<Arc<Gateway>>,

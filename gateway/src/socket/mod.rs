@@ -26,6 +26,12 @@ pub struct SocketCtx {
     pub principal: Principal,
     pub limiter: MessageLimiter,
     pub kill: Option<Arc<crate::net::Kill>>,
+    /// Devices only: the token binding and advertised capabilities.
+    pub device: Option<Arc<crate::service::credentials::DeviceSession>>,
+    /// 0 accepted, 1 the connect handler ran, 2 disconnected. Handlers are registered in the
+    /// middleware, so a fast client can disconnect before the (spawned) connect handler runs;
+    /// the handler then does nothing, and only what it counted is uncounted.
+    pub phase: std::sync::atomic::AtomicU8,
 }
 
 /// Registers the namespace on an in-process server.

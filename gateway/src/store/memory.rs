@@ -26,6 +26,7 @@ struct Inner {
     /// sweep its own live sockets before refreshing them.
     sweep_tick: Option<i64>,
     grace_until: i64,
+    suspended: HashSet<String>,
 }
 
 impl Inner {
@@ -492,5 +493,202 @@ impl StateStore for MemoryStore {
     async fn is_revoked(&self, _jti: &str) -> StoreResult<bool> {
         // Revocations are written by the Vizora middleware into Redis; without Redis there are none.
         Ok(false)
+    }
+
+    async fn device_heartbeat(&self, hb: &HeartbeatWrite<'_>) -> StoreResult<HeartbeatFound> {
+        let now = now_ms();
+        let d = hb.device;
+        let mut g = self.lock();
+        let none = |outcome| HeartbeatFound {
+            outcome,
+            pending_playlist: None,
+        };
+        // Same rule as device_heartbeat.lua: only a strictly newer epoch supersedes the socket.
+        let newer = g.epochs.get(d).is_some_and(|e| *e > hb.epoch)
+            || g.leases.get(d).is_some_and(|(l, _)| l.epoch() > hb.epoch);
+        if newer {
+            return Ok(none(HeartbeatOutcome::Superseded));
+        }
+        if let Some(bound) = hb.bound
+            && g.get(&token_marker_key(d), now).is_some_and(|m| m != bound)
+        {
+            return Ok(none(HeartbeatOutcome::Stale));
+        }
+        g.set(
+            status_key(d),
+            hb.status_json.into(),
+            STATUS_ONLINE_TTL_S as i64 * 1000,
+            now,
+        );
+        g.set(
+            format!("heartbeat:{d}:latest"),
+            hb.latest_json.into(),
+            LATEST_TTL_S as i64 * 1000,
+            now,
+        );
+        if hb.delivery_ack {
+            g.set(
+                delivery_ack_key(d),
+                hb.sid.into(),
+                DELIVERY_ACK_TTL_S as i64 * 1000,
+                now,
+            );
+        }
+        let cmds = match g.commands.remove(&commands_key(d)) {
+            Some((q, exp)) if exp > now => q.into_iter().collect(),
+            _ => Vec::new(),
+        };
+        let pending_playlist = if hb.take_pending_playlist {
+            let key = pending_playlist_key(d);
+            let v = g.get(&key, now);
+            g.kv.remove(&key);
+            v
+        } else {
+            None
+        };
+        Ok(HeartbeatFound {
+            outcome: HeartbeatOutcome::Live(cmds),
+            pending_playlist,
+        })
+    }
+
+    async fn take_pending(
+        &self,
+        device: &str,
+        ack_sid: Option<&str>,
+    ) -> StoreResult<(Vec<String>, Option<String>)> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let cmds = match g.commands.remove(&commands_key(device)) {
+            Some((q, exp)) if exp > now => q.into_iter().collect(),
+            _ => Vec::new(),
+        };
+        let key = pending_playlist_key(device);
+        let pl = g.get(&key, now);
+        g.kv.remove(&key);
+        if let Some(sid) = ack_sid {
+            g.set(
+                delivery_ack_key(device),
+                sid.into(),
+                DELIVERY_ACK_TTL_S as i64 * 1000,
+                now,
+            );
+        }
+        Ok((cmds, pl))
+    }
+
+    async fn lease_and_ack(&self, device: &str) -> StoreResult<(Option<Lease>, bool)> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let lease = g.leases.get(device).map(|(l, _)| l.clone());
+        let ack = g.get(&delivery_ack_key(device), now);
+        let acked = matches!((&lease, &ack), (Some(l), Some(a)) if &l.sid == a);
+        Ok((lease, acked))
+    }
+
+    async fn set_pending_playlist(&self, device: &str, json: &str, ttl_s: u64) -> StoreResult<()> {
+        let now = now_ms();
+        self.lock().set(
+            pending_playlist_key(device),
+            json.into(),
+            ttl_s.max(1) as i64 * 1000,
+            now,
+        );
+        Ok(())
+    }
+
+    async fn claim_token_refresh(
+        &self,
+        device: &str,
+        grace_json: &str,
+        grace_ttl_s: u64,
+        cooldown_s: u64,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let cooldown = token_cooldown_key(device);
+        if g.get(&cooldown, now).is_some() {
+            return Ok(false);
+        }
+        g.set(cooldown, "1".into(), cooldown_s.max(1) as i64 * 1000, now);
+        g.set(
+            token_grace_key(device),
+            grace_json.into(),
+            grace_ttl_s.max(1) as i64 * 1000,
+            now,
+        );
+        Ok(true)
+    }
+
+    async fn token_grace(&self, device: &str) -> StoreResult<Option<String>> {
+        Ok(self.lock().get(&token_grace_key(device), now_ms()))
+    }
+
+    async fn drop_token_grace(
+        &self,
+        device: &str,
+        grace_json: &str,
+        release_cooldown: bool,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let key = token_grace_key(device);
+        if g.get(&key, now).as_deref() == Some(grace_json) {
+            g.kv.remove(&key);
+        }
+        if release_cooldown {
+            g.kv.remove(&token_cooldown_key(device));
+        }
+        Ok(())
+    }
+
+    async fn set_token_marker(
+        &self,
+        device: &str,
+        value: Option<&str>,
+        ttl_s: u64,
+        only_if_present: bool,
+    ) -> StoreResult<()> {
+        let now = now_ms();
+        let mut g = self.lock();
+        let key = token_marker_key(device);
+        match value {
+            None => {
+                g.kv.remove(&key);
+            }
+            Some(v) if only_if_present => {
+                if g.get(&key, now).is_some()
+                    && let Some(e) = g.kv.get_mut(&key)
+                {
+                    e.0 = v.into();
+                }
+            }
+            Some(v) => g.set(key, v.into(), ttl_s.max(1) as i64 * 1000, now),
+        }
+        Ok(())
+    }
+
+    async fn session_marks(
+        &self,
+        _jti: Option<&str>,
+        users: &[String],
+    ) -> StoreResult<(bool, Vec<SessionMarks>)> {
+        // Session markers are written by the Vizora middleware into Redis; without Redis there
+        // are none.
+        Ok((false, vec![SessionMarks::default(); users.len()]))
+    }
+
+    async fn suspended_orgs(&self) -> StoreResult<Vec<String>> {
+        Ok(self.lock().suspended.iter().cloned().collect())
+    }
+
+    async fn set_suspended(&self, org: &str, suspended: bool) -> StoreResult<()> {
+        let mut g = self.lock();
+        if suspended {
+            g.suspended.insert(org.into());
+        } else {
+            g.suspended.remove(org);
+        }
+        Ok(())
     }
 }

@@ -103,6 +103,41 @@ pub enum HeartbeatOutcome {
     Live(Vec<String>),
     /// A newer epoch owns the device: nothing was written or drained.
     Superseded,
+    /// The token this socket is bound to is no longer the device's (revoked or re-paired
+    /// meanwhile): nothing was written or drained.
+    Stale,
+}
+
+/// A heartbeat's Redis step (see [`StateStore::device_heartbeat`]).
+pub struct HeartbeatWrite<'a> {
+    pub device: &'a str,
+    pub sid: &'a str,
+    /// The socket's epoch: only a strictly newer one supersedes it (as `heartbeat`).
+    pub epoch: u64,
+    pub status_json: &'a str,
+    pub latest_json: &'a str,
+    /// The token hash this socket is bound to (`""` when the row was unbound); `None` skips
+    /// the stale check.
+    pub bound: Option<&'a str>,
+    /// Also take `device:pending-playlist:{id}` (clients with acknowledged delivery).
+    pub take_pending_playlist: bool,
+    /// The socket acknowledges deliveries: renew `device:delivery-ack:{id}` (its sid).
+    pub delivery_ack: bool,
+}
+
+/// What a heartbeat found, plus the pending playlist it took (if asked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatFound {
+    pub outcome: HeartbeatOutcome,
+    pub pending_playlist: Option<String>,
+}
+
+/// A dashboard user's session markers (`user_revoked:{sub}`, `pwd_changed:{sub}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionMarks {
+    pub revoked: bool,
+    /// Epoch seconds of the last password change.
+    pub pwd_changed: Option<i64>,
 }
 
 /// A lease removed by the sweep.
@@ -244,7 +279,85 @@ pub trait StateStore: Send + Sync + 'static {
     async fn push_content_error(&self, device: &str, entry_json: &str) -> StoreResult<()>;
     async fn content_errors(&self, device: &str) -> StoreResult<Option<String>>;
     async fn is_revoked(&self, jti: &str) -> StoreResult<bool>;
+
+    /// The whole Redis side of a heartbeat in one round trip: lease check, stale-token check,
+    /// status and latest sample, queued commands drained, the pending playlist taken if asked.
+    async fn device_heartbeat(&self, hb: &HeartbeatWrite<'_>) -> StoreResult<HeartbeatFound>;
+    /// Queued commands and the pending playlist, both taken, in one round trip (connect); with
+    /// `ack_sid`, `device:delivery-ack:{id}` is set to it in the same round trip.
+    async fn take_pending(
+        &self,
+        device: &str,
+        ack_sid: Option<&str>,
+    ) -> StoreResult<(Vec<String>, Option<String>)>;
+    /// The device's lease and whether its socket acknowledges deliveries
+    /// (`device:delivery-ack:{id}` names the lease's sid): one round trip.
+    async fn lease_and_ack(&self, device: &str) -> StoreResult<(Option<Lease>, bool)>;
+    /// Keeps a playlist whose acknowledged delivery failed (`device:pending-playlist:{id}`).
+    async fn set_pending_playlist(&self, device: &str, json: &str, ttl_s: u64) -> StoreResult<()>;
+
+    /// Claims the refresh cooldown (SET NX) and, only if claimed, writes the grace record: one
+    /// round trip. False when another connection holds the cooldown.
+    async fn claim_token_refresh(
+        &self,
+        device: &str,
+        grace_json: &str,
+        grace_ttl_s: u64,
+        cooldown_s: u64,
+    ) -> StoreResult<bool>;
+    /// `device:token:grace:{id}`.
+    async fn token_grace(&self, device: &str) -> StoreResult<Option<String>>;
+    /// Deletes the grace record only if it is still exactly `grace_json` (ours); with
+    /// `release_cooldown` also the refresh cooldown (a claim that was not used).
+    async fn drop_token_grace(
+        &self,
+        device: &str,
+        grace_json: &str,
+        release_cooldown: bool,
+    ) -> StoreResult<()>;
+    /// `device:token:current:{id}`: the token hash the cluster last learnt is the device's
+    /// (`""` for an unbound row, `"revoked"` for a deleted or disabled one), for `ttl_s`;
+    /// `None` removes it. With `only_if_present` an absent marker stays absent.
+    async fn set_token_marker(
+        &self,
+        device: &str,
+        value: Option<&str>,
+        ttl_s: u64,
+        only_if_present: bool,
+    ) -> StoreResult<()>;
+
+    /// One round trip for a dashboard handshake or sweep: whether `jti` is revoked, and the
+    /// session markers of each user.
+    async fn session_marks(
+        &self,
+        jti: Option<&str>,
+        users: &[String],
+    ) -> StoreResult<(bool, Vec<SessionMarks>)>;
+
+    /// Organisations suspended through the internal API (`tenant:suspended`, a set).
+    async fn suspended_orgs(&self) -> StoreResult<Vec<String>>;
+    async fn set_suspended(&self, org: &str, suspended: bool) -> StoreResult<()>;
 }
+
+pub fn pending_playlist_key(device: &str) -> String {
+    format!("device:pending-playlist:{device}")
+}
+pub fn delivery_ack_key(device: &str) -> String {
+    format!("device:delivery-ack:{device}")
+}
+/// Lifetime of `device:delivery-ack:{id}`, renewed by every heartbeat of such a socket.
+pub const DELIVERY_ACK_TTL_S: u64 = 3_600;
+pub fn token_marker_key(device: &str) -> String {
+    format!("device:token:current:{device}")
+}
+pub fn token_grace_key(device: &str) -> String {
+    format!("device:token:grace:{device}")
+}
+pub fn token_cooldown_key(device: &str) -> String {
+    format!("device:token:refresh-cooldown:{device}")
+}
+/// The set of organisations suspended through `POST /api/internal/tenant-entitlement`.
+pub const SUSPENDED_ORGS_KEY: &str = "tenant:suspended";
 
 pub fn status_key(device: &str) -> String {
     format!("device:status:{device}")

@@ -23,6 +23,9 @@ struct Scripts {
     sweep: Script,
     claim_notices: Script,
     heartbeat: Script,
+    device_heartbeat: Script,
+    token_refresh: Script,
+    drop_if_equal: Script,
     push_error: Script,
 }
 
@@ -67,6 +70,9 @@ impl RedisStore {
                 sweep: Script::new(include_str!("lua/sweep.lua")),
                 claim_notices: Script::new(include_str!("lua/claim_notices.lua")),
                 heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+                device_heartbeat: Script::new(include_str!("lua/device_heartbeat.lua")),
+                token_refresh: Script::new(include_str!("lua/token_refresh.lua")),
+                drop_if_equal: Script::new(include_str!("lua/drop_if_equal.lua")),
                 push_error: Script::new(include_str!("lua/push_error.lua")),
             },
             last_tick: std::sync::atomic::AtomicI64::new(0),
@@ -578,5 +584,207 @@ impl StateStore for RedisStore {
             .query(::redis::cmd("EXISTS").arg(format!("revoked_token:{jti}")))
             .await?;
         Ok(n == 1)
+    }
+
+    async fn device_heartbeat(&self, hb: &HeartbeatWrite<'_>) -> StoreResult<HeartbeatFound> {
+        let d = hb.device;
+        let mut inv = self.scripts.device_heartbeat.prepare_invoke();
+        inv.key(status_key(d))
+            .key(format!("heartbeat:{d}:latest"))
+            .key(commands_key(d))
+            .key(format!("device:lease:{d}"))
+            .key(token_marker_key(d))
+            .key(pending_playlist_key(d))
+            .key(delivery_ack_key(d))
+            .key(format!("device:epoch:{d}"))
+            .arg(hb.status_json)
+            .arg(STATUS_ONLINE_TTL_S)
+            .arg(hb.latest_json)
+            .arg(LATEST_TTL_S)
+            .arg(hb.sid)
+            .arg(hb.bound.unwrap_or("-"))
+            .arg(if hb.take_pending_playlist { "1" } else { "0" })
+            .arg(if hb.delivery_ack {
+                DELIVERY_ACK_TTL_S.to_string()
+            } else {
+                String::new()
+            })
+            .arg(hb.epoch.to_string());
+        let (code, cmds, pending): (i64, Vec<String>, String) = self.run(inv).await?;
+        let outcome = match code {
+            1 => HeartbeatOutcome::Live(cmds),
+            2 => HeartbeatOutcome::Stale,
+            _ => HeartbeatOutcome::Superseded,
+        };
+        Ok(HeartbeatFound {
+            outcome,
+            pending_playlist: (!pending.is_empty()).then_some(pending),
+        })
+    }
+
+    async fn take_pending(
+        &self,
+        device: &str,
+        ack_sid: Option<&str>,
+    ) -> StoreResult<(Vec<String>, Option<String>)> {
+        let (ck, pk) = (commands_key(device), pending_playlist_key(device));
+        let mut p = ::redis::pipe();
+        p.atomic()
+            .cmd("LRANGE")
+            .arg(&ck)
+            .arg(0)
+            .arg(-1)
+            .cmd("GET")
+            .arg(&pk)
+            .cmd("DEL")
+            .arg(&ck)
+            .arg(&pk)
+            .ignore();
+        if let Some(sid) = ack_sid {
+            p.cmd("SET")
+                .arg(delivery_ack_key(device))
+                .arg(sid)
+                .arg("EX")
+                .arg(DELIVERY_ACK_TTL_S)
+                .ignore();
+        }
+        let (cmds, pl): (Vec<String>, Option<String>) = self.pipeline(&p).await?;
+        Ok((cmds, pl))
+    }
+
+    async fn lease_and_ack(&self, device: &str) -> StoreResult<(Option<Lease>, bool)> {
+        let mut p = ::redis::pipe();
+        p.cmd("GET")
+            .arg(format!("device:lease:{device}"))
+            .cmd("GET")
+            .arg(delivery_ack_key(device));
+        let (lease, ack): (Option<String>, Option<String>) = self.pipeline(&p).await?;
+        let lease: Option<Lease> = lease.and_then(|r| serde_json::from_str(&r).ok());
+        let acked = matches!((&lease, &ack), (Some(l), Some(a)) if &l.sid == a);
+        Ok((lease, acked))
+    }
+
+    async fn set_pending_playlist(&self, device: &str, json: &str, ttl_s: u64) -> StoreResult<()> {
+        self.query(
+            ::redis::cmd("SET")
+                .arg(pending_playlist_key(device))
+                .arg(json)
+                .arg("EX")
+                .arg(ttl_s.max(1)),
+        )
+        .await
+    }
+
+    async fn claim_token_refresh(
+        &self,
+        device: &str,
+        grace_json: &str,
+        grace_ttl_s: u64,
+        cooldown_s: u64,
+    ) -> StoreResult<bool> {
+        let mut inv = self.scripts.token_refresh.prepare_invoke();
+        inv.key(token_cooldown_key(device))
+            .key(token_grace_key(device))
+            .arg(cooldown_s.max(1))
+            .arg(grace_json)
+            .arg(grace_ttl_s.max(1));
+        let won: i64 = self.run(inv).await?;
+        Ok(won == 1)
+    }
+
+    async fn token_grace(&self, device: &str) -> StoreResult<Option<String>> {
+        self.query(::redis::cmd("GET").arg(token_grace_key(device)))
+            .await
+    }
+
+    async fn drop_token_grace(
+        &self,
+        device: &str,
+        grace_json: &str,
+        release_cooldown: bool,
+    ) -> StoreResult<()> {
+        let mut inv = self.scripts.drop_if_equal.prepare_invoke();
+        inv.key(token_grace_key(device)).arg(grace_json);
+        self.run::<i64>(inv).await?;
+        if release_cooldown {
+            self.query::<i64>(::redis::cmd("DEL").arg(token_cooldown_key(device)))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn set_token_marker(
+        &self,
+        device: &str,
+        value: Option<&str>,
+        ttl_s: u64,
+        only_if_present: bool,
+    ) -> StoreResult<()> {
+        let key = token_marker_key(device);
+        match value {
+            None => self.query(::redis::cmd("DEL").arg(key)).await,
+            Some(v) => {
+                let mut c = ::redis::cmd("SET");
+                c.arg(key).arg(v);
+                if only_if_present {
+                    c.arg("XX").arg("KEEPTTL");
+                } else {
+                    c.arg("EX").arg(ttl_s.max(1));
+                }
+                self.query::<Option<String>>(&c).await.map(|_| ())
+            }
+        }
+    }
+
+    async fn session_marks(
+        &self,
+        jti: Option<&str>,
+        users: &[String],
+    ) -> StoreResult<(bool, Vec<SessionMarks>)> {
+        if jti.is_none() && users.is_empty() {
+            return Ok((false, Vec::new()));
+        }
+        let mut p = ::redis::pipe();
+        p.cmd("EXISTS")
+            .arg(format!("revoked_token:{}", jti.unwrap_or("")));
+        for u in users {
+            p.cmd("EXISTS")
+                .arg(format!("user_revoked:{u}"))
+                .cmd("GET")
+                .arg(format!("pwd_changed:{u}"));
+        }
+        let raw: Vec<Value> = self.pipeline(&p).await?;
+        let int = |v: Option<&Value>| v.and_then(value_string).and_then(|s| s.parse::<i64>().ok());
+        let jti_revoked = jti.is_some() && int(raw.first()) == Some(1);
+        let marks = (0..users.len())
+            .map(|i| SessionMarks {
+                revoked: int(raw.get(1 + 2 * i)) == Some(1),
+                // The middleware writes epoch seconds; tolerate a fractional or ms value.
+                pwd_changed: raw
+                    .get(2 + 2 * i)
+                    .and_then(value_string)
+                    .and_then(|s| s.trim().parse::<f64>().ok())
+                    .map(|v| {
+                        if v > 1e11 {
+                            (v / 1000.0) as i64
+                        } else {
+                            v as i64
+                        }
+                    }),
+            })
+            .collect();
+        Ok((jti_revoked, marks))
+    }
+
+    async fn suspended_orgs(&self) -> StoreResult<Vec<String>> {
+        self.query(::redis::cmd("SMEMBERS").arg(SUSPENDED_ORGS_KEY))
+            .await
+    }
+
+    async fn set_suspended(&self, org: &str, suspended: bool) -> StoreResult<()> {
+        let cmd = if suspended { "SADD" } else { "SREM" };
+        self.query::<i64>(::redis::cmd(cmd).arg(SUSPENDED_ORGS_KEY).arg(org))
+            .await
+            .map(|_| ())
     }
 }

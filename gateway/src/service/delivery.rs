@@ -1,0 +1,196 @@
+//! Acknowledged delivery (contract §10) for the latest players, which advertise `deliveryAck` in
+//! `auth.capabilities` and join `device-ack:{id}`: `playlist:update` and `command` are emitted
+//! with a Socket.IO ack, wherever the socket lives (the adapter carries acks across replicas). A
+//! timeout or `{ok:false}` puts the command back in `device:commands:{id}` and the playlist in
+//! `device:pending-playlist:{id}`; both are replayed as events on the next connect or heartbeat.
+//! Older clients get plain emits, exactly as before.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::commands::Delivery;
+use super::{Gateway, room};
+use crate::wire::{events::names, iso_now};
+
+/// Lifetime of `device:pending-playlist:{id}` (the original's 1800 s).
+pub const PENDING_PLAYLIST_TTL_S: u64 = 1_800;
+
+/// What an acknowledged emit found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// No acknowledging socket was reached.
+    NoSocket,
+    /// At least one socket acknowledged it.
+    Acked,
+    /// Every socket reached timed out or answered `{ok:false}`.
+    Failed(String),
+}
+
+/// An ack counts unless it says `ok:false` (the players answer `{ok, error?}`).
+fn positive(v: &Value) -> bool {
+    v.get("ok") != Some(&Value::Bool(false))
+}
+
+impl Gateway {
+    /// Emits with an ack to `room` and judges the answers.
+    async fn emit_acked(&self, room: String, event: &str, data: Value) -> AckOutcome {
+        let results = self
+            .emitter
+            .emit_with_ack(room, event, data, self.cfg.delivery_ack_timeout)
+            .await;
+        if results.is_empty() {
+            return AckOutcome::NoSocket;
+        }
+        if results.iter().any(|r| matches!(r, Ok(v) if positive(v))) {
+            return AckOutcome::Acked;
+        }
+        let why = results
+            .iter()
+            .map(|r| match r {
+                Ok(v) => v
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("negative_ack")
+                    .to_string(),
+                Err(_) => "ack_timeout".to_string(),
+            })
+            .next()
+            .unwrap_or_default();
+        AckOutcome::Failed(why)
+    }
+
+    /// An event for a device. When its live socket acknowledges deliveries (`acked`, read with
+    /// the lease in one round trip): acknowledged to `device-ack:{id}`, plain to whatever else is
+    /// in the device room; otherwise a plain emit exactly as for older clients (`NoSocket`), so
+    /// fleets of older players pay nothing for acknowledgements.
+    pub(super) async fn deliver_live(
+        &self,
+        device: &str,
+        event: &str,
+        data: Value,
+        acked: bool,
+    ) -> AckOutcome {
+        if !acked {
+            self.emitter.emit(room::device(device), event, data).await;
+            return AckOutcome::NoSocket;
+        }
+        self.emitter
+            .emit_except(
+                room::device(device),
+                room::device_acked(device),
+                event,
+                data.clone(),
+            )
+            .await;
+        self.emit_acked(room::device_acked(device), event, data)
+            .await
+    }
+
+    /// `POST /api/push/playlist`'s delivery: `Queued` when acknowledging sockets did not
+    /// acknowledge it (it is then kept for replay).
+    pub(super) async fn deliver_playlist(&self, device: &str, payload: Value) -> Delivery {
+        let acked = match self.state.lease_and_ack(device).await {
+            Ok((Some(l), acked)) => acked && !l.pending,
+            _ => false,
+        };
+        match self
+            .deliver_live(device, names::PLAYLIST_UPDATE, payload.clone(), acked)
+            .await
+        {
+            AckOutcome::NoSocket | AckOutcome::Acked => Delivery::Delivered,
+            AckOutcome::Failed(why) => {
+                tracing::info!(device, reason = %why, "Playlist not acknowledged; kept for replay.");
+                self.keep_playlist(device, &payload).await;
+                Delivery::Queued
+            }
+        }
+    }
+
+    async fn keep_playlist(&self, device: &str, payload: &Value) {
+        if let Err(e) = self
+            .state
+            .set_pending_playlist(device, &payload.to_string(), PENDING_PLAYLIST_TTL_S)
+            .await
+        {
+            self.metrics.store_error("redis", "pending_playlist");
+            tracing::warn!(device, error = %e, "Could not keep an unacknowledged playlist.");
+        }
+    }
+
+    /// Puts commands back in the queue (after a failed acknowledged delivery).
+    pub(super) async fn requeue(&self, device: &str, cmds: &[Value]) {
+        for c in cmds {
+            if let Err(e) = self
+                .state
+                .enqueue_command(
+                    device,
+                    &c.to_string(),
+                    self.cfg.command_queue_max,
+                    self.cfg.command_queue_ttl.as_millis() as u64,
+                )
+                .await
+            {
+                self.metrics.store_error("redis", "requeue");
+                tracing::warn!(device, error = %e, "Could not re-queue an unacknowledged command.");
+            }
+            self.metrics.command("requeued");
+        }
+    }
+
+    /// Replays to one socket of a client that sent `auth.capabilities`: the playlist, then the
+    /// commands, as events (acknowledged when it advertised `deliveryAck`; whatever is not
+    /// acknowledged goes back for the next replay). Runs off the handler's path.
+    pub fn replay_to_socket(
+        self: &Arc<Self>,
+        device: &str,
+        sid: &str,
+        acked: bool,
+        playlist: Option<Value>,
+        commands: Vec<Value>,
+    ) {
+        if playlist.is_none() && commands.is_empty() {
+            return;
+        }
+        let (gw, device, target) = (self.clone(), device.to_string(), room::socket(sid));
+        tokio::spawn(async move {
+            if let Some(mut p) = playlist {
+                if let Some(m) = p.as_object_mut() {
+                    m.insert("timestamp".into(), Value::String(iso_now()));
+                }
+                if acked {
+                    let out = gw
+                        .emit_acked(target.clone(), names::PLAYLIST_UPDATE, p.clone())
+                        .await;
+                    if out != AckOutcome::Acked {
+                        gw.keep_playlist(&device, &p).await;
+                    }
+                } else {
+                    gw.emitter
+                        .emit(target.clone(), names::PLAYLIST_UPDATE, p)
+                        .await;
+                }
+            }
+            for (i, c) in commands.iter().enumerate() {
+                if !acked {
+                    gw.emitter
+                        .emit(target.clone(), names::COMMAND, c.clone())
+                        .await;
+                    gw.metrics.command("delivered");
+                    continue;
+                }
+                match gw
+                    .emit_acked(target.clone(), names::COMMAND, c.clone())
+                    .await
+                {
+                    AckOutcome::Acked => gw.metrics.command("delivered"),
+                    other => {
+                        tracing::info!(device, outcome = ?other, "Command not acknowledged; re-queued.");
+                        gw.requeue(&device, &commands[i..]).await;
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
