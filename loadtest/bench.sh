@@ -26,7 +26,7 @@ if [ -n "${QUICK:-}" ]; then
 fi
 IDLE_DEVICES=${IDLE_DEVICES:-20000}
 HB_DEVICES=${HB_DEVICES:-10000}
-HB_MS=${HB_MS:-2000}
+HB_MS=${HB_MS:-5000}
 HOLD_S=${HOLD_S:-30}
 FANOUT_DEVICES=${FANOUT_DEVICES:-10000}
 CHURN_CYCLES=${CHURN_CYCLES:-14}
@@ -57,7 +57,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 export DEVICE_JWT_SECRET=$(secret) JWT_SECRET=$(secret) INTERNAL_API_SECRET=$(secret)
 export RUST_LOG=warn CONNECT_RATE_GLOBAL=100000 CONNECT_BURST_GLOBAL=100000 \
-  CONNECT_RATE_PER_IP=100000 CONNECT_BURST_PER_IP=100000 MAX_CONNECTIONS=1000000
+  CONNECT_RATE_PER_IP=100000 CONNECT_BURST_PER_IP=100000 MAX_CONNECTIONS=1000000 \
+  MAX_TCP_CONNECTIONS=1000000 MAX_TCP_CONNECTIONS_PER_IP=1000000
 
 # start_gateway NAME PORT [VAR=VALUE…] → pid in $gw_pid
 start_gateway() {
@@ -86,7 +87,7 @@ port=$(free_port)
 start_gateway idle "$port" DATABASE_URL="$db_idle"
 idle_cmd="vizora-swarm --addr 127.0.0.1:$port --devices $IDLE_DEVICES --orgs 100 --ramp-per-s 2000 --heartbeat-ms 0 --hold-s 10 --gateway-pid PID"
 idle_out=$(swarm --addr "127.0.0.1:$port" --devices "$IDLE_DEVICES" --orgs 100 --ramp-per-s 2000 \
-  --heartbeat-ms 0 --hold-s 10 --gateway-pid "$gw_pid" | tee /dev/stderr)
+  --heartbeat-ms 0 --hold-s 10 --gateway-pid "$gw_pid" | tee -a /dev/stderr)
 stop_gateway "$gw_pid"
 
 # ---- cluster services ------------------------------------------------------------------------
@@ -124,7 +125,7 @@ hb_cmd="vizora-swarm --addr 127.0.0.1:$port --devices $HB_DEVICES --orgs 100 --r
 ) &
 sampler=$!
 hb_out=$(swarm --addr "127.0.0.1:$port" --devices "$HB_DEVICES" --orgs 100 --ramp-per-s 1000 \
-  --heartbeat-ms "$HB_MS" --hold-s "$HOLD_S" --gateway-pid "$gw_pid" --mark "$work/mark" | tee /dev/stderr)
+  --heartbeat-ms "$HB_MS" --hold-s "$HOLD_S" --gateway-pid "$gw_pid" --mark "$work/mark" | tee -a /dev/stderr)
 wait "$sampler"
 rows=$(cat "$work/rows")
 stop_gateway "$gw_pid"
@@ -153,7 +154,7 @@ fan_cmd="vizora-swarm --addr $addrs --devices $FANOUT_DEVICES --orgs 100 --ramp-
 ) &
 pusher=$!
 fan_out=$(swarm --addr "$addrs" --devices "$FANOUT_DEVICES" --orgs 100 --ramp-per-s 1000 \
-  --heartbeat-ms 15000 --hold-s "$fan_hold" | tee /dev/stderr)
+  --heartbeat-ms 15000 --hold-s "$fan_hold" | tee -a /dev/stderr)
 wait "$pusher" || true
 for g in "${gws[@]}"; do stop_gateway "$g"; done
 
@@ -163,7 +164,7 @@ port=$(free_port)
 start_gateway churn "$port"
 churn_cmd="vizora-swarm --addr 127.0.0.1:$port --devices $CHURN_DEVICES --orgs 100 --ramp-per-s 1000 --heartbeat-ms 1000 --hold-s 5 --cycles $CHURN_CYCLES --gateway-pid PID"
 churn_out=$(swarm --addr "127.0.0.1:$port" --devices "$CHURN_DEVICES" --orgs 100 --ramp-per-s 1000 \
-  --heartbeat-ms 1000 --hold-s 5 --cycles "$CHURN_CYCLES" --gateway-pid "$gw_pid" | tee /dev/stderr)
+  --heartbeat-ms 1000 --hold-s 5 --cycles "$CHURN_CYCLES" --gateway-pid "$gw_pid" | tee -a /dev/stderr)
 stop_gateway "$gw_pid"
 
 # ---- report ----------------------------------------------------------------------------------
