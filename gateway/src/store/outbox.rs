@@ -84,23 +84,22 @@ impl RedisOutbox {
         RedisOutbox { pool }
     }
 
-    async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> StoreResult<T> {
-        let mut c = self
-            .pool
+    /// One checkout from the shared pool; every outbox command goes through it.
+    async fn conn(&self) -> StoreResult<Conn> {
+        self.pool
             .get()
             .await
             .map(Conn)
-            .map_err(|e| StoreError(e.to_string()))?;
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
+    async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> StoreResult<T> {
+        let mut c = self.conn().await?;
         timed(cmd.query_async(&mut c)).await
     }
 
     async fn pipeline<T: ::redis::FromRedisValue>(&self, p: &::redis::Pipeline) -> StoreResult<T> {
-        let mut c = self
-            .pool
-            .get()
-            .await
-            .map(Conn)
-            .map_err(|e| StoreError(e.to_string()))?;
+        let mut c = self.conn().await?;
         timed(p.query_async(&mut c)).await
     }
 
@@ -299,12 +298,7 @@ impl ImpressionOutbox for RedisOutbox {
         inv.key(OUTBOX_KEY)
             .arg(OUTBOX_GROUP)
             .arg(idle.as_millis() as u64);
-        let mut c = self
-            .pool
-            .get()
-            .await
-            .map(Conn)
-            .map_err(|e| StoreError(e.to_string()))?;
+        let mut c = self.conn().await?;
         timed(inv.invoke_async(&mut c)).await
     }
 }
