@@ -9,6 +9,7 @@ use axum::Router;
 use socketioxide::adapter::Adapter;
 use socketioxide::{SocketIo, TransportType};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -115,10 +116,15 @@ pub async fn run(
             let (layer, io) = builder(&cfg).with_state(gw.clone()).build_layer();
             emitter.set(io.clone());
             crate::socket::register_local(&io);
-            serve(gw, io, layer, rx, persister, listener, shutdown).await
+            let server = SocketServer {
+                io,
+                layer,
+                adapter_reconnects: None,
+            };
+            serve(gw, server, rx, persister, listener, shutdown).await
         }
         Some(target) => {
-            let ctr = adapter_with_retry(&target, &shutdown).await?;
+            let (ctr, reconnects) = adapter_with_retry(&target, &shutdown).await?;
             let emitter = Arc::new(IoEmitter::<crate::socket::RedisIo>::default());
             let (gw, rx, persister) = gateway(parts, emitter.clone());
             let (layer, io) = builder(&cfg)
@@ -129,7 +135,12 @@ pub async fn run(
             crate::socket::register_redis(&io)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            serve(gw, io, layer, rx, persister, listener, shutdown).await
+            let server = SocketServer {
+                io,
+                layer,
+                adapter_reconnects: Some(reconnects),
+            };
+            serve(gw, server, rx, persister, listener, shutdown).await
         }
     }
 }
@@ -161,15 +172,20 @@ fn gateway(
 async fn adapter_with_retry(
     target: &Arc<RedisTarget>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<socketioxide_redis::RedisAdapterCtr<crate::store::pubsub::ResilientDriver>> {
+) -> anyhow::Result<(
+    socketioxide_redis::RedisAdapterCtr<crate::store::pubsub::ResilientDriver>,
+    watch::Receiver<u64>,
+)> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let cfg = socketioxide_redis::RedisAdapterConfig::new()
             .with_request_timeout(Duration::from_secs(2));
         match crate::store::pubsub::ResilientDriver::new(target.clone()).await {
             Ok(driver) => {
-                return Ok(socketioxide_redis::RedisAdapterCtr::new_with_driver(
-                    driver, cfg,
+                let reconnects = driver.reconnects();
+                return Ok((
+                    socketioxide_redis::RedisAdapterCtr::new_with_driver(driver, cfg),
+                    reconnects,
                 ));
             }
             Err(e) => {
@@ -198,20 +214,34 @@ fn builder(cfg: &Config) -> socketioxide::SocketIoBuilder {
         .transports([TransportType::Polling, TransportType::Websocket])
 }
 
-async fn serve<A: Adapter>(
-    gw: Arc<Gateway>,
+/// The Socket.IO server of one replica, and (cluster mode) its adapter's reconnect counter.
+struct SocketServer<A: Adapter> {
     io: SocketIo<A>,
     layer: socketioxide::layer::SocketIoLayer<A>,
+    adapter_reconnects: Option<watch::Receiver<u64>>,
+}
+
+async fn serve<A: Adapter>(
+    gw: Arc<Gateway>,
+    server: SocketServer<A>,
     rx: tokio::sync::mpsc::UnboundedReceiver<crate::db::Transition>,
     persister: persist::Persister,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let SocketServer {
+        io,
+        layer,
+        adapter_reconnects,
+    } = server;
     let cfg = gw.cfg.clone();
     let tasks = TaskTracker::new();
     let stop_tasks = CancellationToken::new();
     let guard = Arc::new(EdgeGuard::new(&cfg.limits));
     spawn_background(&tasks, &gw, &guard, &stop_tasks);
+    if let Some(rx) = adapter_reconnects {
+        tasks.spawn(resync_after_reconnects(gw.clone(), rx, stop_tasks.clone()));
+    }
     tasks.spawn(impressions::run(gw.clone(), stop_tasks.clone()));
     tasks.spawn(crate::storage::keep_ready(
         gw.storage.clone(),
@@ -275,6 +305,40 @@ async fn serve<A: Adapter>(
     Ok(())
 }
 
+/// How often a replica refreshes its leases (and retries releases that failed).
+fn refresh_interval(cfg: &Config) -> Duration {
+    (cfg.lease_ttl / 3).max(Duration::from_millis(100))
+}
+
+/// Dashboards here may have missed `device:status` events while the adapter was away from
+/// Redis: each reconnect re-sends them the organisation's status batch. Not at once: the
+/// releases that failed while Redis was away are retried on each replica's next refresh tick,
+/// and a batch read after those transitions carries them instead of racing their live events.
+/// Reconnects during the wait are served by the same resync.
+async fn resync_after_reconnects(
+    gw: Arc<Gateway>,
+    mut reconnects: watch::Receiver<u64>,
+    stop: CancellationToken,
+) {
+    let settle = refresh_interval(&gw.cfg) + Duration::from_millis(250);
+    loop {
+        tokio::select! {
+            changed = reconnects.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(settle) => {}
+            _ = stop.cancelled() => return,
+        }
+        reconnects.mark_unchanged();
+        gw.resync_dashboards().await;
+    }
+}
+
 /// The drain: readiness goes 503 and new handshakes get 503 `draining` at once; after a moment
 /// for the load balancer to notice, live sockets' transports are closed in batches spread over
 /// `DRAIN_SECONDS` (a transport close, not a Socket.IO disconnect: clients reconnect elsewhere,
@@ -317,7 +381,7 @@ fn spawn_background(
     stop: &CancellationToken,
 ) {
     let cfg = &gw.cfg;
-    let refresh_every = (cfg.lease_ttl / 3).max(Duration::from_millis(100));
+    let refresh_every = refresh_interval(cfg);
     every(tasks, stop, refresh_every, gw.clone(), |gw| async move {
         gw.refresh_once().await
     });

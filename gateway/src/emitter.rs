@@ -16,6 +16,8 @@ use socketioxide::adapter::Adapter;
 pub trait Emitter: Send + Sync + 'static {
     /// Emits `event` to every socket in `room`, cluster-wide.
     async fn emit(&self, room: String, event: &str, data: Value);
+    /// Emits `event` to the sockets in `room` that this replica holds.
+    async fn emit_local(&self, room: String, event: &str, data: Value);
     /// Emits to every socket in `room` except those also in `except`, cluster-wide.
     async fn emit_except(&self, room: String, except: String, event: &str, data: Value);
     /// Emits with an acknowledgement request to every socket in `room`, cluster-wide, and waits
@@ -61,6 +63,14 @@ impl<A: Adapter> Emitter for IoEmitter<A> {
             && let Err(e) = io.to(room).emit(event, &data).await
         {
             tracing::warn!(event, error = %e, "Broadcast failed.");
+        }
+    }
+
+    async fn emit_local(&self, room: String, event: &str, data: Value) {
+        if let Some(io) = self.io.get()
+            && let Err(e) = io.local().to(room).emit(event, &data).await
+        {
+            tracing::warn!(event, error = %e, "Local broadcast failed.");
         }
     }
 

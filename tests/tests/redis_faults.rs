@@ -273,25 +273,82 @@ async fn a_device_that_leaves_while_redis_is_rolled_back_goes_offline_once() {
         "offline",
         "no older epoch undid it"
     );
-    let offline: Vec<_> = f
-        .dashboard_events()
-        .into_iter()
-        .filter(|e| e.name == "device:status" && e.args[0]["status"] == "offline")
-        .collect();
-    assert_eq!(
-        offline.len(),
-        f.dashboards.len(),
-        "exactly one offline per dashboard, for the departed device only: {offline:?}"
-    );
-    assert!(
-        offline
+    // Each dashboard learns it once: live, or — when its replica's adapter was resubscribing as
+    // the offline was published, which pub/sub does not replay — from the status batch re-sent
+    // after the reconnect (`a_dashboard_whose_replica_missed_a_status_gets_it_after_the_reconnect`).
+    // No dashboard ever sees anyone else offline.
+    for (i, d) in f.dashboards.iter().enumerate() {
+        let mut seen = d.drain_events();
+        seen.extend(events_until_offline(d, &leaving, &seen).await);
+        let offline: Vec<&Event> = seen
             .iter()
-            .all(|e| e.args[0]["deviceId"] == leaving.as_str()),
-        "nobody else offline: {offline:?}"
-    );
+            .filter(|e| e.name == "device:status" && e.args[0]["status"] == "offline")
+            .collect();
+        assert!(
+            offline.len() <= 1
+                && offline
+                    .iter()
+                    .all(|e| e.args[0]["deviceId"] == leaving.as_str()),
+            "dashboard {i}: one offline at most, for the departed device only: {offline:?}"
+        );
+        let shown = view(&seen);
+        for (dev, _) in &f.screens[1..] {
+            assert_eq!(
+                shown.get(dev).map(String::as_str),
+                Some("online"),
+                "dashboard {i} shows {dev}"
+            );
+        }
+        assert_eq!(
+            shown.get(&leaving).map(String::as_str),
+            Some("offline"),
+            "dashboard {i} shows the departed screen offline"
+        );
+    }
     for (dev, s) in &f.screens[1..] {
         assert!(s.is_connected(), "{dev} stranded");
         assert_eq!(c.db_status(dev).await, "online");
+    }
+}
+
+/// What a dashboard shows after `events`: `device:status` sets one device, `device:status:batch`
+/// sets all it lists.
+fn view(events: &[Event]) -> std::collections::HashMap<String, String> {
+    let mut v = std::collections::HashMap::new();
+    let mut set = |d: &serde_json::Value| {
+        if let (Some(id), Some(st)) = (d["deviceId"].as_str(), d["status"].as_str()) {
+            v.insert(id.to_string(), st.to_string());
+        }
+    };
+    for e in events {
+        match e.name.as_str() {
+            "device:status" => set(&e.args[0]),
+            "device:status:batch" => e.args[0]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .for_each(&mut set),
+            _ => {}
+        }
+    }
+    v
+}
+
+/// Waits (for events, up to `T`) until the dashboard shows `device` offline, counting what it
+/// already `seen`; returns the events received meanwhile.
+async fn events_until_offline(d: &Client, device: &str, seen: &[Event]) -> Vec<Event> {
+    let deadline = tokio::time::Instant::now() + T;
+    let mut more = Vec::new();
+    loop {
+        let all: Vec<Event> = seen.iter().chain(more.iter()).cloned().collect();
+        if view(&all).get(device).map(String::as_str) == Some("offline") {
+            return more;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match d.next_event(left).await {
+            Some(e) => more.push(e),
+            None => panic!("the dashboard never showed {device} offline; it saw {all:?}"),
+        }
     }
 }
 
@@ -341,4 +398,57 @@ async fn failover_to_a_lagging_replica_behind_the_same_endpoint_strands_nobody()
     command_reaches(&c, &f, 0, DEVICES - 1).await; // connected after the split
     let_sweeps_run(&c).await;
     assert_fleet_untouched(&c, &f).await;
+}
+
+/// Pub/sub keeps nothing for a subscriber that is away: replica r1 loses Redis (through a proxy
+/// that resets every connection) while a device on r0 leaves, so r1's dashboard cannot receive
+/// the live `device:status`. When r1's adapter is back it re-sends the organisation's
+/// `device:status:batch`, which shows the device offline.
+#[tokio::test]
+async fn a_dashboard_whose_replica_missed_a_status_gets_it_after_the_reconnect() {
+    let redis = RedisServer::start().await;
+    let proxy = PausableProxy::start(&redis.addr()).await;
+    let (direct, via_proxy) = (redis.url(), format!("redis://{}", proxy.addr()));
+    let c = Cluster::start_connected(redis, 2, 1, |o| {
+        let url = if o.replica_id == "r1" {
+            &via_proxy
+        } else {
+            &direct
+        };
+        o.redis(url)
+    })
+    .await;
+    let dev = load_device(0);
+    let screen = ws_device(c.replicas[0].client(), &dev).await;
+    wait_lease(&c, &dev, screen.sid()).await;
+    let near = ws_dashboard(c.replicas[0].client(), ORG_A).await;
+    let far = ws_dashboard(c.replicas[1].client(), ORG_A).await;
+    let batch = far.wait_for("device:status:batch", T).await.unwrap();
+    assert!(
+        batch
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["deviceId"] == dev.as_str() && d["status"] == "online"),
+        "{batch}"
+    );
+
+    proxy.reset_connections();
+    screen.disconnect().await;
+    // r0's own dashboard got it: the offline has been published (the adapter publishes first).
+    let live = near.wait_for_event("device:status", T).await.unwrap();
+    assert_eq!(live.args[0]["status"], "offline");
+    assert!(
+        far.drain_events()
+            .iter()
+            .all(|e| e.name != "device:status" || e.args[0]["status"] != "offline"),
+        "r1 is cut off from Redis; nothing could reach it"
+    );
+
+    proxy.restore();
+    let seen = events_until_offline(&far, &dev, &[]).await;
+    assert!(
+        seen.iter().any(|e| e.name == "device:status:batch"),
+        "the dashboard learnt it from the re-sent batch: {seen:?}"
+    );
 }

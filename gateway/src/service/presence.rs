@@ -168,6 +168,7 @@ impl Gateway {
         epoch: u64,
         source: &'static str,
     ) {
+        tracing::debug!(device, epoch, source, "Offline transition.");
         self.metrics.transition(false, source);
         self.persister.submit(Transition {
             device_id: device.into(),

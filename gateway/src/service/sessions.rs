@@ -15,6 +15,8 @@ use crate::wire::{events::names, iso_now};
 pub const SESSION_EXPIRED: &str = "session:expired";
 pub const TENANT_SUSPENDED: &str = "tenant:suspended";
 pub const TENANT_RESUMED: &str = "tenant:resumed";
+/// How many devices `device:status:batch` lists.
+const STATUS_BATCH_LIMIT: u64 = 500;
 
 /// Why a dashboard session is over, if it is.
 pub fn expiry(marks: &SessionMarks, iat: Option<i64>) -> Option<&'static str> {
@@ -29,18 +31,32 @@ pub fn expiry(marks: &SessionMarks, iat: Option<i64>) -> Option<&'static str> {
     }
 }
 
-/// This replica's dashboard sockets: sid → (user, token `iat`).
+/// One dashboard socket of this replica.
+struct DashboardEntry {
+    user: String,
+    org: String,
+    iat: Option<i64>,
+}
+
+/// This replica's dashboard sockets: sid → (user, organisation, token `iat`).
 #[derive(Default)]
 pub struct DashboardRegistry {
-    by_sid: Mutex<HashMap<String, (String, Option<i64>)>>,
+    by_sid: Mutex<HashMap<String, DashboardEntry>>,
 }
 
 impl DashboardRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Option<i64>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, DashboardEntry>> {
         self.by_sid.lock().unwrap_or_else(|p| p.into_inner())
     }
-    pub fn insert(&self, sid: &str, user: &str, iat: Option<i64>) {
-        self.lock().insert(sid.into(), (user.into(), iat));
+    pub fn insert(&self, sid: &str, user: &str, org: &str, iat: Option<i64>) {
+        self.lock().insert(
+            sid.into(),
+            DashboardEntry {
+                user: user.into(),
+                org: org.into(),
+                iat,
+            },
+        );
     }
     pub fn remove(&self, sid: &str) {
         self.lock().remove(sid);
@@ -48,8 +64,12 @@ impl DashboardRegistry {
     fn snapshot(&self) -> Vec<(String, String, Option<i64>)> {
         self.lock()
             .iter()
-            .map(|(sid, (u, iat))| (sid.clone(), u.clone(), *iat))
+            .map(|(sid, e)| (sid.clone(), e.user.clone(), e.iat))
             .collect()
+    }
+    /// The organisations with at least one dashboard on this replica.
+    fn orgs(&self) -> HashSet<String> {
+        self.lock().values().map(|e| e.org.clone()).collect()
     }
 }
 
@@ -140,6 +160,72 @@ impl Gateway {
         }
     }
 
+    /// `device:status:batch` for an organisation: `[{deviceId, status, lastSeen, timestamp}]`,
+    /// the live status from presence (the database row may lag the asynchronous writer).
+    pub async fn status_batch(&self, org: &str) -> Value {
+        let rows = match self.db.org_devices(org, STATUS_BATCH_LIMIT).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not list the organisation's devices.");
+                return json!([]);
+            }
+        };
+        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let online = self.is_online(&ids).await.ok();
+        // The database row of a device that has just connected may not carry its `lastHeartbeat`
+        // yet (the transition writer is asynchronous): the status key in Redis does.
+        let stored: Vec<_> = rows.iter().map(|r| r.last_heartbeat).collect();
+        let last_seen = self.last_seen(&ids, &stored).await;
+        let ts = iso_now();
+        let list: Vec<Value> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let status = match online.as_ref().and_then(|o| o.get(i)) {
+                    Some(true) => "online".to_string(),
+                    Some(false) if r.status == "online" => "offline".to_string(),
+                    _ => r.status.clone(),
+                };
+                json!({"deviceId": r.id, "status": status, "lastSeen": last_seen.get(i).cloned().flatten(), "timestamp": ts})
+            })
+            .collect();
+        Value::Array(list)
+    }
+
+    /// After this replica's adapter lost Redis and subscribed again: pub/sub kept nothing of what
+    /// other replicas published meanwhile, so a `device:status` may have been missed. Every
+    /// organisation with a dashboard here gets `device:status:batch` again, read after the
+    /// resubscribe, so a transition shows either in that read or as a live event afterwards.
+    ///
+    /// A live event can still overtake the batch between its read and its emit (a release
+    /// retried right as Redis returned), leaving the batch's older status on screen. So the
+    /// statuses are read once more after the emit, and every device that changed in between gets
+    /// a `device:status` with the newer one: anything published after that second read arrives
+    /// after the batch anyway.
+    pub async fn resync_dashboards(&self) {
+        let orgs = self.dashboards.orgs();
+        tracing::info!(
+            organisations = orgs.len(),
+            "Resending device:status:batch to this replica's dashboards after the adapter reconnected."
+        );
+        for org in orgs {
+            let first = self.status_batch(&org).await;
+            self.emitter
+                .emit_local(
+                    room::dashboards(&org),
+                    names::DEVICE_STATUS_BATCH,
+                    first.clone(),
+                )
+                .await;
+            let second = self.status_batch(&org).await;
+            for changed in changed_statuses(&first, &second) {
+                self.emitter
+                    .emit_local(room::dashboards(&org), names::DEVICE_STATUS, changed)
+                    .await;
+            }
+        }
+    }
+
     /// Re-reads the suspended organisations (one round trip per replica per period).
     pub async fn suspended_refresh_once(&self) {
         match self.state.suspended_orgs().await {
@@ -193,6 +279,27 @@ impl Gateway {
     }
 }
 
+/// The entries of batch `after` whose status differs from the same device's in `before`.
+fn changed_statuses(before: &Value, after: &Value) -> Vec<Value> {
+    let old: HashMap<&str, &Value> = before
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| Some((d["deviceId"].as_str()?, &d["status"])))
+        .collect();
+    after
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| {
+            d["deviceId"]
+                .as_str()
+                .is_some_and(|id| old.get(id) != Some(&&d["status"]))
+        })
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +318,25 @@ mod tests {
         assert_eq!(expiry(&m(false, Some(100)), Some(100)), None);
         assert_eq!(expiry(&m(false, Some(100)), None), None);
         assert_eq!(expiry(&m(false, None), Some(1)), None);
+    }
+
+    #[test]
+    fn only_devices_whose_status_changed_between_two_batches_are_resent() {
+        let before = serde_json::json!([
+            {"deviceId": "a", "status": "online"},
+            {"deviceId": "b", "status": "online"},
+            {"deviceId": "c", "status": "offline"},
+        ]);
+        let after = serde_json::json!([
+            {"deviceId": "a", "status": "online"},
+            {"deviceId": "b", "status": "offline"},
+            {"deviceId": "c", "status": "offline"},
+            {"deviceId": "d", "status": "online"},
+        ]);
+        let ids: Vec<_> = changed_statuses(&before, &after)
+            .iter()
+            .map(|d| d["deviceId"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(ids, ["b", "d"]);
     }
 }

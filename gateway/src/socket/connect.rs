@@ -22,9 +22,6 @@ use crate::service::{Gateway, room};
 use crate::wire::events::names;
 use crate::wire::iso_now;
 
-/// How many devices `device:status:batch` lists.
-const BATCH_LIMIT: u64 = 500;
-
 /// The `connect_error` message.
 #[derive(Debug)]
 pub struct ConnectRefusal(String);
@@ -228,7 +225,8 @@ pub async fn on_connect<A: Adapter>(
                 room::user(&u.user_id),
                 room::socket(&sid),
             ]);
-            gw.dashboards.insert(&sid, &u.user_id, u.iat);
+            gw.dashboards
+                .insert(&sid, &u.user_id, &u.organization_id, u.iat);
             if ctx.phase.load(SeqCst) == 2 {
                 gw.dashboards.remove(&sid);
             }
@@ -236,7 +234,7 @@ pub async fn on_connect<A: Adapter>(
                 .gauges
                 .dashboard_sockets
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let batch = status_batch(&gw, &u.organization_id).await;
+            let batch = gw.status_batch(&u.organization_id).await;
             let _ = s.emit(names::DEVICE_STATUS_BATCH, &batch);
         }
     }
@@ -297,37 +295,6 @@ async fn send_device_state<A: Adapter>(
             }
         }
     }
-}
-
-/// `[{deviceId, status, lastSeen, timestamp}]` for the organisation, live status from presence.
-async fn status_batch(gw: &Gateway, org: &str) -> Value {
-    let rows = match gw.db.org_devices(org, BATCH_LIMIT).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "Could not list the organisation's devices.");
-            return json!([]);
-        }
-    };
-    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-    let online = gw.is_online(&ids).await.ok();
-    // The database row of a device that has just connected may not carry its `lastHeartbeat`
-    // yet (the transition writer is asynchronous): the status key in Redis does.
-    let stored: Vec<_> = rows.iter().map(|r| r.last_heartbeat).collect();
-    let last_seen = gw.last_seen(&ids, &stored).await;
-    let ts = iso_now();
-    let list: Vec<Value> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let status = match online.as_ref().and_then(|o| o.get(i)) {
-                Some(true) => "online".to_string(),
-                Some(false) if r.status == "online" => "offline".to_string(),
-                _ => r.status.clone(),
-            };
-            json!({"deviceId": r.id, "status": status, "lastSeen": last_seen.get(i).cloned().flatten(), "timestamp": ts})
-        })
-        .collect();
-    Value::Array(list)
 }
 
 async fn on_disconnect<A: Adapter>(

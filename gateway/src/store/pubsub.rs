@@ -53,6 +53,10 @@ struct Inner {
     lost: Notify,
     /// Cuts a reconnect backoff short (a publish is waiting).
     kick: Notify,
+    /// Counts reconnects (not the first connect): messages published by other replicas while
+    /// this one was not subscribed are lost (pub/sub keeps nothing), so whoever watches this
+    /// re-sends the state those messages carried.
+    reconnects: watch::Sender<u64>,
 }
 
 fn route(msg: PushInfo, handlers: &Handlers) {
@@ -175,6 +179,7 @@ async fn supervise(me: Weak<Inner>) {
             match inner.connect().await {
                 Ok(()) => {
                     tracing::info!(redis = %inner.target.describe(), "Adapter reconnected to the Redis primary.");
+                    inner.reconnects.send_modify(|n| *n += 1);
                     break;
                 }
                 Err(e) => {
@@ -202,10 +207,16 @@ impl ResilientDriver {
             broken: AtomicU64::new(0),
             lost: Notify::new(),
             kick: Notify::new(),
+            reconnects: watch::channel(0).0,
         });
         inner.connect().await?;
         tokio::spawn(supervise(Arc::downgrade(&inner)));
         Ok(ResilientDriver { inner })
+    }
+
+    /// Changes after every reconnect (and resubscribe) that followed a lost connection.
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        self.inner.reconnects.subscribe()
     }
 
     fn conn(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
