@@ -13,6 +13,9 @@
 #             HB_MS for HOLD_S; ack p50/p99, CPU per 1,000 heartbeats, database rows written
 #   fanout    three replicas, cluster mode: FANOUT_DEVICES spread over them, org broadcasts pushed
 #             through the internal API of every replica; delivery p50/p99
+#   failover  two replicas, cluster mode: FAILOVER_DEVICES spread over both, one replica SIGKILLed
+#             during the hold; its devices reconnect to the other (socket.io-client's backoff) and
+#             the time until each is connected again is reported
 #   churn     one replica, cluster mode: CHURN_CYCLES × CHURN_DEVICES connect, heartbeat, all close;
 #             RSS after each cycle (leak or plateau)
 set -euo pipefail
@@ -22,7 +25,7 @@ out=${OUT:-$root/BENCHMARKS.md}
 
 if [ -n "${QUICK:-}" ]; then
   : "${IDLE_DEVICES:=300}" "${HB_DEVICES:=200}" "${HB_MS:=1000}" "${HOLD_S:=5}" "${FANOUT_DEVICES:=150}"
-  : "${CHURN_CYCLES:=3}" "${CHURN_DEVICES:=100}" "${PROFILE:=debug}"
+  : "${CHURN_CYCLES:=3}" "${CHURN_DEVICES:=100}" "${FAILOVER_DEVICES:=100}" "${PROFILE:=debug}"
 fi
 IDLE_DEVICES=${IDLE_DEVICES:-20000}
 HB_DEVICES=${HB_DEVICES:-10000}
@@ -31,6 +34,7 @@ HOLD_S=${HOLD_S:-30}
 FANOUT_DEVICES=${FANOUT_DEVICES:-10000}
 CHURN_CYCLES=${CHURN_CYCLES:-14}
 CHURN_DEVICES=${CHURN_DEVICES:-2000}
+FAILOVER_DEVICES=${FAILOVER_DEVICES:-4000}
 PROFILE=${PROFILE:-release}
 SOURCES=${SOURCES:-8}
 
@@ -102,6 +106,7 @@ export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$pgdb
 DB_MIGRATE=true "$bin/vizora-gateway" migrate >&2
 max=$(( HB_DEVICES > FANOUT_DEVICES ? HB_DEVICES : FANOUT_DEVICES ))
 max=$(( max > CHURN_DEVICES ? max : CHURN_DEVICES ))
+max=$(( max > FAILOVER_DEVICES ? max : FAILOVER_DEVICES ))
 "$bin/vizora-gateway" seed --prefix load --orgs 100 --devices "$max" >&2
 # Row versions written since a transaction id: exact, unlike pg_stat counters (backends report
 # those up to 10 s late).
@@ -158,6 +163,19 @@ fan_out=$(swarm --addr "$addrs" --devices "$FANOUT_DEVICES" --orgs 100 --ramp-pe
 wait "$pusher" || true
 for g in "${gws[@]}"; do stop_gateway "$g"; done
 
+# ---- failover: a replica SIGKILLed under load ------------------------------------------------
+log "failover: $FAILOVER_DEVICES devices over two replicas, one killed during the hold"
+pa=$(free_port); start_gateway fo1 "$pa"; fo1=$gw_pid
+pb=$(free_port); start_gateway fo2 "$pb"; fo2=$gw_pid
+rm -f "$work/mark.hold" "$work/mark.end"
+fo_cmd="vizora-swarm --addr 127.0.0.1:$pa,127.0.0.1:$pb --devices $FAILOVER_DEVICES --orgs 100 --ramp-per-s 1000 --heartbeat-ms 15000 --hold-s 25 --reconnect  # + kill -9 of the first replica 3 s into the hold"
+( until [ -e "$work/mark.hold" ]; do sleep 0.2; done; sleep 3; kill -9 "$fo1" ) &
+killer=$!
+fo_out=$(swarm --addr "127.0.0.1:$pa,127.0.0.1:$pb" --devices "$FAILOVER_DEVICES" --orgs 100 \
+  --ramp-per-s 1000 --heartbeat-ms 15000 --hold-s 25 --reconnect --mark "$work/mark" | tee -a /dev/stderr)
+wait "$killer" || true
+stop_gateway "$fo2"
+
 # ---- churn soak ------------------------------------------------------------------------------
 log "churn: $CHURN_CYCLES cycles of $CHURN_DEVICES devices (cluster mode)"
 port=$(free_port)
@@ -170,6 +188,8 @@ stop_gateway "$gw_pid"
 # ---- report ----------------------------------------------------------------------------------
 hb_acks=$(echo "$hb_out" | grab '[0-9]+ heartbeats acknowledged during the hold' | grab '^[0-9]+')
 per_k=$(python3 -c "print(f'{$rows * 1000 / max(1, ${hb_acks:-0}):.2f}')")
+# The hand-kept before/after log of performance changes survives a rerun.
+changes=$( [ -f "$out" ] && sed -n '/^## Performance changes/,$p' "$out" || true)
 cat >"$out" <<MD
 # Benchmarks
 
@@ -188,6 +208,7 @@ generator (\`loadtest/swarm\`) all share these cores, so every figure is a floor
 | CPU per 1,000 heartbeats | $(echo "$hb_out" | grab '[0-9.]+ s per 1,000') | heartbeat (gateway process only) |
 | database rows written per 1,000 heartbeats | $per_k ($rows rows in \`devices\`/\`realtime_presence\` during the steady phase for ${hb_acks:-0} heartbeats; the per-interval \`lastHeartbeat\` flush is all there is) | heartbeat |
 | org broadcast fan-out p50 / p99, three replicas | $(echo "$fan_out" | grab 'fan-out p50 [0-9.]+ ms, p99 [0-9.]+ ms') | fanout, $FANOUT_DEVICES devices |
+| killed replica: its devices back online elsewhere | $(echo "$fo_out" | grab '[0-9]+ sockets lost their replica, [0-9]+ back online elsewhere; recovery p50 [0-9.]+ s, p99 [0-9.]+ s, max [0-9.]+ s') | failover, $FAILOVER_DEVICES devices, socket.io-client's reconnect backoff included |
 | RSS after each churn cycle | $(echo "$churn_out" | grep -oE 'RSS after all sockets closed: [0-9]+' | grep -oE '[0-9]+$' | paste -sd' ') KiB | churn |
 
 Commands (PID = the gateway's process id; the script starts everything itself):
@@ -196,6 +217,7 @@ Commands (PID = the gateway's process id; the script starts everything itself):
 $idle_cmd
 $hb_cmd
 $fan_cmd
+$fo_cmd
 $churn_cmd
 \`\`\`
 
@@ -205,7 +227,9 @@ Raw output:
 $idle_out
 $hb_out
 $fan_out
+$fo_out
 $churn_out
 \`\`\`
 MD
+[ -n "$changes" ] && printf '\n%s\n' "$changes" >>"$out"
 log "wrote $out"

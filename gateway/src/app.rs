@@ -266,6 +266,7 @@ async fn serve<A: Adapter>(
     };
     let app: Router = http::routes(gw.clone())
         .layer(layer)
+        .layer(axum::middleware::map_request(http::own_request_bytes))
         .layer(http::cors(&cfg.cors_origins))
         .layer(axum::middleware::from_fn_with_state(edge, http::gate));
 

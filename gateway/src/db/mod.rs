@@ -474,9 +474,32 @@ impl Db {
     /// and `devices` change in one transaction, so an older epoch can never overwrite a newer one.
     /// Returns whether anything changed.
     pub async fn apply_transition(&self, t: &Transition, replica: &str) -> DbResult<bool> {
-        let status = if t.online { "online" } else { "offline" };
         let txn = self.conn.begin().await?;
-        let won = self.upsert_presence(&txn, t, replica).await?;
+        let won = self.write_transition(&txn, t, replica).await?;
+        txn.commit().await?;
+        Ok(won)
+    }
+
+    /// Several transitions in submission order, in one transaction: after a connect storm the
+    /// writer has thousands queued, and one commit (one WAL flush) per transition was what
+    /// bounded its pace. All or nothing, so a failed batch is simply retried.
+    pub async fn apply_transitions(&self, ts: &[Transition], replica: &str) -> DbResult<()> {
+        let txn = self.conn.begin().await?;
+        for t in ts {
+            self.write_transition(&txn, t, replica).await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    async fn write_transition(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        t: &Transition,
+        replica: &str,
+    ) -> DbResult<bool> {
+        let status = if t.online { "online" } else { "offline" };
+        let won = self.upsert_presence(txn, t, replica).await?;
         if won {
             let sql = if t.is_transition {
                 r#"UPDATE devices SET "status" = $1, "lastHeartbeat" = $2, "updatedAt" = $2 WHERE "id" = $3"#
@@ -492,7 +515,6 @@ impl Db {
             ))
             .await?;
         }
-        txn.commit().await?;
         Ok(won)
     }
 

@@ -6,7 +6,10 @@ mod gate;
 mod health;
 mod internal;
 mod metrics;
+mod owned_parts;
 mod screenshots;
+
+pub use owned_parts::own_request_bytes;
 
 use std::sync::Arc;
 

@@ -1,6 +1,8 @@
 //! The transition writer: presence transitions are written to the database in submission order by
 //! one task per replica, retried with backoff until they succeed — never dropped, never reordered.
-//! The epoch guard in `Db::apply_transition` orders them against other replicas' writes.
+//! The epoch guard in `Db::apply_transition` orders them against other replicas' writes. What is
+//! queued when the writer comes round is written in one transaction (up to [`BATCH`]), so a
+//! connect storm's backlog costs one commit per batch rather than one per screen.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{Db, Transition};
 use crate::hooks::Hooks;
 use crate::telemetry::Metrics;
+
+/// Transitions written per transaction at most.
+const BATCH: usize = 256;
 
 #[derive(Clone)]
 pub struct Persister {
@@ -71,20 +76,32 @@ pub async fn run(
         tokio::time::sleep(grace).await;
     };
     tokio::pin!(deadline);
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         let t = tokio::select! {
             t = rx.recv() => match t { Some(t) => t, None => return },
             _ = shutdown.cancelled(), if rx.is_empty() => return,
             _ = &mut deadline => return,
         };
+        batch.push(t);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(t) => batch.push(t),
+                Err(_) => break,
+            }
+        }
         hooks.before_transition_write().await;
         let mut backoff = Duration::from_millis(100);
         loop {
-            match db.apply_transition(&t, &replica).await {
-                Ok(_) => break,
+            let written = match batch.as_slice() {
+                [one] => db.apply_transition(one, &replica).await.map(|_| ()),
+                many => db.apply_transitions(many, &replica).await,
+            };
+            match written {
+                Ok(()) => break,
                 Err(e) => {
                     metrics.store_error("db", "transition");
-                    tracing::warn!(device = %t.device_id, error = %e, "Transition write failed; retrying.");
+                    tracing::warn!(device = %batch[0].device_id, transitions = batch.len(), error = %e, "Transition write failed; retrying.");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = &mut deadline => return,
@@ -93,7 +110,10 @@ pub async fn run(
                 }
             }
         }
-        persister.pending.fetch_sub(1, Ordering::Relaxed);
+        persister
+            .pending
+            .fetch_sub(batch.len() as i64, Ordering::Relaxed);
+        batch.clear();
         metrics
             .gauges
             .pending_transitions

@@ -57,6 +57,11 @@ pub struct Args {
     /// Churn soak: repeat connect → hold → close-all this many times, printing RSS after each.
     #[arg(long, default_value_t = 1)]
     pub cycles: u32,
+    /// A device whose connection is lost reconnects to the next address (socket.io-client's
+    /// backoff), and the time it took to be connected again is reported: the killed-replica
+    /// recovery figure.
+    #[arg(long)]
+    pub reconnect: bool,
 }
 
 /// Shared counters; latencies are collected per task and merged at the end of a cycle.
@@ -69,6 +74,10 @@ pub struct Counters {
     pub ack_errors: AtomicU64,
     pub commands: AtomicU64,
     pub server_disconnects: AtomicU64,
+    /// Connected sockets whose transport was lost (with `--reconnect`).
+    pub lost: AtomicU64,
+    /// Of those, connected again.
+    pub recovered: AtomicU64,
 }
 
 fn mark(args: &Args, what: &str) {
@@ -129,9 +138,14 @@ async fn run_cycle(
             index: i,
         };
         let token = session::token(secret, &dev)?;
-        tasks.push(tokio::spawn(session::run(
-            args.addr[k % args.addr.len()],
+        let target = session::Target {
+            addrs: args.addr.clone(),
+            first: k % args.addr.len(),
             source,
+            reconnect: args.reconnect,
+        };
+        tasks.push(tokio::spawn(session::run(
+            target,
             dev,
             token,
             args.heartbeat_ms,
@@ -186,11 +200,28 @@ async fn run_cycle(
     stop.cancel();
     let mut lat = Vec::new();
     let mut fan = Vec::new();
+    let mut recovery = Vec::new();
     for t in tasks {
         if let Ok(l) = t.await {
             lat.extend(l.ack_us);
             fan.extend(l.fanout_us);
+            recovery.extend(l.recovery_us);
         }
+    }
+    recovery.sort_unstable();
+    let lost = counters.lost.load(Ordering::Relaxed);
+    if lost > 0 {
+        let s = |p: f64| {
+            let i = ((recovery.len() as f64 * p) as usize).min(recovery.len().saturating_sub(1));
+            recovery.get(i).map_or(f64::NAN, |us| *us as f64 / 1e6)
+        };
+        println!(
+            "cycle {cycle}: {lost} sockets lost their replica, {} back online elsewhere; recovery p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+            counters.recovered.load(Ordering::Relaxed),
+            s(0.5),
+            s(0.99),
+            s(1.0)
+        );
     }
     lat.sort_unstable();
     fan.sort_unstable();

@@ -23,6 +23,16 @@ pub struct Outcome {
     pub ack_us: Vec<u32>,
     /// Delivery latency of `loadtest:ping` broadcasts (now − their `sentAt`), in µs.
     pub fanout_us: Vec<u32>,
+    /// With `--reconnect`: from losing a connected socket to being connected again, in µs.
+    pub recovery_us: Vec<u64>,
+}
+
+/// socket.io-client's reconnection delay: `reconnectionDelay` 1000 ms with
+/// `randomizationFactor` 0.5, doubling up to `reconnectionDelayMax` 5000 ms.
+fn reconnect_delay(index: usize, attempt: u32) -> Duration {
+    let base = 1000u64.saturating_mul(1 << attempt.min(3)).min(5000);
+    let jitter = (index as u64 * 7919 + u64::from(attempt) * 104_729) % base;
+    Duration::from_millis(base / 2 + jitter)
 }
 
 fn now_ms() -> u64 {
@@ -53,11 +63,20 @@ pub fn token(secret: &str, d: &Device) -> anyhow::Result<String> {
     )?)
 }
 
+/// Where and how one device connects.
+pub struct Target {
+    /// The gateway addresses; the device starts at `first` and, with `reconnect`, moves to the
+    /// next one when its connection is lost (what a load balancer does when a replica dies).
+    pub addrs: Vec<SocketAddr>,
+    pub first: usize,
+    pub source: IpAddr,
+    pub reconnect: bool,
+}
+
 /// Connects (retrying refused handshakes with socket.io-client's backoff), then heartbeats until
 /// `stop` fires. Never panics on what the server sends.
 pub async fn run(
-    addr: SocketAddr,
-    source: IpAddr,
+    target: Target,
     dev: Device,
     token: String,
     heartbeat_ms: u64,
@@ -65,27 +84,41 @@ pub async fn run(
     stop: CancellationToken,
 ) -> Outcome {
     let mut out = Outcome::default();
-    for attempt in 0..10u32 {
+    let mut at = target.first;
+    let mut lost_at: Option<Instant> = None;
+    let mut attempt = 0u32;
+    while attempt < 10 {
+        let addr = target.addrs[at % target.addrs.len()];
         match session(
             addr,
-            source,
+            target.source,
             &dev,
             &token,
             heartbeat_ms,
             &c,
             &mut out,
             &stop,
+            &mut lost_at,
         )
         .await
         {
             Ok(()) => return out,
             Err(End::Refused) => {
                 c.refused.fetch_add(1, Ordering::Relaxed);
-                let base = 1000u64.saturating_mul(1 << attempt.min(3)).min(5000);
-                let jitter = (dev.index as u64 * 7919 + u64::from(attempt) * 104_729) % base;
-                tokio::time::sleep(Duration::from_millis(base / 2 + jitter)).await;
+                tokio::time::sleep(reconnect_delay(dev.index, attempt)).await;
+                attempt += 1;
             }
-            Err(End::Failed) => break,
+            Err(End::Lost) if target.reconnect && !stop.is_cancelled() => {
+                c.lost.fetch_add(1, Ordering::Relaxed);
+                lost_at = Some(Instant::now());
+                at += 1;
+                attempt = 0;
+                tokio::select! {
+                    _ = tokio::time::sleep(reconnect_delay(dev.index, 0)) => {}
+                    _ = stop.cancelled() => return out,
+                }
+            }
+            Err(End::Lost | End::Failed) => break,
         }
     }
     c.failed.fetch_add(1, Ordering::Relaxed);
@@ -93,7 +126,10 @@ pub async fn run(
 }
 
 enum End {
+    /// The handshake was refused or the transport closed before the Socket.IO connect.
     Refused,
+    /// A connected socket's transport was lost.
+    Lost,
     Failed,
 }
 
@@ -107,6 +143,7 @@ async fn session(
     c: &Counters,
     out: &mut Outcome,
     stop: &CancellationToken,
+    lost_at: &mut Option<Instant>,
 ) -> Result<(), End> {
     let sock = TcpSocket::new_v4().map_err(|_| End::Failed)?;
     sock.bind(SocketAddr::new(source, 0))
@@ -142,20 +179,20 @@ async fn session(
                 );
                 in_flight = Some((ack_id, Instant::now()));
                 if ws.send(Message::text(hb)).await.is_err() {
-                    return Err(End::Failed);
+                    return Err(End::Lost);
                 }
             }
             msg = ws.next() => {
                 let text = match msg {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(_)) => continue,
-                    _ if connected => return Err(End::Failed),
+                    _ if connected => return Err(End::Lost),
                     _ => return Err(End::Refused),
                 };
                 let t = text.as_str();
                 if t == "2" {
                     if ws.send(Message::text("3")).await.is_err() {
-                        return Err(End::Failed);
+                        return Err(if connected { End::Lost } else { End::Refused });
                     }
                 } else if t.starts_with('0') {
                     if ws.send(Message::text(format!("40{auth}"))).await.is_err() {
@@ -163,7 +200,15 @@ async fn session(
                     }
                 } else if t.starts_with("40") {
                     connected = true;
-                    c.connected.fetch_add(1, Ordering::Relaxed);
+                    match lost_at.take() {
+                        Some(t0) => {
+                            c.recovered.fetch_add(1, Ordering::Relaxed);
+                            out.recovery_us.push(t0.elapsed().as_micros().min(u128::from(u64::MAX)) as u64);
+                        }
+                        None => {
+                            c.connected.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 } else if t.starts_with("44") {
                     return Err(End::Failed);
                 } else if t.starts_with("41") {
