@@ -192,29 +192,29 @@ async fn an_offline_notification_waits_out_the_delay_and_comes_once() {
     let (a, b) = (c.replica("a"), c.replica("b"));
     past_the_first_grace(&c).await;
 
-    // A1 leaves and comes back (through the other replica) a second before its notice is due;
-    // A2 leaves three seconds after A1 (so their notices are claimed on different ticks) and
+    // A2 leaves and comes back (through the other replica) a second before its notice is due;
+    // A1 ("Lobby screen") leaves three seconds after A2 (so their notices are claimed on different ticks) and
     // stays away.
-    let back_soon = a.connect(DEV_A1, ORG_A).await;
-    let gone = a.connect(DEV_A2, ORG_A).await;
+    let back_soon = a.connect(DEV_A2, ORG_A).await;
+    let gone = a.connect(DEV_A1, ORG_A).await;
     a.disconnect(&back_soon).await;
     settle().await;
-    assert_eq!(offline(&a.emitted, DEV_A1), 1, "a release is a transition");
+    assert_eq!(offline(&a.emitted, DEV_A2), 1, "a release is a transition");
     step(3 * SECOND).await;
     a.disconnect(&gone).await;
     step(t.notify - 4 * SECOND).await;
-    b.connect(DEV_A1, ORG_A).await;
+    b.connect(DEV_A2, ORG_A).await;
 
-    // A2's notice: one row, written no sooner than the delay after it left and no later than
+    // A1's notice: one row, written no sooner than the delay after it left and no later than
     // the next notice tick (once a second). Both times are read on the same clock, to within
     // its precision (a millisecond each).
     step(5 * SECOND).await;
     until("the device_offline row", || async {
-        (c.notifications(DEV_A2, "device_offline").await > 0).then_some(())
+        (c.notifications(DEV_A1, "device_offline").await > 0).then_some(())
     })
     .await;
     step(2 * t.notify).await;
-    let rows = c.notification_rows(DEV_A2, "device_offline").await;
+    let rows = c.notification_rows(DEV_A1, "device_offline").await;
     assert_eq!(rows.len(), 1, "exactly once: {rows:?}");
     let (written, left) = rows[0];
     let waited = (written - left.unwrap()).to_std().unwrap();
@@ -222,17 +222,17 @@ async fn an_offline_notification_waits_out_the_delay_and_comes_once() {
         waited + Duration::from_millis(2) >= t.notify && waited <= t.notify + SECOND,
         "written {waited:?} after the device left"
     );
-    // Had A1's notice been claimed, it would have been written on an earlier tick than A2's.
+    // Had A2's notice been claimed, it would have been written on an earlier tick than A1's.
     assert_eq!(
-        c.notifications(DEV_A1, "device_offline").await,
+        c.notifications(DEV_A2, "device_offline").await,
         0,
         "a return within the delay cancels the notice"
     );
 
-    // A2's return after a fired notice owes one "back online" notice.
-    a.connect(DEV_A2, ORG_A).await;
+    // A1's return after a fired notice owes one "back online" notice.
+    a.connect(DEV_A1, ORG_A).await;
     until("one device_online row", || async {
-        (c.notifications(DEV_A2, "device_online").await == 1).then_some(())
+        (c.notifications(DEV_A1, "device_online").await == 1).then_some(())
     })
     .await;
     step(t.notify).await;
@@ -244,9 +244,21 @@ async fn an_offline_notification_waits_out_the_delay_and_comes_once() {
         .collect();
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert_eq!(notes[0]["type"], "device_online");
-    assert_eq!(notes[0]["deviceId"], DEV_A2);
-    assert_eq!(c.notifications(DEV_A2, "device_online").await, 1);
-    assert_eq!(c.notifications(DEV_A1, "device_online").await, 0);
+    assert_eq!(notes[0]["deviceId"], DEV_A1);
+    assert_eq!(notes[0]["deviceName"], "Lobby screen");
+    let to = a
+        .emitted
+        .all()
+        .into_iter()
+        .find(|e| e.event == "notification:new")
+        .map(|e| e.room);
+    assert_eq!(
+        to,
+        Some(format!("dashboards:{ORG_A}")),
+        "the organisation's dashboards"
+    );
+    assert_eq!(c.notifications(DEV_A1, "device_online").await, 1);
+    assert_eq!(c.notifications(DEV_A2, "device_online").await, 0);
 }
 
 /// The whole embedded app — `app::run` on port 0, real sockets, its own schedule — under the
