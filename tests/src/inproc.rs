@@ -220,6 +220,8 @@ async fn seeded(cfg: &Config) -> Db {
 /// a seeded SQLite file, local storage) listening on 127.0.0.1:0. Real sockets, no process.
 pub struct Server {
     pub addr: std::net::SocketAddr,
+    /// The configuration it runs with.
+    pub cfg: Config,
     shutdown: CancellationToken,
     run: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -233,9 +235,14 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let run = tokio::spawn(vizora_gateway::app::run(cfg, listener, shutdown.clone()));
+        let run = tokio::spawn(vizora_gateway::app::run(
+            cfg.clone(),
+            listener,
+            shutdown.clone(),
+        ));
         Server {
             addr,
+            cfg,
             shutdown,
             run: Some(run),
             _dir: dir,

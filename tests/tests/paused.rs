@@ -16,7 +16,9 @@ use std::time::Duration;
 use tokio::time::{Instant, advance};
 use vizora_gateway::limits::{DeviceLimiter, EdgeGuard, Refusal};
 use vizora_gateway_tests::inproc::{ClockHold, InProc, Recorder, Server, settle, until};
-use vizora_gateway_tests::{DEV_A1, DEV_A2, ORG_A, status_events, ws_dashboard, ws_device};
+use vizora_gateway_tests::{
+    DEV_A1, DEV_A2, ORG_A, device_token, status_events, ws_dashboard, ws_device,
+};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -372,4 +374,46 @@ async fn handshakes_past_the_per_ip_burst_get_their_retry_after() {
         Err(Refusal::RateLimited { .. })
     ));
     assert_eq!(g.check([192, 0, 2, 8].into(), 0, false), Ok(()));
+}
+
+/// The per-device pace through a real handshake (`app::run`, shipped limits): past the burst,
+/// a connect is held — not refused — until the device's bucket allows it, then admitted.
+#[tokio::test(start_paused = true)]
+async fn through_app_run_a_connect_past_the_burst_is_held_until_the_bucket_allows_it() {
+    let _hold = ClockHold::new();
+    let s = Server::start(&[]).await;
+    let limits = s.cfg.limits.clone();
+    let every = Duration::from_secs(60) / limits.connect_per_device_per_min;
+    // The burst, all at this instant of the held clock.
+    for _ in 0..limits.connect_burst_per_device {
+        let c = ws_device(s.client(), DEV_A1).await;
+        c.disconnect().await;
+    }
+    let opts = s
+        .client()
+        .transport(vizora_sioclient::Transport::Websocket)
+        .auth(serde_json::json!({"token": device_token(DEV_A1, ORG_A)}))
+        .connect_timeout(Duration::from_secs(60));
+    let held = tokio::spawn(vizora_sioclient::connect(opts));
+    // Real time for the handshake to reach the pace (loopback and SQLite, no timers): a
+    // connect admitted without waiting would have finished by then.
+    let real = std::time::Instant::now();
+    while real.elapsed() < Duration::from_millis(300) {
+        settle().await;
+    }
+    assert!(!held.is_finished(), "admitted past the burst at once");
+    advance(every - Duration::from_millis(1)).await;
+    settle().await;
+    assert!(!held.is_finished(), "admitted before the bucket allowed it");
+    advance(Duration::from_millis(1)).await;
+    let h = &held;
+    until("the held connect admitted", || async move {
+        h.is_finished().then_some(())
+    })
+    .await;
+    let c = held
+        .await
+        .unwrap()
+        .expect("held, then admitted (not refused)");
+    assert!(c.is_connected());
 }
