@@ -375,7 +375,9 @@ async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
 }
 
 /// Periodic work: lease refresh, sweep, offline notices, the bulk flush, limiter housekeeping.
-fn spawn_background(
+/// Public so the in-process test fixture (`tests/src/inproc.rs`) runs this very schedule under
+/// a paused clock.
+pub fn spawn_background(
     tasks: &TaskTracker,
     gw: &Arc<Gateway>,
     guard: &Arc<EdgeGuard>,

@@ -6,8 +6,10 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 
 use crate::config::Limits;
 use crate::proxies::TrustedProxies;
@@ -18,6 +20,31 @@ fn nz(v: u32) -> NonZeroU32 {
 
 fn per_second(rate: u32, burst: u32) -> Quota {
     Quota::per_second(nz(rate)).allow_burst(nz(burst))
+}
+
+/// governor's clock read through tokio's: the monotonic clock in production, the test's clock
+/// under `tokio::time::pause`, so the pacing rules and their `Retry-After` run in paused-time
+/// tests (`tests/tests/paused.rs`) instead of waiting them out.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = std::time::Instant;
+    fn now(&self) -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
+type KeyedLimiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, TokioClock, NoMiddleware>;
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoMiddleware>;
+type NoMiddleware = governor::middleware::NoOpMiddleware<std::time::Instant>;
+
+fn keyed<K: std::hash::Hash + Eq + Clone>(quota: Quota) -> KeyedLimiter<K> {
+    RateLimiter::new(quota, DefaultKeyedStateStore::default(), TokioClock)
+}
+
+fn direct(quota: Quota) -> DirectLimiter {
+    RateLimiter::direct_with_clock(quota, TokioClock)
 }
 
 /// Why a handshake was refused at the edge.
@@ -33,8 +60,8 @@ pub enum Refusal {
 
 /// Handshake limits checked before the Engine.IO session exists.
 pub struct EdgeGuard {
-    per_ip: DefaultKeyedRateLimiter<IpAddr>,
-    global: DefaultDirectRateLimiter,
+    per_ip: KeyedLimiter<IpAddr>,
+    global: DirectLimiter,
     pub max_connections: usize,
     pub trusted_proxies: TrustedProxies,
 }
@@ -42,8 +69,8 @@ pub struct EdgeGuard {
 impl EdgeGuard {
     pub fn new(l: &Limits) -> Self {
         EdgeGuard {
-            per_ip: RateLimiter::keyed(per_second(l.connect_rate_per_ip, l.connect_burst_per_ip)),
-            global: RateLimiter::direct(per_second(l.connect_rate_global, l.connect_burst_global)),
+            per_ip: keyed(per_second(l.connect_rate_per_ip, l.connect_burst_per_ip)),
+            global: direct(per_second(l.connect_rate_global, l.connect_burst_global)),
             max_connections: l.max_connections,
             trusted_proxies: l.trusted_proxies.clone(),
         }
@@ -57,7 +84,7 @@ impl EdgeGuard {
             return Err(Refusal::ServerBusy);
         }
         if let Err(nu) = self.per_ip.check_key(&ip) {
-            let retry_after = nu.wait_time_from(DefaultClock::default().now());
+            let retry_after = nu.wait_time_from(TokioClock.now());
             return Err(Refusal::RateLimited { retry_after });
         }
         if self.global.check().is_err() {
@@ -76,7 +103,7 @@ impl EdgeGuard {
 /// The per-device connect pace: the device id is only known once the token is verified, so the
 /// connect is held until the bucket allows it.
 pub struct DeviceLimiter {
-    per_device: DefaultKeyedRateLimiter<String>,
+    per_device: KeyedLimiter<String>,
 }
 
 impl DeviceLimiter {
@@ -84,7 +111,7 @@ impl DeviceLimiter {
         let quota = Quota::per_minute(nz(l.connect_per_device_per_min))
             .allow_burst(nz(l.connect_burst_per_device));
         DeviceLimiter {
-            per_device: RateLimiter::keyed(quota),
+            per_device: keyed(quota),
         }
     }
 
@@ -92,7 +119,7 @@ impl DeviceLimiter {
     pub fn wait_time(&self, device: &str) -> Duration {
         match self.per_device.check_key(&device.to_string()) {
             Ok(()) => Duration::ZERO,
-            Err(nu) => nu.wait_time_from(DefaultClock::default().now()),
+            Err(nu) => nu.wait_time_from(TokioClock.now()),
         }
     }
 
@@ -103,11 +130,11 @@ impl DeviceLimiter {
 }
 
 /// One socket's message budget.
-pub struct MessageLimiter(DefaultDirectRateLimiter);
+pub struct MessageLimiter(DirectLimiter);
 
 impl MessageLimiter {
     pub fn new(l: &Limits) -> Self {
-        MessageLimiter(RateLimiter::direct(per_second(
+        MessageLimiter(direct(per_second(
             l.message_rate_per_socket,
             l.message_burst_per_socket,
         )))

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod fixture;
 pub mod gateway;
+pub mod inproc;
 pub mod nginx;
 pub mod postgres;
 pub mod proxy;

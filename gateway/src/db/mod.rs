@@ -111,11 +111,11 @@ pub struct Db {
     has_subscription: bool,
 }
 
+/// Now, on the stores' clock (`store::now_ms`: the system clock, or a paused test clock).
 pub fn now() -> NaiveDateTime {
     // TIMESTAMP(3): keep millisecond precision so values round-trip exactly.
-    let n = Utc::now();
-    chrono::DateTime::from_timestamp_millis(n.timestamp_millis())
-        .unwrap_or(n)
+    chrono::DateTime::from_timestamp_millis(crate::store::now_ms())
+        .unwrap_or_else(Utc::now)
         .naive_utc()
 }
 

@@ -2,6 +2,9 @@
 //!
 //! Same semantics as the Lua scripts in `lua/`: each method takes the lock once, so every step is
 //! atomic exactly like a script. Expired entries are dropped lazily on read and on sweep.
+//!
+//! Time is `super::now_ms`, tokio's view of the wall clock, so a paused test clock drives lease
+//! deadlines, the sweep grace and notice due times (`tests/tests/paused.rs`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
@@ -91,7 +94,7 @@ impl MemoryStore {
     }
 
     fn now_us(&self) -> u64 {
-        let wall = chrono::Utc::now().timestamp_micros().max(0) as u64;
+        let wall = super::now_us().max(0) as u64;
         let mut last = self.last_epoch.lock().unwrap_or_else(|p| p.into_inner());
         *last = wall.max(*last + 1);
         *last

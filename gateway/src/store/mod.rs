@@ -372,7 +372,36 @@ pub fn screenshot_key(device: &str, request_id: &str) -> String {
     format!("screenshot:pending:{device}:{request_id}")
 }
 
-/// Wall-clock milliseconds (the unit of every timestamp in Redis values).
+/// Wall-clock milliseconds (the unit of every timestamp in Redis values), as tokio sees them:
+/// see [`now_us`].
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    now_us().div_euclid(1000)
+}
+
+/// Wall-clock microseconds as tokio sees them. In production that is the system clock. Under a
+/// paused test clock (`tokio::time::pause`, tokio's `test-util`) it moves only with
+/// `tokio::time::advance`, so the in-process store's deadlines, sweep ticks and notice due
+/// times follow the test's time and the lease rules can run in paused-time tests.
+pub fn now_us() -> i64 {
+    // tokio's clock minus the monotonic clock is zero unless paused. The wall clock is read
+    // between two monotonic reads, again if the thread was preempted in between, so the pair
+    // agrees within a millisecond.
+    let tokio_now = tokio::time::Instant::now().into_std();
+    let mut tries = 0;
+    loop {
+        let before = std::time::Instant::now();
+        let wall = chrono::Utc::now().timestamp_micros();
+        tries += 1;
+        if before.elapsed() < std::time::Duration::from_millis(1) || tries == 3 {
+            return wall + signed_micros(tokio_now, before);
+        }
+    }
+}
+
+/// `a - b` in microseconds, either sign.
+fn signed_micros(a: std::time::Instant, b: std::time::Instant) -> i64 {
+    match a.checked_duration_since(b) {
+        Some(ahead) => ahead.as_micros() as i64,
+        None => -(b.duration_since(a).as_micros() as i64),
+    }
 }
