@@ -208,15 +208,27 @@ async fn the_bulk_flush_is_one_statement_per_replica_per_interval() {
     };
     // From the first statement after which both replicas have flushed their full set: a flush
     // that read its live devices before the last connect may land after the connects.
-    let start = eventually(T, "a full flush by each replica", || async {
-        let u = device_updates(&conn, 0).await;
-        let last: Option<Vec<i64>> = per_replica
-            .iter()
-            .map(|set| u.iter().filter(|x| &x.ids == set).map(|x| x.n).max())
-            .collect();
-        last?.into_iter().max()
+    let full_flushes = tokio::time::timeout(T, async {
+        loop {
+            let u = device_updates(&conn, 0).await;
+            let last: Option<Vec<i64>> = per_replica
+                .iter()
+                .map(|set| u.iter().filter(|x| &x.ids == set).map(|x| x.n).max())
+                .collect();
+            if let Some(n) = last.and_then(|l| l.into_iter().max()) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
+    let Ok(start) = full_flushes else {
+        panic!(
+            "no replica flushed its devices {per_replica:?} in one statement; \
+             UPDATEs of devices: {:#?}",
+            device_updates(&conn, 0).await
+        );
+    };
     let updates = eventually(
         Duration::from_secs(30),
         "three flushes per replica",
