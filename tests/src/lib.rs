@@ -71,3 +71,31 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Records every event `client` receives into `seen`, nothing thrown away, until `done(seen)`
+/// holds; panics naming `what` (and listing what was seen) after `timeout`. Unlike
+/// [`vizora_sioclient::Client::wait_for`], which consumes the events it skips, this keeps the
+/// full record, so a test can later assert that something forbidden never happened.
+pub async fn record_until(
+    client: &vizora_sioclient::Client,
+    seen: &mut Vec<vizora_sioclient::Event>,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[vizora_sioclient::Event]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        seen.extend(client.drain_events());
+        if done(seen) {
+            return;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await {
+            Some(e) => seen.push(e),
+            None => panic!(
+                "no {what} within {timeout:?} (connection closed: {}); seen: {seen:?}",
+                !client.is_connected()
+            ),
+        }
+    }
+}

@@ -13,28 +13,51 @@ fn statuses(events: &[Event], dev: &str, status: &str) -> usize {
     status_events(events, dev, status).len()
 }
 
+/// Waits until the dashboard has recorded `dev` going offline (`seen` keeps every event).
+async fn until_offline(dash: &Client, seen: &mut Vec<Event>, dev: &str) {
+    record_until(dash, seen, T, &format!("{dev} offline"), |evs| {
+        statuses(evs, dev, "offline") > 0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn reconnect_elsewhere_while_old_disconnect_is_slow_is_never_offline() {
     // Every release waits 1.5 s before it runs: the reconnect on B always wins the race.
     let c = Cluster::start(2, 0, |o| o.env("VIZORA_TEST_RELEASE_DELAY_MS", 1500)).await;
     let dash = ws_dashboard(c.replicas[1].client(), ORG_A).await;
+    // Markers: devices that really leave, right after each slow release has started on the same
+    // replica. Their offline, which passes through the same delay, tells when that release has
+    // run, and shows the dashboard does receive status events (a positive control).
+    let marker_a = ws_device(c.replicas[0].client(), DEV_A2).await;
+    let marker_b = ws_device(c.replicas[1].client(), DEV_A3).await;
     let old = ws_device(c.replicas[0].client(), DEV_A1).await;
-    c.wait_db_status(DEV_A1, "online").await;
+    for d in [DEV_A1, DEV_A2, DEV_A3] {
+        c.wait_db_status(d, "online").await;
+    }
+    let mut seen = Vec::new();
     old.disconnect().await;
     let new = ws_device(c.replicas[1].client(), DEV_A1).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // the slow release has run by now
+    marker_a.disconnect().await;
+    until_offline(&dash, &mut seen, DEV_A2).await; // old's slow release on A has run by now
     assert!(new.is_connected());
     assert_eq!(c.lease(DEV_A1).await.unwrap()["sid"], new.sid());
     assert_eq!(c.db_status(DEV_A1).await, "online");
     new.disconnect().await;
     let again = ws_device(c.replicas[0].client(), DEV_A1).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    marker_b.disconnect().await;
+    until_offline(&dash, &mut seen, DEV_A3).await; // new's slow release on B has run by now
     assert!(again.is_connected());
+    assert_eq!(c.lease(DEV_A1).await.unwrap()["sid"], again.sid());
+    seen.extend(dash.drain_events());
     assert_eq!(
-        statuses(&dash.drain_events(), DEV_A1, "offline"),
+        statuses(&seen, DEV_A1, "offline"),
         0,
-        "never reported offline"
+        "never reported offline: {seen:?}"
     );
+    for d in [DEV_A2, DEV_A3] {
+        assert_eq!(statuses(&seen, d, "offline"), 1, "{d}: {seen:?}");
+    }
     again.disconnect().await;
 }
 
@@ -216,6 +239,48 @@ async fn epoch_stays_monotonic_across_a_redis_restart() {
         "the superseded socket is told to go"
     );
     assert!(new.is_connected());
+
+    // `> first` above holds by Redis TIME alone. The other half of the rule, `stored + 1`, is
+    // what keeps epochs moving forward when the stored epoch is AHEAD of Redis's clock (written
+    // through a primary whose clock ran ahead, or two acquires in one microsecond): store an
+    // epoch an hour in Redis's future, and the next connection must get exactly that plus one.
+    let time: Vec<String> = c.redis.cmd(&["TIME"]).await;
+    let now_us = time[0].parse::<u64>().unwrap() * 1_000_000 + time[1].parse::<u64>().unwrap();
+    let ahead = now_us + 3_600 * 1_000_000;
+    let _: String = c
+        .redis
+        .cmd(&["SET", &format!("device:epoch:{DEV_A1}"), &ahead.to_string()])
+        .await;
+    let newest = ws_device(c.replicas[0].client(), DEV_A1).await;
+    let lease = eventually(T, "the newest socket owns the lease", || async {
+        c.lease(DEV_A1).await.filter(|l| l["sid"] == newest.sid())
+    })
+    .await;
+    assert_eq!(
+        lease["epoch"].as_str().unwrap().parse::<u64>().unwrap(),
+        ahead + 1,
+        "epoch = max(stored + 1, Redis TIME)"
+    );
+    assert_eq!(
+        new.closed(T).await,
+        Some(CloseReason::ServerDisconnect),
+        "the socket before it is superseded"
+    );
+    // The refresh finds it fresh (a stale lease would not have its deadline pushed forward).
+    let deadline = || async {
+        let d: Option<String> = c.redis.cmd(&["ZSCORE", "presence:deadlines", DEV_A1]).await;
+        d.unwrap().parse::<f64>().unwrap()
+    };
+    let first_deadline = deadline().await;
+    eventually(T, "a lease refresh after the connect", || async {
+        (deadline().await > first_deadline).then_some(())
+    })
+    .await;
+    assert!(newest.is_connected());
+    assert_eq!(
+        c.redis.get(&format!("device:epoch:{DEV_A1}")).await,
+        Some((ahead + 1).to_string())
+    );
 }
 
 #[tokio::test]
@@ -294,19 +359,20 @@ async fn a_device_that_leaves_during_a_redis_outage_goes_offline_when_redis_retu
             .map(|_| ())
     })
     .await;
-    eventually(T, "the dashboard on the other replica told", || async {
-        dash.wait_for("device:status", Duration::from_millis(500))
-            .await
-            .filter(|e| e["deviceId"] == DEV_A2 && e["status"] == "offline")
-            .map(|_| ())
-    })
-    .await;
+    // Every dashboard event is kept: a forbidden offline of the screen that stayed cannot be
+    // skipped over while waiting for the departed one's.
+    let mut seen = Vec::new();
+    until_offline(&dash, &mut seen, DEV_A2).await;
     // Several refresh rounds later: still exactly that one transition, and the screen that
     // stayed is online everywhere.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let events = dash.drain_events();
-    assert_eq!(statuses(&events, DEV_A2, "offline"), 0, "no second offline");
-    assert_eq!(statuses(&events, DEV_A1, "offline"), 0, "{events:?}");
+    seen.extend(dash.drain_events());
+    assert_eq!(
+        statuses(&seen, DEV_A2, "offline"),
+        1,
+        "no second offline: {seen:?}"
+    );
+    assert_eq!(statuses(&seen, DEV_A1, "offline"), 0, "{seen:?}");
     assert!(stays.is_connected());
     assert_eq!(c.db_status(DEV_A1).await, "online");
     assert_eq!(c.db_status(DEV_A2).await, "offline");

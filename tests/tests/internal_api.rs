@@ -816,37 +816,64 @@ fn outside_ip() -> Option<std::net::IpAddr> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
-/// From anywhere but loopback, metrics need `Authorization: Bearer $METRICS_TOKEN`.
+/// From anywhere but loopback, metrics need `Authorization: Bearer $METRICS_TOKEN`. Loopback is
+/// the client's address: the TCP peer, or what a trusted proxy forwards. A client off loopback
+/// is always shown, through a trusted proxy on this host forwarding one; where this machine has
+/// a non-loopback address, also as the TCP peer itself. A loopback client without a token is the
+/// positive control: the refusals come from the address rule, not from a route refusing all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_need_the_token_off_loopback() {
-    let Some(ip) = outside_ip() else {
-        eprintln!("no non-loopback address on this machine: skipping");
-        return;
-    };
     let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
     let token = "metrics-token-metrics-token-0123456789";
     let gw = Gateway::start(
         GatewayOptions::new(db)
             .env("HOST", "0.0.0.0")
+            .env("TRUSTED_PROXIES", "127.0.0.1")
             .env("METRICS_TOKEN", token),
     )
     .await;
-    let outside = vizora_gateway_tests::api::Api::new(&format!("http://{ip}:{}", gw.port));
+    let local = vizora_gateway_tests::api::Api::new(&gw.url());
+    for path in ["/api/internal/metrics", "/metrics"] {
+        let (s, text) = local.get_text(path, &[]).await;
+        assert_eq!(s, 200, "{path}: a loopback client needs no token: {text}");
+        assert!(text.contains("vizora_gateway_"));
+    }
+    let forwarded = [("x-forwarded-for", "192.0.2.77")];
+    assert_token_needed(&local, &forwarded, token, "forwarded by a trusted proxy").await;
+    match outside_ip() {
+        Some(ip) => {
+            let outside = vizora_gateway_tests::api::Api::new(&format!("http://{ip}:{}", gw.port));
+            assert_token_needed(&outside, &[], token, &format!("peer {ip}")).await;
+        }
+        None => eprintln!("no non-loopback address on this machine: shown through the proxy only"),
+    }
+}
+
+/// Every metrics route refuses `api` (with `base` headers) unless the right bearer token comes
+/// along.
+async fn assert_token_needed(
+    api: &vizora_gateway_tests::api::Api,
+    base: &[(&str, &str)],
+    token: &str,
+    who: &str,
+) {
+    let bearer = format!("Bearer {token}");
     for path in ["/api/internal/metrics", "/metrics"] {
         for auth in [None, Some("Bearer wrong"), Some(token), Some("Bearer ")] {
-            let headers: Vec<(&str, &str)> =
-                auth.map(|a| ("authorization", a)).into_iter().collect();
-            let (s, text) = outside.get_text(path, &headers).await;
-            assert_eq!(s, 403, "{path} {auth:?}: {text}");
+            let mut headers = base.to_vec();
+            headers.extend(auth.map(|a| ("authorization", a)));
+            let (s, text) = api.get_text(path, &headers).await;
+            assert_eq!(s, 403, "{who} {path} {auth:?}: {text}");
             let b: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(
                 b,
                 json!({"statusCode": 403, "message": "Metrics access denied", "error": "Forbidden"})
             );
         }
-        let bearer = format!("Bearer {token}");
-        let (s, text) = outside.get_text(path, &[("authorization", &bearer)]).await;
-        assert_eq!(s, 200, "{path}: {text}");
+        let mut headers = base.to_vec();
+        headers.push(("authorization", &bearer));
+        let (s, text) = api.get_text(path, &headers).await;
+        assert_eq!(s, 200, "{who} {path}: {text}");
         assert!(text.contains("vizora_gateway_"));
     }
 }

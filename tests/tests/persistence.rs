@@ -3,7 +3,9 @@
 //! that say online with no lease behind them are reconciled to offline, once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
@@ -104,46 +106,173 @@ async fn a_thousand_heartbeats_write_nothing_to_devices() {
     assert!(status.contains("cpuUsage"), "{status}");
 }
 
+/// Makes PostgreSQL record every UPDATE statement on `devices`: a statement-level trigger writes
+/// one row per statement (however many rows it changed, whatever transaction it shared) with
+/// the ids it changed (its transition table) and when the statement began.
+async fn log_device_updates(conn: &DatabaseConnection) {
+    conn.execute_unprepared(
+        r#"CREATE TABLE test_device_updates (
+               n bigserial PRIMARY KEY,
+               at timestamptz NOT NULL DEFAULT statement_timestamp(),
+               ids text[] NOT NULL,
+               query text NOT NULL DEFAULT current_query());
+           CREATE FUNCTION test_log_device_update() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             INSERT INTO test_device_updates (ids)
+               SELECT coalesce(array_agg("id" ORDER BY "id"), '{}') FROM changed;
+             RETURN NULL;
+           END $$;
+           CREATE TRIGGER test_log_device_update AFTER UPDATE ON devices
+             REFERENCING NEW TABLE AS changed
+             FOR EACH STATEMENT EXECUTE FUNCTION test_log_device_update();"#,
+    )
+    .await
+    .unwrap();
+}
+
+/// One UPDATE statement on `devices`, as the trigger logged it.
+#[derive(Debug)]
+struct DeviceUpdate {
+    n: i64,
+    /// Statement start, seconds since the epoch (PostgreSQL's clock).
+    at: f64,
+    ids: BTreeSet<String>,
+    query: String,
+}
+
+/// The statements logged after statement `after`, in order.
+async fn device_updates(conn: &DatabaseConnection, after: i64) -> Vec<DeviceUpdate> {
+    rows(
+        conn,
+        &format!(
+            r#"SELECT n, extract(epoch FROM at)::float8 AS at, array_to_string(ids, ',') AS ids,
+                      query FROM test_device_updates WHERE n > {after} ORDER BY n"#
+        ),
+    )
+    .await
+    .into_iter()
+    .map(|r| DeviceUpdate {
+        n: r.try_get("", "n").unwrap(),
+        at: r.try_get("", "at").unwrap(),
+        ids: r
+            .try_get::<String>("", "ids")
+            .unwrap()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        query: r.try_get("", "query").unwrap(),
+    })
+    .collect()
+}
+
+/// Two replicas, three screens each, heartbeating all along. PostgreSQL's statement-level log of
+/// `devices` shows what the flush does: each statement carries exactly one replica's live
+/// devices (not one device, not both replicas' devices), and a replica's statements come at most
+/// one per interval, however many heartbeats arrive. Nothing depends on how fast the test runs:
+/// it waits for the statements and counts them against PostgreSQL's own timestamps.
 #[tokio::test]
 async fn the_bulk_flush_is_one_statement_per_replica_per_interval() {
     let n = 6;
-    let c = Cluster::start(1, n, |o| o.env("LAST_SEEN_FLUSH_MS", 1000)).await;
-    let mut screens = Vec::new();
-    for i in 0..n {
-        screens.push(ws_device(c.replicas[0].client(), &load_device(i)).await);
-    }
+    let interval = Duration::from_millis(1000);
+    let c = Cluster::start(2, n, |o| o.env("LAST_SEEN_FLUSH_MS", interval.as_millis())).await;
     let conn = c.pg().await;
+    log_device_updates(&conn).await;
+    let mut screens = Vec::new();
+    let mut per_replica = vec![BTreeSet::new(), BTreeSet::new()];
+    for i in 0..n {
+        screens.push(ws_device(c.replicas[i % 2].client(), &load_device(i)).await);
+        per_replica[i % 2].insert(load_device(i));
+    }
     for i in 0..n {
         c.wait_db_status(&load_device(i), "online").await;
     }
-    // Sample row versions every 100 ms for 5 s while the screens heartbeat.
-    let mut seen_versions: Vec<String> = Vec::new();
-    for tick in 0..50 {
-        for s in &screens {
-            s.emit(
-                "heartbeat",
-                json!({"metrics": {"cpuUsage": tick, "memoryUsage": 1}}),
-            )
-            .await
-            .unwrap();
-        }
-        let v = versions(&conn).await;
-        let distinct: HashSet<&String> = v.values().collect();
-        if distinct.len() == 1 {
-            let x = distinct.into_iter().next().unwrap().clone();
-            if seen_versions.last() != Some(&x) {
-                seen_versions.push(x);
+    let stop = Arc::new(AtomicBool::new(false));
+    let beating = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = 0usize;
+            while !stop.load(SeqCst) {
+                for s in &screens {
+                    let ack = s
+                        .emit_with_ack("heartbeat", json!({"metrics": {"cpuUsage": 1}}), T)
+                        .await
+                        .unwrap();
+                    assert_eq!(ack["success"], true, "{ack}");
+                    acked += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            acked
+        })
+    };
+    // From the first statement after which both replicas have flushed their full set: a flush
+    // that read its live devices before the last connect may land after the connects.
+    let full_flushes = tokio::time::timeout(T, async {
+        loop {
+            let u = device_updates(&conn, 0).await;
+            let last: Option<Vec<i64>> = per_replica
+                .iter()
+                .map(|set| u.iter().filter(|x| &x.ids == set).map(|x| x.n).max())
+                .collect();
+            if let Some(n) = last.and_then(|l| l.into_iter().max()) {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    })
+    .await;
+    let Ok(start) = full_flushes else {
+        panic!(
+            "no replica flushed its devices {per_replica:?} in one statement; \
+             UPDATEs of devices: {:#?}",
+            device_updates(&conn, 0).await
+        );
+    };
+    let updates = eventually(
+        Duration::from_secs(30),
+        "three flushes per replica",
+        || async {
+            let u = device_updates(&conn, start).await;
+            per_replica
+                .iter()
+                .all(|set| u.iter().filter(|x| &x.ids == set).count() >= 3)
+                .then_some(u)
+        },
+    )
+    .await;
+    stop.store(true, SeqCst);
+    let acked = beating.await.unwrap();
+
+    // Every UPDATE of `devices` meanwhile was a flush of exactly one replica's devices: one
+    // statement per replica, never one per device or per heartbeat, never the whole cluster.
+    for u in &updates {
+        assert!(
+            per_replica.contains(&u.ids),
+            "an UPDATE of devices that is not one replica's flush: {:?} by `{}`",
+            u.ids,
+            u.query
+        );
     }
-    // Each flush rewrote all the replica's devices in ONE transaction (one statement): every
-    // sample after the first flush found one shared row version, and the number of versions
-    // follows the interval (about 5 in 5 s), not the 300 heartbeats.
+    // At most one per interval: k statements of a replica span at least (k - 1) intervals,
+    // less whatever delayed the first one (a full interval of slack).
+    for set in &per_replica {
+        let at: Vec<f64> = updates
+            .iter()
+            .filter(|u| &u.ids == set)
+            .map(|u| u.at)
+            .collect();
+        let span = at[at.len() - 1] - at[0];
+        assert!(
+            (at.len() - 1) as f64 <= span / interval.as_secs_f64() + 1.0,
+            "{} flushes of {set:?} within {span:.3} s: {updates:?}",
+            at.len()
+        );
+    }
     assert!(
-        (3..=7).contains(&seen_versions.len()),
-        "flush versions seen: {}",
-        seen_versions.len()
+        acked >= 4 * updates.len(),
+        "heartbeats kept coming meanwhile: {acked} for {} statements",
+        updates.len()
     );
     let hb = rows(
         &conn,
