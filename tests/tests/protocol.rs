@@ -3,7 +3,7 @@
 //! requests, handshake refusals, room rules, and malformed input of every device event.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
