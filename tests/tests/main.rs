@@ -20,6 +20,7 @@ mod impressions;
 mod internal_api;
 mod load_balancer;
 mod persistence;
+mod props;
 mod protocol;
 mod redis_failover;
 mod redis_faults;

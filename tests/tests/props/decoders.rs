@@ -40,7 +40,10 @@ fn assert_documented(e: &Invalid, what: &str) {
     let field_ok = e.field == "payload"
         || (!e.field.is_empty() && e.field.split('.').all(|k| KNOWN_KEYS.contains(&k)));
     assert!(field_ok, "{what}: refusal names an unknown field: {e:?}");
-    assert!(documented(&e.problem), "{what}: undocumented problem: {e:?}");
+    assert!(
+        documented(&e.problem),
+        "{what}: undocumented problem: {e:?}"
+    );
     assert_eq!(e.to_string(), format!("{} {}", e.field, e.problem));
 }
 
@@ -58,7 +61,10 @@ fn decide_all(v: &Value) {
             if let Some(m) = &hb.metrics {
                 let m = m.as_object().expect("metrics stay an object");
                 assert!(in_range(m.get("cpuUsage"), Some(0.0), Some(100.0)), "{v}");
-                assert!(in_range(m.get("memoryUsage"), Some(0.0), Some(100.0)), "{v}");
+                assert!(
+                    in_range(m.get("memoryUsage"), Some(0.0), Some(100.0)),
+                    "{v}"
+                );
                 assert!(in_range(m.get("diskUsage"), Some(0.0), None), "{v}");
                 assert!(in_range(m.get("networkLatency"), Some(0.0), None), "{v}");
             }

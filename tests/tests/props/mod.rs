@@ -27,6 +27,8 @@ fn config(cases: u32) -> ProptestConfig {
         cases,
         // A failing case is reported as found: shrinking against a live server takes long.
         max_shrink_iters: 64,
+        // Failing cases are printed; no regression files appear in the source tree.
+        failure_persistence: None,
         ..ProptestConfig::default()
     }
 }
@@ -78,6 +80,8 @@ const KNOWN_KEYS: &[&str] = &[
     "data",
     "reason",
     "state",
+    "notification",
+    "userId",
 ];
 
 fn key() -> impl Strategy<Value = String> {
@@ -102,7 +106,8 @@ fn number() -> impl Strategy<Value = Value> {
     prop_oneof![
         any::<i64>().prop_map(Value::from),
         (-10i64..200).prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         (-1.0f64..101.0).prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
     ]

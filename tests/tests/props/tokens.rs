@@ -56,9 +56,9 @@ proptest! {
         let t = mint::device_token(DS, &dev, &mac, &org, ttl).unwrap();
         match verifier().verify(&t) {
             Ok(Principal::Device(d)) => {
-                prop_assert_eq!(d.device_id, dev);
-                prop_assert_eq!(d.device_identifier, mac);
-                prop_assert_eq!(d.organization_id, org);
+                prop_assert_eq!(&d.device_id, &dev);
+                prop_assert_eq!(&d.device_identifier, &mac);
+                prop_assert_eq!(&d.organization_id, &org);
                 prop_assert_eq!(d.exp.zip(d.iat).map(|(e, i)| e - i), Some(ttl));
             }
             other => prop_assert!(false, "expected the device, got {:?}", other),
@@ -73,9 +73,9 @@ proptest! {
         let t = mint::user_token(US, &user, &org, &role, 3600).unwrap();
         match verifier().verify(&t) {
             Ok(Principal::User(u)) => {
-                prop_assert_eq!(u.user_id, user);
-                prop_assert_eq!(u.organization_id, org);
-                prop_assert_eq!(u.role, role);
+                prop_assert_eq!(&u.user_id, &user);
+                prop_assert_eq!(&u.organization_id, &org);
+                prop_assert_eq!(&u.role, &role);
                 prop_assert!(u.jti.is_some());
             }
             other => prop_assert!(false, "expected the user, got {:?}", other),
