@@ -116,23 +116,31 @@ fn running(pid: u32) -> bool {
     })
 }
 
-/// Waits until `child` listens on every one of `ports` (true), or exits first (false).
-pub async fn wait_listening(child: &impl Process, ports: &[u16], what: &str) -> bool {
+/// Why a spawned server is not listening.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotListening {
+    /// It exited first: typically a port was taken between the probe and its bind.
+    Exited,
+    /// Still running, but not listening on every port after [`BIND_TIMEOUT`].
+    TimedOut,
+}
+
+/// Waits until `child` listens on every one of `ports`.
+pub async fn wait_listening(child: &impl Process, ports: &[u16]) -> Result<(), NotListening> {
     let Some(pid) = child.pid() else {
-        return false;
+        return Err(NotListening::Exited);
     };
     let deadline = tokio::time::Instant::now() + BIND_TIMEOUT;
     loop {
         if ports.iter().all(|p| listens(pid, *p)) {
-            return true;
+            return Ok(());
         }
         if !running(pid) {
-            return false;
+            return Err(NotListening::Exited);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} (pid {pid}) did not listen on {ports:?} within {BIND_TIMEOUT:?}"
-        );
+        if tokio::time::Instant::now() > deadline {
+            return Err(NotListening::TimedOut);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -148,10 +156,14 @@ pub async fn start_on_free_ports<C: Process>(
     for _ in 0..ATTEMPTS {
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut child = spawn(&ports);
-        if wait_listening(&child, &ports, what).await {
-            return (ports, child);
+        match wait_listening(&child, &ports).await {
+            Ok(()) => return (ports, child),
+            Err(NotListening::Exited) => child.reap(),
+            Err(NotListening::TimedOut) => {
+                child.reap();
+                panic!("{what} did not listen on {ports:?} within {BIND_TIMEOUT:?}");
+            }
         }
-        child.reap();
     }
     panic!("{what} exited before listening, {ATTEMPTS} times on fresh ports (see its log)");
 }
@@ -166,10 +178,14 @@ pub async fn start_on_ports<C: Process>(
 ) -> C {
     for _ in 0..ATTEMPTS * 4 {
         let mut child = spawn(ports);
-        if wait_listening(&child, ports, what).await {
-            return child;
+        match wait_listening(&child, ports).await {
+            Ok(()) => return child,
+            Err(NotListening::Exited) => child.reap(),
+            Err(NotListening::TimedOut) => {
+                child.reap();
+                panic!("{what} did not listen on {ports:?} within {BIND_TIMEOUT:?}");
+            }
         }
-        child.reap();
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("{what} could not listen on {ports:?} again: another process holds a port");
@@ -190,5 +206,38 @@ mod tests {
         // pid 1 is not this process: it does not hold this test's sockets.
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         assert!(!listens(1, l.local_addr().unwrap().port()));
+    }
+
+    /// The race itself: the first port handed out is taken by someone else (here, this test)
+    /// before the server binds it. The old harness would have waited for "something answers on
+    /// the port" and carried on against the wrong listener; this one starts the server again on
+    /// a fresh port and hands back the port the server really holds.
+    #[tokio::test]
+    async fn a_server_whose_port_was_taken_starts_again_on_another() {
+        let mut taken: Vec<TcpListener> = Vec::new();
+        let (ports, mut child) = start_on_free_ports(1, "redis-server", |p| {
+            if taken.is_empty() {
+                taken.push(TcpListener::bind(("127.0.0.1", p[0])).unwrap());
+            }
+            std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &p[0].to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server")
+        })
+        .await;
+        let stolen = taken[0].local_addr().unwrap().port();
+        assert_ne!(ports[0], stolen, "not the port someone else holds");
+        assert!(listens(child.id(), ports[0]));
+        assert!(!listens(child.id(), stolen));
+        child.reap();
     }
 }
