@@ -173,9 +173,9 @@ describe('Commands', () => {
       assert.equal(typeof cmd.id, 'string');
       assert.ok(cmd.id.length > 0);
       assert.match(cmd.timestamp, ISO_MS);
-      if (res.json.commandId !== undefined) {
-        assert.equal(cmd.id, res.json.commandId);
-      }
+      // The contract adds `commandId` to every accepted command: the id the device receives.
+      assert.equal(typeof res.json.commandId, 'string', res.text);
+      assert.equal(cmd.id, res.json.commandId);
 
       // The `{type, payload}` form and `deviceId` are accepted too.
       const res2 = await internalPost('/api/internal/command', {
@@ -266,19 +266,18 @@ describe('Commands', () => {
     try {
       await connected(s);
       // Delivered at connect as a `command` event, or in the first heartbeat ack's top-level
-      // `commands` (which the players run).
+      // `commands` (which the players run): the heartbeat races the connect-time drain, so either
+      // path may win, but exactly one of them delivers it, with the id the API returned.
+      assert.equal(typeof res.json.commandId, 'string', res.text);
       const ack = await heartbeat(s);
       assert.equal(ack.success, true);
-      let cmd = ack.commands.find((c) => c.type === 'clear_cache');
-      if (!cmd) {
-        cmd = await rec.next('command', (c) => c.type === 'clear_cache', 5000);
-      }
-      assert.equal(typeof cmd.id, 'string');
-      if (res.json.commandId !== undefined) {
-        assert.equal(cmd.id, res.json.commandId);
-      }
+      const inAck = ack.commands.filter((c) => c.type === 'clear_cache');
+      const cmd = inAck[0] ?? (await rec.next('command', (c) => c.type === 'clear_cache', 5000));
+      assert.equal(cmd.id, res.json.commandId);
       const again = await heartbeat(s);
       assert.equal(again.commands.filter((c) => c.type === 'clear_cache').length, 0, 'drained once');
+      const asEvents = rec.events.filter((e) => e.name === 'command' && e.args[0].type === 'clear_cache');
+      assert.equal(inAck.length + asEvents.length, 1, 'delivered exactly once, by one path');
     } finally {
       s.close();
     }

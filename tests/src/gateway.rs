@@ -1,4 +1,5 @@
-//! A gateway replica as a real process (`gateway-under-test`), on a free port, with test timings.
+//! A gateway replica as a real process (`gateway-under-test`), on a free port (see `ports`), with
+//! test timings.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,12 +34,19 @@ pub struct GatewayOptions {
     pub shipped_limits: bool,
 }
 
+/// `r-<pid>-<n>`: unique among the replicas of every test in this process.
+fn next_replica_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("r-{}-{n}", std::process::id())
+}
+
 impl GatewayOptions {
     pub fn new(db: DbTarget) -> Self {
         GatewayOptions {
             db,
             redis_url: None,
-            replica_id: format!("r-{}", crate::free_port()),
+            replica_id: next_replica_id(),
             env: HashMap::new(),
             shipped_limits: false,
         }
@@ -127,35 +135,41 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(opts: GatewayOptions) -> Gateway {
+        let g = Gateway::launch(opts).await;
+        g.wait_live().await;
+        g
+    }
+
+    /// Starts the process and waits only until it listens, not until it answers (for replicas
+    /// expected to stay unready, e.g. refusing an untrusted Redis certificate).
+    pub async fn launch(opts: GatewayOptions) -> Gateway {
         let mut g = Gateway {
-            port: crate::free_port(),
+            port: 0,
             opts,
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
-        g.spawn().await;
+        let (ports, child) = crate::ports::start_on_free_ports(1, "gateway-under-test", |p| {
+            g.port = p[0];
+            g.spawn_process()
+        })
+        .await;
+        g.port = ports[0];
+        g.child = Some(child);
         g
     }
 
-    /// Starts the process without waiting for it to answer (for replicas expected to stay
-    /// unready, e.g. refusing an untrusted Redis certificate).
-    pub fn launch(opts: GatewayOptions) -> Gateway {
-        let mut g = Gateway {
-            port: crate::free_port(),
-            opts,
-            child: None,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        g.spawn_process();
-        g
-    }
-
+    /// Starts the process again on its port (clients and other replicas know it).
     async fn spawn(&mut self) {
-        self.spawn_process();
+        let ports = [self.port];
+        let child =
+            crate::ports::start_on_ports(&ports, "gateway-under-test", |_| self.spawn_process())
+                .await;
+        self.child = Some(child);
         self.wait_live().await;
     }
 
-    fn spawn_process(&mut self) {
+    fn spawn_process(&self) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -183,12 +197,10 @@ impl Gateway {
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .stdout(Stdio::null())
+        cmd.stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("gateway-under-test binary");
-        self.child = Some(child);
+            .expect("gateway-under-test binary")
     }
 
     async fn wait_live(&self) {

@@ -1,7 +1,9 @@
 //! The integration-test harness: starts what the tests need itself — `redis-server` processes on
-//! free ports, PostgreSQL databases created per test (the server is started if it is not
-//! running), SQLite files in temp dirs, and gateway replicas as real processes that can be
-//! SIGKILLed or SIGTERMed — so tests run in parallel and never share state.
+//! free ports (`ports`: a server counts as started only once the process we spawned listens on
+//! its port, so a test never talks to another test's server), PostgreSQL databases created per
+//! test (the server is started if it is not running), SQLite files in temp dirs, and gateway
+//! replicas as real processes that can be SIGKILLed or SIGTERMed — so tests run in parallel and
+//! never share state.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
@@ -11,6 +13,7 @@ pub mod fixture;
 pub mod gateway;
 pub mod inproc;
 pub mod nginx;
+pub mod ports;
 pub mod postgres;
 pub mod proxy;
 pub mod redis_server;
@@ -18,24 +21,14 @@ pub mod scenarios;
 pub mod sentinel;
 pub mod tls;
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 pub use cluster::Cluster;
 pub use fixture::*;
 pub use gateway::{DbTarget, Gateway, GatewayOptions};
+pub use ports::free_port;
 pub use postgres::PgDatabase;
 pub use redis_server::RedisServer;
-
-/// A free TCP port on loopback (bound and released; the race with other tests is negligible
-/// because the kernel hands out ports round-robin).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The `device:status` payloads for `dev` with `status` among recorded events.
 pub fn status_events(

@@ -1,6 +1,6 @@
 //! The load balancer as a real process: Debian's `nginx` running the compose cluster's own
 //! `deploy/nginx/nginx.conf`, rendered for loopback (upstreams on the given ports, a free listen
-//! port, its `/tmp/` paths in a temp dir). Killed on drop.
+//! port (see `ports`), its `/tmp/` paths in a temp dir). Killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,25 +45,31 @@ pub fn render(conf: &str, upstreams: &[u16], listen: u16, dir: &Path) -> String 
 impl Nginx {
     pub async fn start(upstreams: &[u16]) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
-        let port = crate::free_port();
         let conf = std::fs::read_to_string(config_path()).expect("deploy/nginx/nginx.conf");
         let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, render(&conf, upstreams, port, dir.path())).unwrap();
-        let log = std::fs::File::create(dir.path().join("nginx.log")).unwrap();
-        let child = Command::new(nginx_bin())
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("nginx (apt-get install nginx-light; scripts/test installs it)");
+        let (ports, child) = crate::ports::start_on_free_ports(1, "nginx", |p| {
+            std::fs::write(&conf_path, render(&conf, upstreams, p[0], dir.path())).unwrap();
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join("nginx.log"))
+                .unwrap();
+            Command::new(nginx_bin())
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(dir.path().join("error.log"))
+                .args(["-g", "daemon off;"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("nginx (apt-get install nginx-light; scripts/test installs it)")
+        })
+        .await;
         let n = Nginx {
-            port,
+            port: ports[0],
             child: Some(child),
             dir,
         };

@@ -1,4 +1,4 @@
-//! A private `redis-server` on a free port. By default without persistence (like production
+//! A private `redis-server` on a free port (see `ports`). By default without persistence (like production
 //! caches that restart empty); [`RedisServer::start_with`] runs it the way most deployments do
 //! (snapshots, an append-only file, a replica of another server). It keeps its directory across
 //! restarts, so a server killed with SIGKILL comes back from its files, and it can be stalled
@@ -39,28 +39,36 @@ impl RedisServer {
     /// No automatic snapshot is taken unless the arguments ask for one (`SAVE` does).
     pub async fn start_with(args: &[&str]) -> RedisServer {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        RedisServer::start_args(args, None).await
+        RedisServer::start_args(args, false).await
     }
 
-    async fn start_args(mut args: Vec<String>, tls_port: Option<u16>) -> RedisServer {
+    async fn start_args(mut args: Vec<String>, tls: bool) -> RedisServer {
         if !args.iter().any(|a| a == "--save") {
             args.extend(["--save".into(), String::new()]);
         }
         let mut r = RedisServer {
-            port: crate::free_port(),
-            tls_port,
+            port: 0,
+            tls_port: None,
             child: None,
             dir: tempfile::tempdir().unwrap(),
             args,
         };
-        r.spawn().await;
+        let n = if tls { 2 } else { 1 };
+        let (ports, child) = crate::ports::start_on_free_ports(n, "redis-server", |p| {
+            r.port = p[0];
+            r.tls_port = p.get(1).copied();
+            r.spawn_process()
+        })
+        .await;
+        r.port = ports[0];
+        r.child = Some(child);
+        r.wait_ready().await;
         r
     }
 
     /// Also listens with TLS (server certificate from `certs`, clients not authenticated).
     pub async fn start_tls(certs: &crate::tls::TestCerts) -> RedisServer {
-        let (args, tls_port) = Self::tls_args(certs);
-        Self::start_args(args, Some(tls_port)).await
+        Self::start_args(Self::tls_args(certs), true).await
     }
 
     /// A replica of `primary` (ephemeral), caught up (first sync done) before this returns.
@@ -79,25 +87,23 @@ impl RedisServer {
         primary: &RedisServer,
         certs: &crate::tls::TestCerts,
     ) -> RedisServer {
-        let (mut args, tls_port) = Self::tls_args(certs);
+        let mut args = Self::tls_args(certs);
         args.extend([
             "--replicaof".into(),
             "127.0.0.1".into(),
             primary.tls_port.expect("a TLS primary").to_string(),
         ]);
-        let r = Self::start_args(args, Some(tls_port)).await;
+        let r = Self::start_args(args, true).await;
         r.wait_synced().await;
         r
     }
 
-    fn tls_args(certs: &crate::tls::TestCerts) -> (Vec<String>, u16) {
-        let tls_port = crate::free_port();
+    /// The TLS arguments but the port (`--tls-port` is added per start, see `spawn_process`).
+    fn tls_args(certs: &crate::tls::TestCerts) -> Vec<String> {
         let mut args: Vec<String> = EPHEMERAL.iter().map(|s| s.to_string()).collect();
         args.extend([
             "--tls-replication".into(),
             "yes".into(),
-            "--tls-port".into(),
-            tls_port.to_string(),
             "--tls-cert-file".into(),
             certs.server_cert.display().to_string(),
             "--tls-key-file".into(),
@@ -107,7 +113,7 @@ impl RedisServer {
             "--tls-auth-clients".into(),
             "no".into(),
         ]);
-        (args, tls_port)
+        args
     }
 
     async fn wait_synced(&self) {
@@ -139,17 +145,35 @@ impl RedisServer {
         self.stop();
     }
 
-    async fn spawn(&mut self) {
-        let child = Command::new(redis_bin())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(&self.args)
+    fn spawn_process(&self) -> Child {
+        let mut cmd = Command::new(redis_bin());
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        if let Some(tls_port) = self.tls_port {
+            cmd.args(["--tls-port", &tls_port.to_string()]);
+        }
+        cmd.args(&self.args)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
+            .expect("redis-server must be installed (apt-get install redis-server)")
+    }
+
+    /// Starts the server again on its ports (clients and replicas know them).
+    async fn spawn(&mut self) {
+        let ports: Vec<u16> = [Some(self.port), self.tls_port]
+            .into_iter()
+            .flatten()
+            .collect();
+        let child =
+            crate::ports::start_on_ports(&ports, "redis-server", |_| self.spawn_process()).await;
         self.child = Some(child);
+        self.wait_ready().await;
+    }
+
+    /// Listening is not ready: it answers LOADING while it reads its files.
+    async fn wait_ready(&self) {
         let url = self.url();
         crate::eventually(
             Duration::from_secs(10),
@@ -159,7 +183,6 @@ impl RedisServer {
                 async move {
                     let client = redis::Client::open(url).ok()?;
                     let mut c = client.get_multiplexed_async_connection().await.ok()?;
-                    // LOADING errors while it reads its files: not ready yet.
                     redis::cmd("PING").query_async::<String>(&mut c).await.ok()
                 }
             },

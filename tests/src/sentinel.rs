@@ -41,48 +41,55 @@ impl SentinelSet {
             None => RedisServer::start_replica_of(&primary).await,
         };
         let dir = tempfile::tempdir().unwrap();
-        let plain_port = crate::free_port();
-        // The port the gateway is given, and the ports the Sentinel knows the nodes by.
-        let (port, watched, replica_port, tls_conf) = match certs {
+        // The ports the Sentinel knows the nodes by.
+        let (watched, replica_port, tls_files) = match certs {
             Some(c) => (
-                crate::free_port(),
                 primary.tls_port.unwrap(),
                 replica.tls_port.unwrap(),
                 format!(
-                    "tls-port {{port}}\ntls-replication yes\ntls-auth-clients no\n\
+                    "tls-replication yes\ntls-auth-clients no\n\
                      tls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
                     c.server_cert.display(),
                     c.server_key.display(),
                     c.ca_cert.display()
                 ),
             ),
-            None => (plain_port, primary.port, replica.port, String::new()),
+            None => (primary.port, replica.port, String::new()),
         };
-        let tls_conf = tls_conf.replace("{port}", &port.to_string());
-        // Sentinel rewrites its configuration file, so it must be a writable file of its own.
-        let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {plain_port}\nbind 127.0.0.1\ndir {dir}\n{tls_conf}\
-                 sentinel monitor {MASTER} 127.0.0.1 {p} 1\n\
-                 sentinel down-after-milliseconds {MASTER} 1000\n\
-                 sentinel failover-timeout {MASTER} 5000\n\
-                 sentinel parallel-syncs {MASTER} 1\n",
-                dir = dir.path().display(),
-                p = watched,
-            ),
-        )
-        .unwrap();
-        let child = Command::new(
-            std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into()),
-        )
-        .arg(&conf)
-        .arg("--sentinel")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (it runs as a Sentinel with --sentinel)");
+        // Its plain port, then (in a TLS set) the TLS port the gateway is given.
+        let n = if certs.is_some() { 2 } else { 1 };
+        let (ports, child) = crate::ports::start_on_free_ports(n, "redis-server --sentinel", |p| {
+            let tls_conf = match p.get(1) {
+                Some(tls_port) => format!("tls-port {tls_port}\n{tls_files}"),
+                None => String::new(),
+            };
+            // Sentinel rewrites its configuration file, so it must be a writable file of its own.
+            let conf = dir.path().join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {plain_port}\nbind 127.0.0.1\ndir {dir}\n{tls_conf}\
+                     sentinel monitor {MASTER} 127.0.0.1 {watched} 1\n\
+                     sentinel down-after-milliseconds {MASTER} 1000\n\
+                     sentinel failover-timeout {MASTER} 5000\n\
+                     sentinel parallel-syncs {MASTER} 1\n",
+                    plain_port = p[0],
+                    dir = dir.path().display(),
+                ),
+            )
+            .unwrap();
+            Command::new(
+                std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into()),
+            )
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (it runs as a Sentinel with --sentinel)")
+        })
+        .await;
+        let (plain_port, port) = (ports[0], *ports.last().unwrap());
         let set = SentinelSet {
             primary,
             replica_port,

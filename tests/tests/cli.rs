@@ -98,16 +98,23 @@ async fn token_command_mints_tokens_the_gateway_accepts() {
 
 #[tokio::test]
 async fn demo_shows_the_whole_loop() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = cmd()
-        .current_dir(dir.path())
-        .args(["demo", "--screens", "2"])
-        .env("PORT", port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // A fresh directory per attempt: an attempt that lost its port leaves a seeded demo behind.
+    let mut dirs = Vec::new();
+    let (bound, mut child) = ports::start_on_free_ports(1, "vizora-gateway demo", |p| {
+        let dir = tempfile::tempdir().unwrap();
+        let child = cmd()
+            .current_dir(dir.path())
+            .args(["demo", "--screens", "2"])
+            .env("PORT", p[0].to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        dirs.push(dir);
+        child
+    })
+    .await;
+    let port = bound[0];
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     // The printed curl commands carry the generated internal key.

@@ -103,8 +103,17 @@ async fn official_socket_io_client_drives_the_gateway_like_the_shipped_clients()
     )
     .unwrap();
 
+    // Spec output for people, TAP into a file for the counts checked below.
+    let tap_dir = tempfile::tempdir().unwrap();
+    let tap = tap_dir.path().join("report.tap");
     let child = Command::new("node")
-        .args(["--test", "--test-reporter=spec"])
+        .args([
+            "--test",
+            "--test-reporter=spec",
+            "--test-reporter-destination=stdout",
+        ])
+        .arg("--test-reporter=tap")
+        .arg(format!("--test-reporter-destination={}", tap.display()))
         .current_dir(&dir)
         .env("GATEWAY_URL", gw.url())
         .env("LIMITED_GATEWAY_URL", limited.url())
@@ -150,4 +159,57 @@ async fn official_socket_io_client_drives_the_gateway_like_the_shipped_clients()
         "the JS compatibility suite failed ({})",
         out.status
     );
+    // `node --test` exits 0 when it finds no test file at all, or when a file stops registering
+    // its tests: the exit code alone proves nothing. Every test written must have run and passed.
+    let report = std::fs::read_to_string(&tap).expect("the TAP report of node --test");
+    let written = written_tests(&dir);
+    assert!(written > 0, "no test() in {}", dir.display());
+    for (key, want) in [
+        ("tests", written),
+        ("pass", written),
+        ("fail", 0),
+        ("cancelled", 0),
+        ("skipped", 0),
+        ("todo", 0),
+    ] {
+        assert_eq!(
+            tap_count(&report, key),
+            Some(want),
+            "`# {key}` of the JS suite's TAP summary ({written} tests in tests/js/*.test.mjs)"
+        );
+    }
+}
+
+/// The `test(` calls in `tests/js/*.test.mjs`: every test of the suite is declared on a line of
+/// its own that starts with `test(` (inside `describe` blocks), none is generated in a loop.
+fn written_tests(dir: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.to_string_lossy().ends_with(".test.mjs") {
+            let src = std::fs::read_to_string(&path).unwrap();
+            n += src
+                .lines()
+                .filter(|l| l.trim_start().starts_with("test("))
+                .count();
+        }
+    }
+    n
+}
+
+/// `N` from the summary line `# key N` of a TAP report.
+fn tap_count(report: &str, key: &str) -> Option<usize> {
+    report.lines().find_map(|l| {
+        let rest = l.strip_prefix("# ")?.strip_prefix(key)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
+}
+
+#[test]
+fn tap_summary_lines_are_read() {
+    let report = "TAP version 13\n# Subtest: x\nok 1 - x\n1..1\n# tests 24\n# suites 7\n# pass 23\n# fail 1\n";
+    assert_eq!(tap_count(report, "tests"), Some(24));
+    assert_eq!(tap_count(report, "pass"), Some(23));
+    assert_eq!(tap_count(report, "fail"), Some(1));
+    assert_eq!(tap_count(report, "todo"), None);
 }

@@ -5,7 +5,7 @@
 //! for capabilities clients, and the content URL path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

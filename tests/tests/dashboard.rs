@@ -3,7 +3,7 @@
 //! room rules, and refusals (wrong secret, expired, revoked `jti` in Redis).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! hijacking, connections that never speak, and the TCP ceilings.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 //! the acknowledgement it answers (the ack itself carries no id, as in the original).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -343,8 +343,8 @@ async fn rows_the_database_refuses_are_dropped_and_counted_the_rest_are_stored()
     rig.expect_exactly_once(&good).await;
 }
 
-/// Measurement, not a check: `cargo test -p vizora-gateway-tests --release --test impressions
-/// impression_throughput -- --ignored --nocapture`. Devices send impressions back to back; prints
+/// Measurement, not a check: `cargo test -p vizora-gateway-tests --release --test main
+/// impressions::impression_throughput -- --ignored --nocapture`. Devices send impressions back to back; prints
 /// the acknowledged rate, the time until all rows are stored, and how many statements wrote them.
 #[tokio::test]
 #[ignore]

@@ -3,7 +3,7 @@
 //! receive for each push, broadcast counts, presence, and the offline command queue.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

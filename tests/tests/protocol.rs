@@ -3,7 +3,7 @@
 //! requests, handshake refusals, room rules, and malformed input of every device event.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -1041,17 +1041,48 @@ async fn redis_keys_keep_the_reference_shapes() {
 /// A database or Redis failure during auth is transient: the client must never get a
 /// `connect_error` (socket.io-client does not retry one; with `unauthorized` the players even wipe
 /// their credentials), only see the transport close so it retries with its own backoff.
-fn assert_transient(
-    r: Result<vizora_sioclient::Client, vizora_sioclient::ConnectError>,
-    what: &str,
-) {
+///
+/// The gateway closes that transport itself once its connect timeout (`CONNECT_TIMEOUT_MS`, 3 s
+/// here) has passed, so the attempt is bounded well above it: a connect that hangs until the
+/// client gives up is a failure, not a transient refusal. The gateway must also have counted the
+/// attempt as deferred (`result="unavailable"`), so the close is its decision, not a crash.
+async fn assert_transient(gw: &Gateway, auth: Value, what: &str) {
     use vizora_sioclient::ConnectError;
+    let before = deferred_handshakes(gw).await;
+    let r = connect(
+        gw.client()
+            .auth(auth)
+            .connect_timeout(Duration::from_secs(30)),
+    )
+    .await;
     match r {
-        Err(ConnectError::TransportClosed(_) | ConnectError::Timeout) => {}
-        Err(ConnectError::Http { status, .. }) if status >= 500 || status == 429 => {}
+        Err(ConnectError::TransportClosed(_)) => {}
+        Err(ConnectError::Timeout) => {
+            panic!("{what}: the gateway never closed the transport (the connect hung for 30 s)")
+        }
         Err(e) => panic!("{what}: a transient failure must close the transport, got {e:?}"),
         Ok(c) => panic!("{what}: connected without its dependency ({c:?})"),
     }
+    let after = deferred_handshakes(gw).await;
+    assert_eq!(
+        after,
+        before + 1,
+        "{what}: the gateway counts the handshake it deferred"
+    );
+}
+
+/// `vizora_gateway_connections_total{result="unavailable"}`: handshakes deferred because a
+/// dependency was down.
+async fn deferred_handshakes(gw: &Gateway) -> u64 {
+    let (status, text) = gw.api().get_text("/metrics", &[]).await;
+    assert_eq!(status, 200, "metrics from loopback: {text}");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("vizora_gateway_connections_total{")
+                && l.contains(r#"result="unavailable""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1074,13 +1105,7 @@ async fn dependency_failures_during_auth_are_not_unauthorized() {
             json!({"token": user_token("u-a", ORG_A)}),
         ),
     ] {
-        let r = connect(
-            gw.client()
-                .auth(auth)
-                .connect_timeout(Duration::from_secs(10)),
-        )
-        .await;
-        assert_transient(r, what);
+        assert_transient(&gw, auth, what).await;
     }
     redis.restart().await;
     assert_alive(&gw, "after Redis came back").await;
@@ -1112,13 +1137,12 @@ async fn dependency_failures_during_auth_are_not_unauthorized() {
         .execute_unprepared(&format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
         .await
         .unwrap();
-    let r = connect(
-        gw.client()
-            .auth(json!({"token": device_token(DEV_A1, ORG_A)}))
-            .connect_timeout(Duration::from_secs(10)),
+    assert_transient(
+        &gw,
+        json!({"token": device_token(DEV_A1, ORG_A)}),
+        "device, database gone",
     )
     .await;
-    assert_transient(r, "device, database gone");
     assert_alive(&gw, "database gone").await;
 }
 

@@ -92,7 +92,7 @@ async fn an_untrusted_redis_certificate_is_refused_unless_insecure_is_asked_for(
     let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
 
     // No SSL_CERT_FILE: the test CA is unknown, so the gateway never talks to this Redis.
-    let refused = Gateway::launch(GatewayOptions::new(db.clone()).redis(&redis.tls_url()));
+    let refused = Gateway::launch(GatewayOptions::new(db.clone()).redis(&redis.tls_url())).await;
     eventually(
         Duration::from_secs(20),
         "the gateway to report the unknown certificate issuer",

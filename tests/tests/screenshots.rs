@@ -4,7 +4,7 @@
 //! reference's wording and stores nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -33,15 +33,14 @@ impl Drop for S3rver {
     }
 }
 
-/// s3rver on `port`, with or without the bucket.
-async fn s3rver_on(port: u16, with_bucket: bool) -> S3rver {
+/// The s3rver process on `port`, with or without the bucket, storing into `dir`.
+fn s3rver_process(port: u16, dir: &tempfile::TempDir, with_bucket: bool) -> Child {
     let js = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js");
     let bin = js.join("node_modules/s3rver/bin/s3rver.js");
     assert!(
         bin.exists(),
         "s3rver missing: run `npm ci` in tests/js (scripts/test does)"
     );
-    let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("node");
     cmd.arg(&bin).args([
         "-d",
@@ -55,32 +54,50 @@ async fn s3rver_on(port: u16, with_bucket: bool) -> S3rver {
     if with_bucket {
         cmd.args(["--configure-bucket", BUCKET]);
     }
-    let child = cmd
-        .stdout(Stdio::null())
+    cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("node");
-    let http = reqwest::Client::new();
-    eventually(T, "s3rver to listen", || {
-        let http = http.clone();
-        async move {
-            http.get(format!("http://127.0.0.1:{port}/"))
-                .send()
-                .await
-                .ok()
-                .map(|_| ())
-        }
+        .expect("node")
+}
+
+/// s3rver on `port` (one a gateway was already told about), with or without the bucket.
+async fn s3rver_on(port: u16, with_bucket: bool) -> S3rver {
+    let dir = tempfile::tempdir().unwrap();
+    let child = ports::start_on_ports(&[port], "s3rver", |p| {
+        s3rver_process(p[0], &dir, with_bucket)
     })
     .await;
-    S3rver {
+    answering(S3rver {
         port,
         child,
         _dir: dir,
-    }
+    })
+    .await
 }
 
+/// s3rver on a free port, with or without the bucket.
 async fn s3rver(with_bucket: bool) -> S3rver {
-    s3rver_on(free_port(), with_bucket).await
+    let dir = tempfile::tempdir().unwrap();
+    let (bound, child) =
+        ports::start_on_free_ports(1, "s3rver", |p| s3rver_process(p[0], &dir, with_bucket)).await;
+    answering(S3rver {
+        port: bound[0],
+        child,
+        _dir: dir,
+    })
+    .await
+}
+
+/// Listening is not serving yet: waits for the first HTTP answer.
+async fn answering(s3: S3rver) -> S3rver {
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{}/", s3.port);
+    eventually(T, "s3rver to answer", || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(url).send().await.ok().map(|_| ()) }
+    })
+    .await;
+    s3
 }
 
 fn s3_gateway(db: DbTarget, port: u16) -> GatewayOptions {

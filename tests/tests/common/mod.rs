@@ -1,4 +1,4 @@
-//! Helpers shared by the integration test binaries (each includes this with `mod common;`).
+//! Helpers shared by the integration tests (modules of `main.rs`; each uses it as `crate::common`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;

@@ -1,0 +1,31 @@
+//! Every integration test in one binary: each file here is a module, so the gateway and the
+//! harness are linked once instead of once per file (see README, "Tests", for the figures).
+//! Run one file's tests with `cargo test -p vizora-gateway-tests --test main <module>::`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+// One module per file of tests/tests/ (a new file is listed here, or it is never compiled).
+mod cli;
+mod cluster;
+mod cluster_faults;
+mod compat_js;
+mod credentials;
+mod dashboard;
+mod deploy;
+mod drain;
+mod edge;
+mod existing_db;
+mod impressions;
+mod internal_api;
+mod load_balancer;
+mod persistence;
+mod props;
+mod protocol;
+mod redis_failover;
+mod redis_faults;
+mod screenshots;
+mod smoke;
+mod storage_s3;
+mod stores;
+mod paused;
