@@ -1,8 +1,10 @@
-//! Wire shapes: the ack envelope, typed validation of device payloads, and event names. Only this
-//! module and `socket/` know JSON payload shapes of Socket.IO events.
+//! Wire shapes: the ack envelope, typed validation of device payloads, event names, and one type
+//! per server event (`outgoing`). Only this module and `socket/` know JSON payload shapes of
+//! Socket.IO events: the emitter accepts nothing but `outgoing::Outgoing`.
 
 pub mod ack;
 pub mod events;
+pub mod outgoing;
 pub mod validate;
 
 /// ISO-8601 with milliseconds and `Z`, like JavaScript's `toISOString()`.
