@@ -33,9 +33,9 @@ pub fn err(message: impl Into<String>) -> Value {
     json!({"success": false, "error": message.into(), "timestamp": iso_now()})
 }
 
-/// `data` of a service answer, as JSON (the types below cannot fail to serialize).
+/// `data` of a service answer, as JSON.
 pub fn data<T: Serialize>(d: &T) -> Value {
-    serde_json::to_value(d).unwrap_or(Value::Null)
+    super::to_value(d)
 }
 
 /// A heartbeat's `data`: when to beat next, and the queued commands (always `[]` for clients
