@@ -106,10 +106,13 @@ impl ServerEvent for DeviceConfig {
 }
 
 /// `playlist:update`. The playlist itself is the resolver's form (`service::playlist`). Also
-/// what is kept in `device:pending-playlist:{id}` for replay, hence `Deserialize`.
+/// what is kept in `device:pending-playlist:{id}` for replay, hence `Deserialize` (lenient: a
+/// replay stamps its own `timestamp`, so a kept entry without one is still replayed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlaylistUpdate {
+    #[serde(default)]
     pub playlist: Value,
+    #[serde(default)]
     pub timestamp: String,
 }
 
@@ -371,6 +374,10 @@ mod tests {
                 .to_string()
         );
         assert_eq!(Command::parse(&c.to_json()), Some(c));
+        let kept = Outgoing::of(&p).data().to_string();
+        assert_eq!(serde_json::from_str::<PlaylistUpdate>(&kept).unwrap(), p);
+        let old = serde_json::from_str::<PlaylistUpdate>(r#"{"playlist":{"id":"p"}}"#).unwrap();
+        assert_eq!(old.playlist, json!({"id": "p"}));
         assert_eq!(Command::parse("[1]"), None);
         assert_eq!(
             text(&QrOverlayUpdate {
