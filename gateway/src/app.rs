@@ -234,7 +234,7 @@ async fn serve<A: Adapter>(
         layer,
         adapter_reconnects,
     } = server;
-    let cfg = gw.cfg.clone();
+    let cfg = gw.cfg().clone();
     let tasks = TaskTracker::new();
     let stop_tasks = CancellationToken::new();
     let guard = Arc::new(EdgeGuard::new(&cfg.limits));
@@ -243,19 +243,11 @@ async fn serve<A: Adapter>(
         tasks.spawn(resync_after_reconnects(gw.clone(), rx, stop_tasks.clone()));
     }
     tasks.spawn(impressions::run(gw.clone(), stop_tasks.clone()));
-    tasks.spawn(crate::storage::keep_ready(
-        gw.storage.clone(),
-        stop_tasks.clone(),
-    ));
+    tasks.spawn(gw.keep_storage_ready(stop_tasks.clone()));
     tasks.spawn(persist::run(
         rx,
         persister,
-        persist::Writer {
-            db: gw.db.clone(),
-            replica: cfg.replica_id.clone(),
-            metrics: gw.metrics.clone(),
-            hooks: gw.hooks.clone(),
-        },
+        gw.persist_writer(),
         stop_tasks.clone(),
         Duration::from_secs(5),
     ));
@@ -286,7 +278,7 @@ async fn serve<A: Adapter>(
             idle_timeout: cfg.limits.http_idle_timeout,
             trusted_proxies: cfg.limits.trusted_proxies.clone(),
         },
-        gw.metrics.clone(),
+        gw.listener_metrics(),
     );
     axum::serve(
         listener,
@@ -321,7 +313,7 @@ async fn resync_after_reconnects(
     mut reconnects: watch::Receiver<u64>,
     stop: CancellationToken,
 ) {
-    let settle = refresh_interval(&gw.cfg) + Duration::from_millis(250);
+    let settle = refresh_interval(gw.cfg()) + Duration::from_millis(250);
     loop {
         tokio::select! {
             changed = reconnects.changed() => {
@@ -348,7 +340,7 @@ async fn resync_after_reconnects(
 /// reconnects. `io.close()` skips disconnect handlers, which is fine: nothing is released anyway.
 async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
     gw.start_draining();
-    let window = gw.cfg.drain.mul_f32(0.8);
+    let window = gw.cfg().drain.mul_f32(0.8);
     let settle = window.min(Duration::from_secs(1));
     tracing::info!(
         sockets = io.sockets().len(),
@@ -383,7 +375,7 @@ pub fn spawn_background(
     guard: &Arc<EdgeGuard>,
     stop: &CancellationToken,
 ) {
-    let cfg = &gw.cfg;
+    let cfg = gw.cfg();
     let refresh_every = refresh_interval(cfg);
     every(tasks, stop, refresh_every, gw.clone(), |gw| async move {
         gw.refresh_once().await
@@ -440,7 +432,7 @@ pub fn spawn_background(
             let guard = guard.clone();
             async move {
                 guard.housekeeping();
-                gw.device_limiter.housekeeping();
+                gw.limiter_housekeeping();
             }
         },
     );

@@ -2,6 +2,9 @@
 //!
 //! With the Redis adapter every emit and disconnect reaches the replica that holds the target
 //! sockets; with the in-process adapter they stay local. Both are fire-and-forget.
+//!
+//! Every emit takes an [`Outgoing`], which only `wire::outgoing` builds from a typed event: no
+//! service can hand a client an ad-hoc JSON shape.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -12,22 +15,23 @@ use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 
+use crate::wire::outgoing::Outgoing;
+
 #[async_trait]
 pub trait Emitter: Send + Sync + 'static {
     /// Emits `event` to every socket in `room`, cluster-wide.
-    async fn emit(&self, room: String, event: &str, data: Value);
+    async fn emit(&self, room: String, event: Outgoing);
     /// Emits `event` to the sockets in `room` that this replica holds.
-    async fn emit_local(&self, room: String, event: &str, data: Value);
+    async fn emit_local(&self, room: String, event: Outgoing);
     /// Emits to every socket in `room` except those also in `except`, cluster-wide.
-    async fn emit_except(&self, room: String, except: String, event: &str, data: Value);
+    async fn emit_except(&self, room: String, except: String, event: Outgoing);
     /// Emits with an acknowledgement request to every socket in `room`, cluster-wide, and waits
     /// up to `timeout`: one result per socket reached (empty when none was). An ack whose
     /// argument cannot be decoded still counts as an answer (`Null`).
     async fn emit_with_ack(
         &self,
         room: String,
-        event: &str,
-        data: Value,
+        event: Outgoing,
         timeout: Duration,
     ) -> Vec<Result<Value, String>>;
     /// Server-disconnects every socket in `room`, cluster-wide (Socket.IO DISCONNECT, no retry).
@@ -35,6 +39,12 @@ pub trait Emitter: Send + Sync + 'static {
     /// Whether a socket with this sid is connected to this replica.
     fn is_local(&self, sid: &str) -> bool;
 }
+
+/// The Redis adapter as socketioxide names it (over the pub/sub driver that follows the primary).
+pub type RedisIo = socketioxide_redis::CustomRedisAdapter<
+    socketioxide::adapter::Emitter,
+    crate::store::pubsub::ResilientDriver,
+>;
 
 /// The adapter-backed emitter. Filled once the Socket.IO server exists (the server's state needs
 /// the services, and the services need the emitter).
@@ -58,35 +68,38 @@ impl<A: Adapter> IoEmitter<A> {
 
 #[async_trait]
 impl<A: Adapter> Emitter for IoEmitter<A> {
-    async fn emit(&self, room: String, event: &str, data: Value) {
+    async fn emit(&self, room: String, event: Outgoing) {
         if let Some(io) = self.io.get()
-            && let Err(e) = io.to(room).emit(event, &data).await
+            && let Err(e) = io.to(room).emit(event.name(), event.data()).await
         {
-            tracing::warn!(event, error = %e, "Broadcast failed.");
+            tracing::warn!(event = event.name(), error = %e, "Broadcast failed.");
         }
     }
 
-    async fn emit_local(&self, room: String, event: &str, data: Value) {
+    async fn emit_local(&self, room: String, event: Outgoing) {
         if let Some(io) = self.io.get()
-            && let Err(e) = io.local().to(room).emit(event, &data).await
+            && let Err(e) = io.local().to(room).emit(event.name(), event.data()).await
         {
-            tracing::warn!(event, error = %e, "Local broadcast failed.");
+            tracing::warn!(event = event.name(), error = %e, "Local broadcast failed.");
         }
     }
 
-    async fn emit_except(&self, room: String, except: String, event: &str, data: Value) {
+    async fn emit_except(&self, room: String, except: String, event: Outgoing) {
         if let Some(io) = self.io.get()
-            && let Err(e) = io.to(room).except(except).emit(event, &data).await
+            && let Err(e) = io
+                .to(room)
+                .except(except)
+                .emit(event.name(), event.data())
+                .await
         {
-            tracing::warn!(event, error = %e, "Broadcast failed.");
+            tracing::warn!(event = event.name(), error = %e, "Broadcast failed.");
         }
     }
 
     async fn emit_with_ack(
         &self,
         room: String,
-        event: &str,
-        data: Value,
+        event: Outgoing,
         timeout: Duration,
     ) -> Vec<Result<Value, String>> {
         let Some(io) = self.io.get() else {
@@ -95,7 +108,7 @@ impl<A: Adapter> Emitter for IoEmitter<A> {
         match io
             .to(room)
             .timeout(timeout)
-            .emit_with_ack::<_, Value>(event, &data)
+            .emit_with_ack::<_, Value>(event.name(), event.data())
             .await
         {
             Ok(stream) => {
@@ -109,7 +122,7 @@ impl<A: Adapter> Emitter for IoEmitter<A> {
                     .await
             }
             Err(e) => {
-                tracing::warn!(event, error = %e, "Acknowledged emit failed.");
+                tracing::warn!(event = event.name(), error = %e, "Acknowledged emit failed.");
                 Vec::new()
             }
         }

@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -58,10 +60,33 @@ pub enum Refusal {
     Draining,
 }
 
+/// The edge's own count of this replica's live Socket.IO sockets, which the connection cap
+/// reads. The gate hands it to each handshake it admits (a request extension); the socket's
+/// connect handler counts it in, its disconnect handler out (see `socket::connect`). Kept
+/// apart from the telemetry gauges so the cap never depends on a metric.
+#[derive(Debug, Default)]
+pub struct LiveSockets(AtomicUsize);
+
+impl LiveSockets {
+    pub fn opened(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn closed(&self) {
+        // Never below zero, even if a close were ever counted twice.
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Handshake limits checked before the Engine.IO session exists.
 pub struct EdgeGuard {
     per_ip: KeyedLimiter<IpAddr>,
     global: DirectLimiter,
+    live: Arc<LiveSockets>,
     pub max_connections: usize,
     pub trusted_proxies: TrustedProxies,
 }
@@ -71,16 +96,22 @@ impl EdgeGuard {
         EdgeGuard {
             per_ip: keyed(per_second(l.connect_rate_per_ip, l.connect_burst_per_ip)),
             global: direct(per_second(l.connect_rate_global, l.connect_burst_global)),
+            live: Arc::default(),
             max_connections: l.max_connections,
             trusted_proxies: l.trusted_proxies.clone(),
         }
     }
 
-    pub fn check(&self, ip: IpAddr, live: usize, draining: bool) -> Result<(), Refusal> {
+    /// The live-socket count this guard caps.
+    pub fn live(&self) -> &Arc<LiveSockets> {
+        &self.live
+    }
+
+    pub fn check(&self, ip: IpAddr, draining: bool) -> Result<(), Refusal> {
         if draining {
             return Err(Refusal::Draining);
         }
-        if live >= self.max_connections {
+        if self.live.get() >= self.max_connections {
             return Err(Refusal::ServerBusy);
         }
         if let Err(nu) = self.per_ip.check_key(&ip) {
@@ -171,24 +202,29 @@ mod tests {
     fn per_ip_then_cap_then_drain() {
         let g = EdgeGuard::new(&limits());
         let ip: IpAddr = [192, 0, 2, 1].into();
-        assert!(g.check(ip, 0, false).is_ok());
-        assert!(g.check(ip, 0, false).is_ok());
+        assert!(g.check(ip, false).is_ok());
+        assert!(g.check(ip, false).is_ok());
         assert!(matches!(
-            g.check(ip, 0, false),
+            g.check(ip, false),
             Err(Refusal::RateLimited { .. })
         ));
         assert!(
-            g.check([192, 0, 2, 2].into(), 0, false).is_ok(),
+            g.check([192, 0, 2, 2].into(), false).is_ok(),
             "other IPs are independent"
         );
+        g.live().opened();
+        g.live().opened();
         assert_eq!(
-            g.check([192, 0, 2, 3].into(), 2, false),
-            Err(Refusal::ServerBusy)
+            g.check([192, 0, 2, 3].into(), false),
+            Err(Refusal::ServerBusy),
+            "the cap reads the edge's own count"
         );
-        assert_eq!(
-            g.check([192, 0, 2, 3].into(), 0, true),
-            Err(Refusal::Draining)
-        );
+        g.live().closed();
+        assert!(g.check([192, 0, 2, 3].into(), false).is_ok());
+        g.live().closed();
+        g.live().closed();
+        assert_eq!(g.live().get(), 0, "never below zero");
+        assert_eq!(g.check([192, 0, 2, 4].into(), true), Err(Refusal::Draining));
     }
 
     #[test]

@@ -48,6 +48,7 @@ use vizora_gateway::service::{Gateway, impressions::DirectOutbox, persist};
 use vizora_gateway::storage::Storage;
 use vizora_gateway::store::memory::MemoryStore;
 use vizora_gateway::telemetry::Metrics;
+use vizora_gateway::wire::outgoing::Outgoing;
 
 use crate::fixture::{API_BASE, DEVICE_SECRET, INTERNAL_KEY, USER_SECRET};
 
@@ -100,23 +101,22 @@ impl Recorder {
 
 #[async_trait]
 impl Emitter for Recorder {
-    async fn emit(&self, room: String, event: &str, data: Value) {
-        self.push(room, event, data);
+    async fn emit(&self, room: String, event: Outgoing) {
+        self.push(room, event.name(), event.data().clone());
     }
-    async fn emit_local(&self, room: String, event: &str, data: Value) {
-        self.push(room, event, data);
+    async fn emit_local(&self, room: String, event: Outgoing) {
+        self.push(room, event.name(), event.data().clone());
     }
-    async fn emit_except(&self, room: String, _except: String, event: &str, data: Value) {
-        self.push(room, event, data);
+    async fn emit_except(&self, room: String, _except: String, event: Outgoing) {
+        self.push(room, event.name(), event.data().clone());
     }
     async fn emit_with_ack(
         &self,
         room: String,
-        event: &str,
-        data: Value,
+        event: Outgoing,
         _timeout: Duration,
     ) -> Vec<Result<Value, String>> {
-        self.push(room, event, data);
+        self.push(room, event.name(), event.data().clone());
         Vec::new()
     }
     async fn disconnect_room(&self, room: String) {

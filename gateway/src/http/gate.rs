@@ -9,7 +9,6 @@
 //! from a page that holds the token anyway), and clients without an `Origin` are not browsers.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
@@ -71,12 +70,12 @@ pub async fn gate(
     resp
 }
 
-async fn admit(st: EdgeState, peer: &crate::net::Peer, req: Request, next: Next) -> Response {
+async fn admit(st: EdgeState, peer: &crate::net::Peer, mut req: Request, next: Next) -> Response {
     if !is_handshake(&req) {
         return next.run(req).await;
     }
-    if cookie_from_foreign_origin(&req, &st.gw.cfg.cors_origins) {
-        st.gw.metrics.refusal("forbidden_origin");
+    if cookie_from_foreign_origin(&req, &st.gw.cfg().cors_origins) {
+        st.gw.count_refusal("forbidden_origin");
         return (
             StatusCode::FORBIDDEN,
             Json(json!({
@@ -90,12 +89,12 @@ async fn admit(st: EdgeState, peer: &crate::net::Peer, req: Request, next: Next)
         .guard
         .trusted_proxies
         .client_ip_of(peer.addr.ip(), req.headers());
-    let g = &st.gw.metrics.gauges;
-    let live = (g.device_sockets.load(Ordering::Relaxed)
-        + g.dashboard_sockets.load(Ordering::Relaxed))
-    .max(0) as usize;
-    match st.guard.check(ip, live, st.gw.is_draining()) {
-        Ok(()) => next.run(req).await,
+    match st.guard.check(ip, st.gw.is_draining()) {
+        Ok(()) => {
+            // The socket this handshake opens counts itself in and out (`socket::connect`).
+            req.extensions_mut().insert(st.guard.live().clone());
+            next.run(req).await
+        }
         Err(r) => {
             let (status, cause, message, retry) = match r {
                 Refusal::RateLimited { retry_after } => (
@@ -117,7 +116,7 @@ async fn admit(st: EdgeState, peer: &crate::net::Peer, req: Request, next: Next)
                     1,
                 ),
             };
-            st.gw.metrics.refusal(cause);
+            st.gw.count_refusal(cause);
             (
                 status,
                 [(header::RETRY_AFTER, retry.to_string())],

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -12,9 +11,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::service::Gateway;
+use crate::service::health::Probe;
 use crate::wire::iso_now;
-
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 static START: OnceLock<Instant> = OnceLock::new();
 
@@ -28,20 +26,16 @@ fn started() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
-async fn probe<F: std::future::Future<Output = Result<(), String>>>(f: F) -> Value {
-    let t = Instant::now();
-    match tokio::time::timeout(PROBE_TIMEOUT, f).await {
-        Ok(Ok(())) => json!({"status": "healthy", "latencyMs": t.elapsed().as_millis() as u64}),
-        Ok(Err(e)) => json!({"status": "unhealthy", "error": e}),
-        Err(_) => json!({"status": "unhealthy", "error": "timed out"}),
+fn probe(p: Probe) -> Value {
+    match p {
+        Probe::Healthy { latency_ms } => json!({"status": "healthy", "latencyMs": latency_ms}),
+        Probe::Unhealthy(e) => json!({"status": "unhealthy", "error": e}),
     }
 }
 
 async fn dependencies(gw: &Gateway) -> (Value, Value) {
-    tokio::join!(
-        probe(async { gw.state.ping().await.map_err(|e| e.to_string()) }),
-        probe(async { gw.db.ping().await.map_err(|e| e.to_string()) })
-    )
+    let (store, database) = gw.probe_dependencies().await;
+    (probe(store), probe(database))
 }
 
 /// `{..probe, kind}`: the probe result naming what the dependency actually is.
@@ -54,11 +48,11 @@ fn named(mut probe: Value, kind: &str) -> Value {
 
 pub async fn health(State(gw): State<Arc<Gateway>>) -> Json<Value> {
     let (store, database) = dependencies(&gw).await;
-    let cluster = gw.cfg.redis.is_some();
+    let cluster = gw.cfg().redis.is_some();
     let store = named(store, if cluster { "redis" } else { "in-process" });
     let database = named(
         database,
-        if gw.cfg.database.is_sqlite() {
+        if gw.cfg().database.is_sqlite() {
             "sqlite"
         } else {
             "postgres"
@@ -66,7 +60,7 @@ pub async fn health(State(gw): State<Arc<Gateway>>) -> Json<Value> {
     );
     // Whether uploads can be attempted: S3 storage is set up (bucket checked or created) in the
     // background until it works (`storage::keep_ready`).
-    let st = gw.storage.status();
+    let st = gw.storage_status();
     let storage = if st.ready {
         json!({"status": "healthy", "kind": st.backend})
     } else {
@@ -92,7 +86,7 @@ pub async fn health(State(gw): State<Arc<Gateway>>) -> Json<Value> {
         "service": "realtime-gateway",
         "timestamp": iso_now(),
         "uptime": started().elapsed().as_secs_f64(),
-        "replica": gw.cfg.replica_id,
+        "replica": gw.cfg().replica_id,
         "mode": if cluster { "cluster" } else { "single-node" },
         "dependencies": deps,
     }))

@@ -32,7 +32,7 @@ pub async fn require_key(State(gw): State<Arc<Gateway>>, req: Request, next: Nex
     if given.is_empty() {
         return ApiError::Unauthorized("Missing x-internal-api-key header").into_response();
     }
-    let expected = gw.cfg.internal_api_secret.as_bytes();
+    let expected = gw.cfg().internal_api_secret.as_bytes();
     if !bool::from(given.as_bytes().ct_eq(expected)) {
         return ApiError::Unauthorized("Invalid API key").into_response();
     }
@@ -301,7 +301,7 @@ pub async fn broadcast_command(
             }
             Err(e) => {
                 tracing::warn!(device = %id, error = %e, "Broadcast command failed for one device.");
-                gw.metrics.command("failed");
+                gw.count_command("failed");
                 failed.push(id.clone());
                 first_error.get_or_insert(e);
             }
@@ -428,14 +428,10 @@ pub async fn presence(
     if !valid_id(&id) {
         return Err(ApiError::field("id", "must be a device id"));
     }
-    let online = gw
-        .is_online(std::slice::from_ref(&id))
+    let (online, last_seen) = gw
+        .device_presence(&id)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let online = online.first().copied().unwrap_or(false);
-    let stored = gw.db.org_last_heartbeat(&id).await.ok().flatten();
-    let ids = [id.clone()];
-    let last_seen = gw.last_seen(&ids, &[stored]).await.pop().flatten();
     Ok(Json(json!({"deviceId": id, "online": online, "status": if online { "online" } else { "offline" }, "lastSeen": last_seen}))
         .into_response())
 }

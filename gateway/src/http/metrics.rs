@@ -32,7 +32,7 @@ pub async fn metrics(
     headers: HeaderMap,
 ) -> Response {
     let bearer_ok = match (
-        &gw.cfg.metrics_token,
+        &gw.cfg().metrics_token,
         headers
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok()),
@@ -42,7 +42,7 @@ pub async fn metrics(
             .is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.as_bytes()))),
         _ => false,
     };
-    if !local_client(&gw.cfg.limits.trusted_proxies, peer.addr.ip(), &headers) && !bearer_ok {
+    if !local_client(&gw.cfg().limits.trusted_proxies, peer.addr.ip(), &headers) && !bearer_ok {
         return ApiError::Forbidden("Metrics access denied").into_response();
     }
     (
@@ -50,7 +50,7 @@ pub async fn metrics(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        gw.metrics.render(),
+        gw.render_metrics(),
     )
         .into_response()
 }

@@ -68,7 +68,7 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
         .merge(internal)
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::not_found)
-        .layer(DefaultBodyLimit::max(gw.cfg.http_body_limit))
+        .layer(DefaultBodyLimit::max(gw.cfg().http_body_limit))
         .layer(middleware::from_fn_with_state(gw.clone(), count_requests))
         .with_state(gw)
 }
@@ -100,7 +100,7 @@ async fn count_requests(State(gw): State<Arc<Gateway>>, req: Request, next: Next
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string());
     let resp = next.run(req).await;
-    gw.metrics.http(
+    gw.count_http(
         route.as_deref().unwrap_or("unmatched"),
         resp.status().as_u16(),
     );

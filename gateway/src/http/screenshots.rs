@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
 use crate::service::Gateway;
+use crate::service::screenshots::LinkRefused;
 
 pub async fn serve(
     State(gw): State<Arc<Gateway>>,
@@ -25,14 +26,15 @@ pub async fn serve(
         .and_then(|e| e.parse::<i64>().ok())
         .unwrap_or(0);
     let sig = q.get("sig").map(String::as_str).unwrap_or("");
-    if key.contains("..") || !gw.storage.verify(&key, exp, sig) {
-        return Err(ApiError::Forbidden("Invalid or expired link"));
-    }
-    let bytes = gw
-        .storage
-        .get(&key)
-        .await
-        .map_err(|_| ApiError::NotFound("Screenshot not found".into()))?;
+    let bytes = match gw.signed_screenshot(&key, exp, sig).await {
+        Ok(b) => b,
+        Err(LinkRefused::BadSignature) => {
+            return Err(ApiError::Forbidden("Invalid or expired link"));
+        }
+        Err(LinkRefused::Missing) => {
+            return Err(ApiError::NotFound("Screenshot not found".into()));
+        }
+    };
     let ctype = if key.ends_with(".png") {
         "image/png"
     } else {

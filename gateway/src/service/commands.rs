@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::{Gateway, playlist, room};
 use crate::store::StoreError;
+use crate::wire::iso_now;
+use crate::wire::outgoing::{Command, Outgoing, PlaylistUpdate, QrOverlayUpdate};
 use crate::wire::validate::is_request_id;
-use crate::wire::{events::names, iso_now};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -34,17 +35,17 @@ impl Gateway {
         mut cmd: Map<String, Value>,
     ) -> Result<(String, Delivery), CommandError> {
         let id = uuid::Uuid::new_v4().to_string();
-        cmd.insert("id".into(), json!(id));
-        cmd.insert("timestamp".into(), json!(iso_now()));
         if cmd.get("type").and_then(Value::as_str) == Some("screenshot") {
-            let payload = cmd.entry("payload").or_insert_with(|| json!({}));
+            let payload = cmd
+                .entry("payload")
+                .or_insert_with(|| Value::Object(Map::new()));
             let Some(p) = payload.as_object_mut() else {
                 return Err(CommandError::Invalid("payload: must be an object".into()));
             };
             let request_id = match p.get("requestId") {
                 None | Some(Value::Null) => {
                     let minted = uuid::Uuid::new_v4().simple().to_string();
-                    p.insert("requestId".into(), json!(minted));
+                    p.insert("requestId".into(), Value::String(minted.clone()));
                     minted
                 }
                 Some(Value::String(r)) if is_request_id(r) => r.clone(),
@@ -62,11 +63,12 @@ impl Gateway {
                 )
                 .await?;
         }
-        let delivery = self.deliver(device, Value::Object(cmd)).await?;
+        let cmd = Command::new(&id, iso_now(), cmd);
+        let delivery = self.deliver(device, cmd).await?;
         Ok((id, delivery))
     }
 
-    async fn deliver(&self, device: &str, cmd: Value) -> Result<Delivery, StoreError> {
+    async fn deliver(&self, device: &str, cmd: Command) -> Result<Delivery, StoreError> {
         // Live means a lease whose socket can receive room emits. A `pending` lease names a socket
         // still in its connect middleware, in no namespace yet on whichever replica holds it: an
         // emit now would be lost, so queue it; the socket drains the queue once it is in.
@@ -75,10 +77,7 @@ impl Gateway {
         if online {
             // Older sockets get it plainly ("delivered" as before); sockets that advertised
             // `deliveryAck` must acknowledge it, else it goes back to the queue.
-            match self
-                .deliver_live(device, names::COMMAND, cmd.clone(), acked)
-                .await
-            {
+            match self.deliver_live(device, Outgoing::of(&cmd), acked).await {
                 super::delivery::AckOutcome::Failed(why) => {
                     tracing::info!(device, reason = %why, "Command not acknowledged; queued for replay.");
                     self.requeue(device, std::slice::from_ref(&cmd)).await;
@@ -93,7 +92,7 @@ impl Gateway {
             self.state
                 .enqueue_command(
                     device,
-                    &cmd.to_string(),
+                    &cmd.to_json(),
                     self.cfg.command_queue_max,
                     self.cfg.command_queue_ttl.as_millis() as u64,
                 )
@@ -104,7 +103,7 @@ impl Gateway {
     }
 
     /// Queued commands, oldest first (connect-time delivery).
-    pub async fn take_queued_commands(&self, device: &str) -> Vec<Value> {
+    pub async fn take_queued_commands(&self, device: &str) -> Vec<Command> {
         match self.state.drain_commands(device).await {
             Ok(raw) => parse_commands(raw),
             Err(e) => {
@@ -124,33 +123,50 @@ impl Gateway {
     ) -> Result<Delivery, StoreError> {
         self.state.invalidate_playlist(device).await?;
         let pl = playlist::push_form(&self.db, playlist, &self.cfg.content_url_template()).await;
-        Ok(self
-            .deliver_playlist(device, json!({"playlist": pl, "timestamp": iso_now()}))
-            .await)
+        let update = PlaylistUpdate {
+            playlist: pl,
+            timestamp: iso_now(),
+        };
+        Ok(self.deliver_playlist(device, &update).await)
     }
 
     pub async fn push_qr_overlay(&self, device: &str, overlay: Value) {
         self.emitter
             .emit(
                 room::device(device),
-                names::QR_OVERLAY_UPDATE,
-                json!({"qrOverlay": overlay, "timestamp": iso_now()}),
+                Outgoing::of(&QrOverlayUpdate {
+                    qr_overlay: overlay,
+                    timestamp: iso_now(),
+                }),
             )
             .await;
     }
 
     /// `POST /api/push/broadcast`: any validated event name to every socket of the organisation,
     /// with a `timestamp` added to object payloads (the original's `broadcastToOrganization`).
-    pub async fn broadcast_org(&self, org: &str, event: &str, mut data: Value) {
-        if let Some(m) = data.as_object_mut() {
-            m.entry("timestamp").or_insert_with(|| json!(iso_now()));
-        }
-        self.emitter.emit(room::org(org), event, data).await;
+    pub async fn broadcast_org(&self, org: &str, event: &str, data: Value) {
+        let event = Outgoing::broadcast(event.to_string(), data, iso_now());
+        self.emitter.emit(room::org(org), event).await;
     }
 
     /// Whether a device holds a live socket anywhere in the cluster.
     pub async fn is_online(&self, devices: &[String]) -> Result<Vec<bool>, StoreError> {
         self.presence.online(devices).await
+    }
+
+    /// `GET /api/internal/devices/{id}/presence`: whether the device holds a live socket, and
+    /// when it was last heard from (Redis first, the database row as the fallback).
+    pub async fn device_presence(&self, id: &str) -> Result<(bool, Option<String>), StoreError> {
+        let ids = [id.to_string()];
+        let online = self
+            .is_online(&ids)
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false);
+        let stored = self.db.org_last_heartbeat(id).await.ok().flatten();
+        let last_seen = self.last_seen(&ids, &[stored]).await.pop().flatten();
+        Ok((online, last_seen))
     }
 
     /// When each device was last heard from, as ISO-8601: the newer of the Redis status key
@@ -181,8 +197,6 @@ impl Gateway {
     }
 }
 
-pub fn parse_commands(raw: Vec<String>) -> Vec<Value> {
-    raw.into_iter()
-        .filter_map(|c| serde_json::from_str(&c).ok())
-        .collect()
+pub fn parse_commands(raw: Vec<String>) -> Vec<Command> {
+    raw.iter().filter_map(|c| Command::parse(c)).collect()
 }

@@ -18,6 +18,7 @@ use serde_json::json;
 use super::{Gateway, room};
 use crate::auth::{AuthError, DevicePrincipal, is_token_hash, mint, token_hash};
 use crate::db::DeviceAuth;
+use crate::wire::outgoing::{DeviceRevoked, Outgoing, ServerEvent, TokenRefresh};
 
 /// A token is re-issued when at most this much validity remains (the original's 14 days).
 pub const REFRESH_WITHIN_S: i64 = 14 * 86_400;
@@ -33,9 +34,6 @@ const GRACE_MAX_TTL_S: i64 = TOKEN_TTL_S;
 pub const MARKER_TTL_S: u64 = 660;
 /// Marker value for a device whose row is gone or disabled: no socket is bound to it.
 const REVOKED: &str = "revoked";
-/// Event names of this module.
-pub const TOKEN_REFRESH: &str = "token:refresh";
-pub const DEVICE_REVOKED: &str = "device:revoked";
 
 /// `device:token:grace:{id}`: `prev` (the hash the device still holds) may stand in for `next`
 /// while the database still holds `next`.
@@ -295,12 +293,11 @@ impl Gateway {
         {
             targets.push(room::socket(&l.sid));
         }
+        let event = Outgoing::of(&TokenRefresh { token });
         for t in targets {
-            self.emitter
-                .emit(t, TOKEN_REFRESH, json!({"token": token.clone()}))
-                .await;
+            self.emitter.emit(t, event.clone()).await;
         }
-        self.metrics.event(TOKEN_REFRESH, "ok");
+        self.metrics.event(TokenRefresh::NAME, "ok");
         tracing::info!(device = %id, "Issued a refreshed device token.");
     }
 
@@ -336,8 +333,9 @@ impl Gateway {
         self.emitter
             .emit(
                 room::device(device),
-                DEVICE_REVOKED,
-                json!({"reason": reason}),
+                Outgoing::of(&DeviceRevoked {
+                    reason: reason.to_string(),
+                }),
             )
             .await;
         self.emitter.disconnect_room(room::device(device)).await;

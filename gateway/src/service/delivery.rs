@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::commands::Delivery;
 use super::{Gateway, room};
-use crate::wire::{events::names, iso_now};
+use crate::wire::iso_now;
+use crate::wire::outgoing::{Command, Outgoing, PlaylistUpdate};
 
 /// Lifetime of `device:pending-playlist:{id}` (the original's 1800 s).
 pub const PENDING_PLAYLIST_TTL_S: u64 = 1_800;
@@ -34,10 +35,10 @@ fn positive(v: &Value) -> bool {
 
 impl Gateway {
     /// Emits with an ack to `room` and judges the answers.
-    async fn emit_acked(&self, room: String, event: &str, data: Value) -> AckOutcome {
+    async fn emit_acked(&self, room: String, event: Outgoing) -> AckOutcome {
         let results = self
             .emitter
-            .emit_with_ack(room, event, data, self.cfg.delivery_ack_timeout)
+            .emit_with_ack(room, event, self.cfg.delivery_ack_timeout)
             .await;
         if results.is_empty() {
             return AckOutcome::NoSocket;
@@ -67,50 +68,45 @@ impl Gateway {
     pub(super) async fn deliver_live(
         &self,
         device: &str,
-        event: &str,
-        data: Value,
+        event: Outgoing,
         acked: bool,
     ) -> AckOutcome {
         if !acked {
-            self.emitter.emit(room::device(device), event, data).await;
+            self.emitter.emit(room::device(device), event).await;
             return AckOutcome::NoSocket;
         }
         self.emitter
             .emit_except(
                 room::device(device),
                 room::device_acked(device),
-                event,
-                data.clone(),
+                event.clone(),
             )
             .await;
-        self.emit_acked(room::device_acked(device), event, data)
-            .await
+        self.emit_acked(room::device_acked(device), event).await
     }
 
     /// `POST /api/push/playlist`'s delivery: `Queued` when acknowledging sockets did not
     /// acknowledge it (it is then kept for replay).
-    pub(super) async fn deliver_playlist(&self, device: &str, payload: Value) -> Delivery {
+    pub(super) async fn deliver_playlist(&self, device: &str, update: &PlaylistUpdate) -> Delivery {
         let acked = match self.state.lease_and_ack(device).await {
             Ok((Some(l), acked)) => acked && !l.pending,
             _ => false,
         };
-        match self
-            .deliver_live(device, names::PLAYLIST_UPDATE, payload.clone(), acked)
-            .await
-        {
+        match self.deliver_live(device, Outgoing::of(update), acked).await {
             AckOutcome::NoSocket | AckOutcome::Acked => Delivery::Delivered,
             AckOutcome::Failed(why) => {
                 tracing::info!(device, reason = %why, "Playlist not acknowledged; kept for replay.");
-                self.keep_playlist(device, &payload).await;
+                self.keep_playlist(device, update).await;
                 Delivery::Queued
             }
         }
     }
 
-    async fn keep_playlist(&self, device: &str, payload: &Value) {
+    async fn keep_playlist(&self, device: &str, update: &PlaylistUpdate) {
+        let kept = Outgoing::of(update).data().to_string();
         if let Err(e) = self
             .state
-            .set_pending_playlist(device, &payload.to_string(), PENDING_PLAYLIST_TTL_S)
+            .set_pending_playlist(device, &kept, PENDING_PLAYLIST_TTL_S)
             .await
         {
             self.metrics.store_error("redis", "pending_playlist");
@@ -119,13 +115,13 @@ impl Gateway {
     }
 
     /// Puts commands back in the queue (after a failed acknowledged delivery).
-    pub(super) async fn requeue(&self, device: &str, cmds: &[Value]) {
+    pub(super) async fn requeue(&self, device: &str, cmds: &[Command]) {
         for c in cmds {
             if let Err(e) = self
                 .state
                 .enqueue_command(
                     device,
-                    &c.to_string(),
+                    &c.to_json(),
                     self.cfg.command_queue_max,
                     self.cfg.command_queue_ttl.as_millis() as u64,
                 )
@@ -138,6 +134,27 @@ impl Gateway {
         }
     }
 
+    /// What a connecting client that sent `auth.capabilities` has waiting: queued commands and a
+    /// playlist kept from a failed acknowledged delivery (with `ack_sid`, that socket becomes
+    /// the device's acknowledging one in the same round trip).
+    pub async fn take_pending_deliveries(
+        &self,
+        device: &str,
+        ack_sid: Option<&str>,
+    ) -> (Vec<Command>, Option<PlaylistUpdate>) {
+        match self.state.take_pending(device, ack_sid).await {
+            Ok((raw, pending)) => (
+                super::commands::parse_commands(raw),
+                pending.and_then(|p| serde_json::from_str(&p).ok()),
+            ),
+            Err(e) => {
+                self.metrics.store_error("redis", "take_pending");
+                tracing::warn!(device, error = %e, "Could not take queued deliveries.");
+                (Vec::new(), None)
+            }
+        }
+    }
+
     /// Replays to one socket of a client that sent `auth.capabilities`: the playlist, then the
     /// commands, as events (acknowledged when it advertised `deliveryAck`; whatever is not
     /// acknowledged goes back for the next replay). Runs off the handler's path.
@@ -146,8 +163,8 @@ impl Gateway {
         device: &str,
         sid: &str,
         acked: bool,
-        playlist: Option<Value>,
-        commands: Vec<Value>,
+        playlist: Option<PlaylistUpdate>,
+        commands: Vec<Command>,
     ) {
         if playlist.is_none() && commands.is_empty() {
             return;
@@ -155,34 +172,23 @@ impl Gateway {
         let (gw, device, target) = (self.clone(), device.to_string(), room::socket(sid));
         tokio::spawn(async move {
             if let Some(mut p) = playlist {
-                if let Some(m) = p.as_object_mut() {
-                    m.insert("timestamp".into(), Value::String(iso_now()));
-                }
+                p.timestamp = iso_now();
                 if acked {
-                    let out = gw
-                        .emit_acked(target.clone(), names::PLAYLIST_UPDATE, p.clone())
-                        .await;
+                    let out = gw.emit_acked(target.clone(), Outgoing::of(&p)).await;
                     if out != AckOutcome::Acked {
                         gw.keep_playlist(&device, &p).await;
                     }
                 } else {
-                    gw.emitter
-                        .emit(target.clone(), names::PLAYLIST_UPDATE, p)
-                        .await;
+                    gw.emitter.emit(target.clone(), Outgoing::of(&p)).await;
                 }
             }
             for (i, c) in commands.iter().enumerate() {
                 if !acked {
-                    gw.emitter
-                        .emit(target.clone(), names::COMMAND, c.clone())
-                        .await;
+                    gw.emitter.emit(target.clone(), Outgoing::of(c)).await;
                     gw.metrics.command("delivered");
                     continue;
                 }
-                match gw
-                    .emit_acked(target.clone(), names::COMMAND, c.clone())
-                    .await
-                {
+                match gw.emit_acked(target.clone(), Outgoing::of(c)).await {
                     AckOutcome::Acked => gw.metrics.command("delivered"),
                     other => {
                         tracing::info!(device, outcome = ?other, "Command not acknowledged; re-queued.");

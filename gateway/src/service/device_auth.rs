@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Gateway;
+use crate::auth::{AuthError, Principal};
 use crate::db::{DbError, DeviceAuth};
 
 /// A fresh answer is reused for this long without asking the database.
@@ -77,6 +78,34 @@ impl Gateway {
                 self.metrics.store_error("db", "device_auth");
                 self.auth_cache.get(id, STALE_FALLBACK).ok_or(e)
             }
+        }
+    }
+
+    /// The handshake's token, verified (the `type` claim picks the secret).
+    pub fn verify_token(&self, token: &str) -> Result<Principal, AuthError> {
+        self.verifier.verify(token)
+    }
+
+    /// Holds a device's connect until its per-device bucket allows it, within the connect
+    /// timeout; past that the handshake is deferred (transient, the client retries).
+    pub async fn pace_device_connect(&self, device: &str) -> Result<(), AuthError> {
+        let budget = self
+            .cfg
+            .connect_timeout
+            .saturating_sub(Duration::from_millis(500));
+        let start = Instant::now();
+        loop {
+            let wait = self.device_limiter.wait_time(device);
+            if wait.is_zero() {
+                return Ok(());
+            }
+            if start.elapsed() + wait > budget {
+                self.metrics.refusal("device_rate_limited");
+                return Err(AuthError::Unavailable(
+                    "per-device connect rate exceeded".into(),
+                ));
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 }

@@ -8,22 +8,31 @@ use super::credentials::DeviceSession;
 use super::{Gateway, commands::parse_commands, playlist};
 use crate::db::{DbError, NewImpression, now};
 use crate::store::{HeartbeatOutcome, HeartbeatWrite, StoreError, now_ms};
+use crate::wire::ack::HeartbeatAck;
 use crate::wire::events::{ContentError, Heartbeat, Impression};
+use crate::wire::outgoing::{Command, DeviceConfig, PlaylistUpdate};
 
 /// The heartbeat ack's `data`, whether the socket turned out to be superseded or bound to a
 /// stale token, and what a capabilities client gets replayed as events instead of in the ack.
 pub struct HeartbeatReply {
-    pub data: Value,
+    pub data: HeartbeatAck,
     pub superseded: bool,
     pub stale: bool,
-    pub replay_playlist: Option<Value>,
-    pub replay_commands: Vec<Value>,
+    pub replay_playlist: Option<PlaylistUpdate>,
+    pub replay_commands: Vec<Command>,
 }
 
 /// The `config` event's fixed fields (reference §3.2).
 const CACHE_SIZE: u64 = 524_288_000;
 
 impl Gateway {
+    fn heartbeat_ack(&self, commands: Vec<Command>) -> HeartbeatAck {
+        HeartbeatAck {
+            next_heartbeat_in: self.cfg.heartbeat_interval.as_millis() as u64,
+            commands,
+        }
+    }
+
     /// Heartbeat: status JSON, latest sample and queued commands in one Redis round trip; never
     /// the database. If Redis is unreachable the device still gets its ack (presence follows the
     /// socket, not the heartbeat) and the error is counted. A socket a newer epoch has
@@ -32,6 +41,21 @@ impl Gateway {
     /// checked in the same script; a client that sent `auth.capabilities` gets `commands: []`
     /// and its drained commands (and pending playlist) back for replay as events.
     pub async fn heartbeat(
+        &self,
+        device: &str,
+        org: &str,
+        sid: &str,
+        hb: Heartbeat,
+        session: Option<&DeviceSession>,
+    ) -> HeartbeatReply {
+        let started = tokio::time::Instant::now();
+        let reply = self.heartbeat_step(device, org, sid, hb, session).await;
+        self.metrics
+            .heartbeat_duration(started.elapsed().as_secs_f64());
+        reply
+    }
+
+    async fn heartbeat_step(
         &self,
         device: &str,
         org: &str,
@@ -64,7 +88,7 @@ impl Gateway {
         // is on its way out (its release ran or is running): it writes nothing.
         let Some(epoch) = self.live.epoch(sid) else {
             return HeartbeatReply {
-                data: json!({"nextHeartbeatIn": self.cfg.heartbeat_interval.as_millis() as u64, "commands": []}),
+                data: self.heartbeat_ack(Vec::new()),
                 superseded: false,
                 stale: false,
                 replay_playlist: None,
@@ -108,7 +132,7 @@ impl Gateway {
         }
         let replay_playlist = pending.take().and_then(|p| serde_json::from_str(&p).ok());
         HeartbeatReply {
-            data: json!({"nextHeartbeatIn": self.cfg.heartbeat_interval.as_millis() as u64, "commands": commands}),
+            data: self.heartbeat_ack(commands),
             superseded,
             stale,
             replay_playlist,
@@ -137,7 +161,12 @@ impl Gateway {
             timestamp: now(),
             hour: chrono::Local::now().hour(),
         };
-        self.outbox.append(&row, &today).await
+        let kept = self.outbox.append(&row, &today).await;
+        if let Err(e) = &kept {
+            self.metrics.store_error("outbox", "impression");
+            tracing::warn!(device, error = %e, "Impression not accepted.");
+        }
+        kept
     }
 
     pub async fn content_error(&self, device: &str, e: ContentError) {
@@ -192,7 +221,10 @@ impl Gateway {
 
     /// `config` and the playlist for a connecting device, from ONE read of its row (a reconnect
     /// storm costs one query per screen, or none for the playlist when it is cached).
-    pub async fn connect_state(&self, device: &str) -> Result<(Value, Option<Value>), DbError> {
+    pub async fn connect_state(
+        &self,
+        device: &str,
+    ) -> Result<(DeviceConfig, Option<Value>), DbError> {
         let settings = self.db.device_settings(device).await?;
         let qr = settings
             .as_ref()
@@ -200,8 +232,12 @@ impl Gateway {
             .and_then(|m| m.get("qrOverlay").cloned())
             .filter(|q| !q.is_null() && q != &Value::Bool(false))
             .unwrap_or(Value::Null);
-        let config = json!({"heartbeatInterval": self.cfg.heartbeat_interval.as_millis() as u64, "cacheSize": CACHE_SIZE,
-                            "autoUpdate": true, "qrOverlay": qr});
+        let config = DeviceConfig {
+            heartbeat_interval: self.cfg.heartbeat_interval.as_millis() as u64,
+            cache_size: CACHE_SIZE,
+            auto_update: true,
+            qr_overlay: qr,
+        };
         let pointer = settings.and_then(|s| s.current_playlist_id);
         let cached = match &pointer {
             Some(pid) => self.cached_playlist(device, pid).await,

@@ -1,14 +1,22 @@
 //! Domain services: the rules of presence, commands, playlists, screenshots and notifications.
 //! Handlers (socket and HTTP) only translate between the wire and these functions.
+//!
+//! `Gateway`'s fields are private: the stores, the database, storage and the metric
+//! instruments are reachable only from this module and its children, so a handler that wants
+//! one does not compile. What the edge needs is a method here (`observe.rs` for its counts,
+//! `health.rs` for its probes); `tests::edge_modules_name_no_store_database_or_metric` keeps
+//! the edge from importing them by path either.
 
 pub mod commands;
 pub mod credentials;
 pub mod delivery;
 pub mod device_auth;
 pub mod device_events;
+pub mod health;
 pub mod impressions;
 pub mod live;
 pub mod notifications;
+pub mod observe;
 pub mod persist;
 pub mod playlist;
 pub mod presence;
@@ -56,30 +64,30 @@ pub mod room {
     }
 }
 
-/// Everything the services share. Built once by `app::run`.
+/// Everything the services share. Built once by `app::run`. Private fields: see the module doc.
 pub struct Gateway {
-    pub cfg: Arc<Config>,
-    pub db: Db,
-    pub presence: Arc<dyn PresenceStore>,
-    pub state: Arc<dyn StateStore>,
+    cfg: Arc<Config>,
+    db: Db,
+    presence: Arc<dyn PresenceStore>,
+    state: Arc<dyn StateStore>,
     /// Where accepted impressions wait for the database.
-    pub outbox: Arc<dyn ImpressionOutbox>,
-    pub storage: Storage,
-    pub metrics: Metrics,
-    pub emitter: Arc<dyn Emitter>,
-    pub verifier: TokenVerifier,
-    pub live: live::LiveRegistry,
-    pub persister: persist::Persister,
-    pub device_limiter: crate::limits::DeviceLimiter,
-    pub auth_cache: device_auth::DeviceAuthCache,
+    outbox: Arc<dyn ImpressionOutbox>,
+    storage: Storage,
+    metrics: Metrics,
+    emitter: Arc<dyn Emitter>,
+    verifier: TokenVerifier,
+    live: live::LiveRegistry,
+    persister: persist::Persister,
+    device_limiter: crate::limits::DeviceLimiter,
+    auth_cache: device_auth::DeviceAuthCache,
     /// This replica's dashboard sockets (the session sweep walks them).
-    pub dashboards: sessions::DashboardRegistry,
+    dashboards: sessions::DashboardRegistry,
     /// Organisations suspended through the internal API, as this replica last read them.
-    pub suspended: sessions::SuspendedOrgs,
+    suspended: sessions::SuspendedOrgs,
     draining: AtomicBool,
     redis_healthy: AtomicBool,
     /// Test-only delays between lease steps (feature `test-hooks`).
-    pub hooks: crate::hooks::Hooks,
+    hooks: crate::hooks::Hooks,
 }
 
 impl Gateway {
@@ -117,6 +125,40 @@ impl Gateway {
         })
     }
 
+    /// The configuration (settings only: no store or instrument is reachable through it).
+    pub fn cfg(&self) -> &Arc<Config> {
+        &self.cfg
+    }
+
+    /// The ordered transition writer's database side, for `app::run` to spawn.
+    pub fn persist_writer(&self) -> persist::Writer {
+        persist::Writer {
+            db: self.db.clone(),
+            replica: self.cfg.replica_id.clone(),
+            metrics: self.metrics.clone(),
+            hooks: self.hooks.clone(),
+        }
+    }
+
+    /// The background set-up of object storage (`storage::keep_ready`), for `app::run` to spawn.
+    pub fn keep_storage_ready(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        crate::storage::keep_ready(self.storage.clone(), stop)
+    }
+
+    /// The instruments the listener (`net.rs`) counts TCP refusals and connections with; the
+    /// wiring hands them over once, nothing at the edge asks for them.
+    pub fn listener_metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Forgets idle per-device connect buckets (periodic).
+    pub fn limiter_housekeeping(&self) {
+        self.device_limiter.housekeeping();
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -133,6 +175,76 @@ impl Gateway {
                 tracing::info!("Shared store reachable again.");
             } else {
                 tracing::warn!("Shared store unreachable; serving live sockets from what we have.");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    /// The edge (`socket/`, `http/`) reaches stores, the database, storage and metric
+    /// instruments only through `Gateway` methods. Private fields make `gw.db` a compile error;
+    /// this keeps the other door shut: naming those modules or types by path.
+    #[test]
+    fn edge_modules_name_no_store_database_or_metric() {
+        // Type and path names, not words: "Metrics access denied" is a message, not a use.
+        const FORBIDDEN: [&str; 15] = [
+            "crate::store",
+            "crate::db",
+            "crate::storage",
+            "crate::telemetry",
+            "StateStore",
+            "PresenceStore",
+            "ImpressionOutbox",
+            ": Metrics",
+            "Metrics::",
+            "Metrics>",
+            "Gauges",
+            ".gauges",
+            ".metrics.",
+            "gw.metrics",
+            "Db::",
+        ];
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut checked = 0;
+        for dir in ["socket", "http"] {
+            for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                for word in FORBIDDEN {
+                    assert!(
+                        !text.contains(word),
+                        "{} names `{word}`: go through a Gateway method",
+                        path.display()
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "the edge modules were not found");
+    }
+
+    /// Services hand clients typed events only: no `json!` left in an emit or an answer.
+    /// (Internal records — Redis status JSON, notification metadata rows — are not client
+    /// payloads and may use it; emits cannot, because the emitter takes `Outgoing`.)
+    #[test]
+    fn services_emit_only_typed_events() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/src/service");
+        for entry in std::fs::read_dir(root).unwrap() {
+            let path = entry.unwrap().path();
+            if path.ends_with("service/mod.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for word in ["names::", "Outgoing::broadcast"] {
+                let allowed = word == "Outgoing::broadcast" && path.ends_with("commands.rs");
+                assert!(
+                    allowed || !text.contains(word),
+                    "{} uses `{word}`: emit a `wire::outgoing` type",
+                    path.display()
+                );
             }
         }
     }

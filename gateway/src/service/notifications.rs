@@ -9,7 +9,8 @@ use serde_json::json;
 use super::{Gateway, room};
 use crate::db::NewNotification;
 use crate::store::OfflineNotice;
-use crate::wire::{events::names, iso, iso_now};
+use crate::wire::outgoing::{DeviceOnlineNotification, Outgoing};
+use crate::wire::{iso, iso_now};
 
 const CLAIM_BATCH: usize = 100;
 
@@ -80,9 +81,9 @@ impl Gateway {
             return;
         }
         self.metrics.notification("device_online");
-        let data = json!({"type": "device_online", "deviceId": device, "deviceName": name, "timestamp": iso_now()});
+        let event = DeviceOnlineNotification::new(device, name, iso_now());
         self.emitter
-            .emit(room::dashboards(org), names::NOTIFICATION_NEW, data)
+            .emit(room::dashboards(org), Outgoing::of(&event))
             .await;
     }
 }

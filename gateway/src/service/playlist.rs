@@ -4,9 +4,11 @@
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::db::{ContentRow, Db, DbResult, PlaylistRows};
+use crate::wire::playlist::{ContentForm, ItemForm, PlaylistForm, ZoneItem, ZonePlaylist};
+use crate::wire::to_value;
 
 /// Where the resolver reads playlists and contents (the database, or a map in unit tests).
 #[async_trait]
@@ -46,19 +48,17 @@ fn item_duration(d: Option<i64>) -> i64 {
     }
 }
 
-fn content_json(c: &ContentRow, api_base: &str, with_metadata: bool) -> Value {
-    let mut m = Map::new();
-    m.insert("id".into(), json!(c.id));
-    m.insert("name".into(), json!(c.name));
-    m.insert("type".into(), json!(c.kind));
-    m.insert("url".into(), json!(resolve_url(&c.url, &c.id, api_base)));
-    m.insert("thumbnail".into(), json!(c.thumbnail));
-    m.insert("mimeType".into(), json!(c.mime_type));
-    m.insert("duration".into(), json!(c.duration));
-    if with_metadata {
-        m.insert("metadata".into(), c.metadata.clone().unwrap_or(Value::Null));
+fn content_form(c: &ContentRow, api_base: &str, with_metadata: bool) -> ContentForm {
+    ContentForm {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        kind: c.kind.clone(),
+        url: resolve_url(&c.url, &c.id, api_base),
+        thumbnail: c.thumbnail.clone(),
+        mime_type: c.mime_type.clone(),
+        duration: c.duration,
+        metadata: with_metadata.then(|| c.metadata.clone().unwrap_or(Value::Null)),
     }
-    Value::Object(m)
 }
 
 /// The connect form of a playlist, or `None` when it does not exist.
@@ -78,18 +78,29 @@ pub async fn resolve(
         let content = match &it.content {
             None => Value::Null,
             Some(c) => {
-                let mut cj = content_json(c, api_base, true);
+                let mut cj = to_value(&content_form(c, api_base, true));
                 if c.kind == "layout" {
                     resolve_layout_metadata(src, &mut cj, api_base).await;
                 }
                 cj
             }
         };
-        items.push(json!({"id": it.id, "contentId": it.content_id, "duration": duration, "order": it.order, "content": content}));
+        items.push(ItemForm {
+            id: it.id.clone(),
+            content_id: it.content_id.clone(),
+            duration,
+            order: it.order,
+            content,
+        });
     }
-    Ok(Some(
-        json!({"id": p.id, "name": p.name, "items": items, "totalDuration": total, "loopPlaylist": true}),
-    ))
+    let form = PlaylistForm {
+        id: p.id,
+        name: p.name,
+        items,
+        total_duration: total,
+        loop_playlist: true,
+    };
+    Ok(Some(to_value(&form)))
 }
 
 /// Replaces `content.metadata.zones` with resolved zones (other metadata keys kept as they are).
@@ -98,7 +109,7 @@ async fn resolve_layout_metadata(src: &dyn PlaylistSource, content: &mut Value, 
         return;
     };
     if !meta.is_object() {
-        *meta = json!({});
+        *meta = Value::Object(Map::new());
     }
     let zones: Vec<Value> = meta
         .get("zones")
@@ -121,15 +132,25 @@ async fn resolve_zone(src: &dyn PlaylistSource, zone: &Value, api_base: &str) ->
         .map(str::to_string)
         && let Ok(Some(p)) = src.playlist(&pid).await
     {
-        let items: Vec<Value> = p
+        let items = p
             .items
             .iter()
-            .map(|it| {
-                json!({"id": it.id, "contentId": it.content_id, "duration": item_duration(it.duration), "order": it.order,
-                       "content": it.content.as_ref().map(|c| content_json(c, api_base, false))})
+            .map(|it| ZoneItem {
+                id: it.id.clone(),
+                content_id: it.content_id.clone(),
+                duration: item_duration(it.duration),
+                order: it.order,
+                content: it
+                    .content
+                    .as_ref()
+                    .map(|c| content_form(c, api_base, false)),
             })
             .collect();
-        let pl = json!({"id": p.id, "name": p.name, "items": items});
+        let pl = to_value(&ZonePlaylist {
+            id: p.id,
+            name: p.name,
+            items,
+        });
         z.insert("playlist".into(), pl.clone());
         z.insert("resolvedPlaylist".into(), pl);
     }
@@ -139,7 +160,7 @@ async fn resolve_zone(src: &dyn PlaylistSource, zone: &Value, api_base: &str) ->
         .map(str::to_string)
         && let Ok(Some(c)) = src.content(&cid).await
     {
-        let cj = content_json(&c, api_base, false);
+        let cj = to_value(&content_form(&c, api_base, false));
         z.insert("content".into(), cj.clone());
         z.insert("resolvedContent".into(), cj);
     }
@@ -152,7 +173,9 @@ pub async fn push_form(src: &dyn PlaylistSource, mut playlist: Value, api_base: 
     let Some(obj) = playlist.as_object_mut() else {
         return playlist;
     };
-    let items = obj.entry("items").or_insert_with(|| json!([]));
+    let items = obj
+        .entry("items")
+        .or_insert_with(|| Value::Array(Vec::new()));
     if let Some(items) = items.as_array_mut() {
         for it in items.iter_mut() {
             let Some(content) = it.get_mut("content").filter(|c| c.is_object()) else {
@@ -168,7 +191,7 @@ pub async fn push_form(src: &dyn PlaylistSource, mut playlist: Value, api_base: 
                 .and_then(Value::as_str)
                 .map(str::to_string)
             {
-                content["url"] = json!(resolve_url(&url, &id, api_base));
+                content["url"] = Value::String(resolve_url(&url, &id, api_base));
             }
             if content.get("type").and_then(Value::as_str) == Some("layout") {
                 resolve_layout_metadata(src, content, api_base).await;
@@ -182,6 +205,8 @@ pub async fn push_form(src: &dyn PlaylistSource, mut playlist: Value, api_base: 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use std::collections::HashMap;
+
+    use serde_json::json;
 
     use super::*;
     use crate::db::ItemRow;

@@ -5,14 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::time::Instant;
 
 use super::live::LiveEntry;
 use super::{Gateway, room};
 use crate::db::{Transition, now};
 use crate::store::{Expired, RefreshOutcome, StoreError, SweepGuard};
-use crate::wire::{events::names, iso_now};
+use crate::wire::iso_now;
+use crate::wire::outgoing::{DeviceStatus, Outgoing};
 
 /// How many expired leases one sweep step removes (the rest wait for the next tick).
 const SWEEP_BATCH: usize = 1000;
@@ -208,10 +208,14 @@ impl Gateway {
     ) {
         let ts = iso_now();
         let last_seen = last_seen.unwrap_or_else(|| ts.clone());
-        let data =
-            json!({"deviceId": device, "status": status, "lastSeen": last_seen, "timestamp": ts});
+        let event = DeviceStatus {
+            device_id: device.to_string(),
+            status: status.to_string(),
+            last_seen: Some(last_seen),
+            timestamp: ts,
+        };
         self.emitter
-            .emit(room::dashboards(org), names::DEVICE_STATUS, data)
+            .emit(room::dashboards(org), Outgoing::of(&event))
             .await;
     }
 

@@ -4,25 +4,17 @@
 use super::Gateway;
 use crate::auth::Principal;
 
-/// A refusal: the ack's error string and the `error` event's message (the original's wording).
+/// Why a join is refused. The wording the client sees (ack and `error` event) is the socket
+/// edge's (`socket::error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
-    pub ack: &'static str,
-    pub event: &'static str,
+pub enum Refused {
+    /// A device room of another device, or of another organisation's device.
+    DeviceRoom,
+    /// An organisation that is not the principal's.
+    OrganizationMismatch,
+    /// Not a room pattern clients may name.
+    InvalidRoom,
 }
-
-pub const DEVICE_ROOM_DENIED: Refused = Refused {
-    ack: "Unauthorized: cannot join this device room",
-    event: "Unauthorized: cannot join this device room",
-};
-pub const ORG_DENIED: Refused = Refused {
-    ack: "Unauthorized: organization mismatch",
-    event: "Unauthorized: you do not belong to this organization",
-};
-pub const INVALID_ROOM: Refused = Refused {
-    ack: "Invalid room name",
-    event: "Invalid room name",
-};
 
 /// Whether `room` is a pattern clients may name at all.
 pub fn is_client_room(room: &str) -> bool {
@@ -32,6 +24,15 @@ pub fn is_client_room(room: &str) -> bool {
 }
 
 impl Gateway {
+    /// `join:organization`: only the principal's own organisation.
+    pub fn may_join_organization(&self, who: &Principal, org: &str) -> Result<(), Refused> {
+        if org == who.organization_id() {
+            Ok(())
+        } else {
+            Err(Refused::OrganizationMismatch)
+        }
+    }
+
     pub async fn may_join(&self, who: &Principal, room: &str) -> Result<(), Refused> {
         if let Some(id) = room
             .strip_prefix("device:")
@@ -39,10 +40,10 @@ impl Gateway {
         {
             return match who {
                 Principal::Device(d) if d.device_id == id => Ok(()),
-                Principal::Device(_) => Err(DEVICE_ROOM_DENIED),
+                Principal::Device(_) => Err(Refused::DeviceRoom),
                 Principal::User(u) => match self.db.device_org(id).await {
                     Ok(Some(org)) if org == u.organization_id => Ok(()),
-                    _ => Err(DEVICE_ROOM_DENIED),
+                    _ => Err(Refused::DeviceRoom),
                 },
             };
         }
@@ -53,9 +54,9 @@ impl Gateway {
             return if id == who.organization_id() {
                 Ok(())
             } else {
-                Err(ORG_DENIED)
+                Err(Refused::OrganizationMismatch)
             };
         }
-        Err(INVALID_ROOM)
+        Err(Refused::InvalidRoom)
     }
 }

@@ -4,28 +4,25 @@
 //! organisation's dashboards.
 
 use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{Gateway, room};
-use crate::wire::events::{ScreenshotResponse, names};
+use crate::wire::ack::ScreenshotSaved;
+use crate::wire::events::ScreenshotResponse;
 use crate::wire::iso_now;
+use crate::wire::outgoing::{Outgoing, ScreenshotReady};
 
-/// Why a screenshot was refused; the strings keep the reference's wording.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a screenshot was refused. What the device is told (the reference's wording) is the
+/// socket edge's refusal table (`socket::error`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScreenshotError {
-    #[error("Screenshot data too large (max {0})")]
+    /// Larger than `SCREENSHOT_MAX_BYTES`, with the limit in human form (`2MB`).
     TooLarge(String),
-    #[error("Unknown or expired screenshot request")]
     UnknownRequest,
-    #[error("Invalid base64 format")]
     BadBase64,
-    #[error("Invalid image format: only PNG and JPEG are accepted")]
     BadFormat,
-    #[error("Image dimensions do not match width/height")]
     DimensionMismatch,
-    #[error("Storage service unavailable")]
     StorageUnavailable,
-    #[error("Failed to save screenshot")]
     SaveFailed,
 }
 
@@ -84,7 +81,7 @@ impl Gateway {
         device: &str,
         org: &str,
         r: ScreenshotResponse,
-    ) -> Result<Value, ScreenshotError> {
+    ) -> Result<ScreenshotSaved, ScreenshotError> {
         // Cheap checks first; the request id is consumed only by a well-formed image, so a
         // corrupted upload can be retried with the same id until it expires.
         let (bytes, ext, ctype) = check_image(&r, self.cfg.screenshot_max_bytes)?;
@@ -120,19 +117,47 @@ impl Gateway {
             tracing::warn!(device, error = %e, "Screenshot row update failed.");
             return Err(ScreenshotError::SaveFailed);
         }
-        let mut event = json!({"deviceId": device, "requestId": r.request_id, "url": url, "width": r.width, "height": r.height,
-                               "timestamp": iso_now()});
-        // As the original: `capturedAt` is the device's timestamp, absent when it sent none.
-        if let (Some(at), Some(m)) = (
-            r.captured_at.filter(|v| !v.is_null()),
-            event.as_object_mut(),
-        ) {
-            m.insert("capturedAt".into(), at);
-        }
+        let event = ScreenshotReady {
+            device_id: device.to_string(),
+            request_id: r.request_id,
+            url: url.clone(),
+            width: r.width,
+            height: r.height,
+            timestamp: iso_now(),
+            // As the original: the device's timestamp, absent when it sent none.
+            captured_at: r.captured_at.filter(|v| !v.is_null()),
+        };
         self.emitter
-            .emit(room::dashboards(org), names::SCREENSHOT_READY, event)
+            .emit(room::dashboards(org), Outgoing::of(&event))
             .await;
-        Ok(json!({"saved": true, "url": url}))
+        Ok(ScreenshotSaved { saved: true, url })
+    }
+}
+
+/// Why a signed screenshot link is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRefused {
+    /// Bad or expired signature, or a key that tries to leave the screenshots.
+    BadSignature,
+    /// A valid link to an object that is gone.
+    Missing,
+}
+
+impl Gateway {
+    /// The bytes behind a signed local link (`Storage::url`), once its signature and expiry hold.
+    pub async fn signed_screenshot(
+        &self,
+        key: &str,
+        exp: i64,
+        sig: &str,
+    ) -> Result<Vec<u8>, LinkRefused> {
+        if key.contains("..") || !self.storage.verify(key, exp, sig) {
+            return Err(LinkRefused::BadSignature);
+        }
+        self.storage
+            .get(key)
+            .await
+            .map_err(|_| LinkRefused::Missing)
     }
 }
 
@@ -178,22 +203,18 @@ mod tests {
     #[test]
     fn refusals_keep_the_reference_wording() {
         assert_eq!(
-            check_image(&resp("@@@@".into(), 1, 1), 1 << 20)
-                .unwrap_err()
-                .to_string(),
-            "Invalid base64 format"
+            check_image(&resp("@@@@".into(), 1, 1), 1 << 20).unwrap_err(),
+            ScreenshotError::BadBase64
         );
         let gif = base64::engine::general_purpose::STANDARD.encode(b"GIF89a....");
         assert_eq!(
-            check_image(&resp(gif, 1, 1), 1 << 20)
-                .unwrap_err()
-                .to_string(),
-            "Invalid image format: only PNG and JPEG are accepted"
+            check_image(&resp(gif, 1, 1), 1 << 20).unwrap_err(),
+            ScreenshotError::BadFormat
         );
         let big = base64::engine::general_purpose::STANDARD.encode(vec![0u8; 3000]);
         assert_eq!(
-            check_image(&resp(big, 1, 1), 2048).unwrap_err().to_string(),
-            "Screenshot data too large (max 2KB)"
+            check_image(&resp(big, 1, 1), 2048).unwrap_err(),
+            ScreenshotError::TooLarge("2KB".into())
         );
         assert_eq!(limit_label(2_097_152), "2MB");
     }

@@ -5,16 +5,17 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, RwLock};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{Gateway, room};
 use crate::auth::UserPrincipal;
 use crate::store::{SessionMarks, StoreError};
-use crate::wire::{events::names, iso_now};
+use crate::wire::iso_now;
+use crate::wire::outgoing::{
+    BackendNotification, DeviceStatus, DeviceStatusBatch, Outgoing, ServerEvent, SessionExpired,
+    TenantResumed, TenantSuspended,
+};
 
-pub const SESSION_EXPIRED: &str = "session:expired";
-pub const TENANT_SUSPENDED: &str = "tenant:suspended";
-pub const TENANT_RESUMED: &str = "tenant:resumed";
 /// How many devices `device:status:batch` lists.
 const STATUS_BATCH_LIMIT: u64 = 500;
 
@@ -147,14 +148,10 @@ impl Gateway {
                 continue;
             };
             tracing::info!(user = %user, reason, "Dashboard session expired; disconnecting.");
-            self.metrics.event(SESSION_EXPIRED, reason);
+            self.metrics.event(SessionExpired::NAME, reason);
             self.dashboards.remove(&sid);
             self.emitter
-                .emit(
-                    room::socket(&sid),
-                    SESSION_EXPIRED,
-                    json!({"reason": reason}),
-                )
+                .emit(room::socket(&sid), Outgoing::of(&SessionExpired { reason }))
                 .await;
             self.emitter.disconnect_room(room::socket(&sid)).await;
         }
@@ -162,12 +159,12 @@ impl Gateway {
 
     /// `device:status:batch` for an organisation: `[{deviceId, status, lastSeen, timestamp}]`,
     /// the live status from presence (the database row may lag the asynchronous writer).
-    pub async fn status_batch(&self, org: &str) -> Value {
+    pub async fn status_batch(&self, org: &str) -> DeviceStatusBatch {
         let rows = match self.db.org_devices(org, STATUS_BATCH_LIMIT).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "Could not list the organisation's devices.");
-                return json!([]);
+                return DeviceStatusBatch::default();
             }
         };
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
@@ -177,7 +174,7 @@ impl Gateway {
         let stored: Vec<_> = rows.iter().map(|r| r.last_heartbeat).collect();
         let last_seen = self.last_seen(&ids, &stored).await;
         let ts = iso_now();
-        let list: Vec<Value> = rows
+        let list: Vec<DeviceStatus> = rows
             .iter()
             .enumerate()
             .map(|(i, r)| {
@@ -186,10 +183,15 @@ impl Gateway {
                     Some(false) if r.status == "online" => "offline".to_string(),
                     _ => r.status.clone(),
                 };
-                json!({"deviceId": r.id, "status": status, "lastSeen": last_seen.get(i).cloned().flatten(), "timestamp": ts})
+                DeviceStatus {
+                    device_id: r.id.clone(),
+                    status,
+                    last_seen: last_seen.get(i).cloned().flatten(),
+                    timestamp: ts.clone(),
+                }
             })
             .collect();
-        Value::Array(list)
+        DeviceStatusBatch(list)
     }
 
     /// After this replica's adapter lost Redis and subscribed again: pub/sub kept nothing of what
@@ -211,19 +213,31 @@ impl Gateway {
         for org in orgs {
             let first = self.status_batch(&org).await;
             self.emitter
-                .emit_local(
-                    room::dashboards(&org),
-                    names::DEVICE_STATUS_BATCH,
-                    first.clone(),
-                )
+                .emit_local(room::dashboards(&org), Outgoing::of(&first))
                 .await;
             let second = self.status_batch(&org).await;
             for changed in changed_statuses(&first, &second) {
                 self.emitter
-                    .emit_local(room::dashboards(&org), names::DEVICE_STATUS, changed)
+                    .emit_local(room::dashboards(&org), Outgoing::of(changed))
                     .await;
             }
         }
+    }
+
+    /// Whether this replica last read `org` as suspended (checked in memory at handshakes).
+    pub fn is_suspended(&self, org: &str) -> bool {
+        self.suspended.contains(org)
+    }
+
+    /// A dashboard socket entered the namespace: the session sweep watches it from now on.
+    pub fn dashboard_connected(&self, sid: &str, u: &UserPrincipal) {
+        self.dashboards
+            .insert(sid, &u.user_id, &u.organization_id, u.iat);
+    }
+
+    /// A dashboard socket left (or left before its connect handler ran).
+    pub fn dashboard_disconnected(&self, sid: &str) {
+        self.dashboards.remove(sid);
     }
 
     /// Re-reads the suspended organisations (one round trip per replica per period).
@@ -248,55 +262,45 @@ impl Gateway {
         self.state.set_suspended(org, suspended).await?;
         self.suspended.set(org, suspended);
         let event = if suspended {
-            TENANT_SUSPENDED
+            Outgoing::of(&TenantSuspended { reason })
         } else {
-            TENANT_RESUMED
+            Outgoing::of(&TenantResumed { reason })
         };
-        self.emitter
-            .emit(room::org(org), event, json!({"reason": reason}))
-            .await;
+        self.emitter.emit(room::org(org), event).await;
         Ok(())
     }
 
     /// `POST /api/notifications/broadcast`: `notification:new` to the organisation's dashboards,
     /// or only to one user's dashboards when the notification names a `userId`.
-    pub async fn broadcast_notification(&self, org: &str, mut notification: Value) {
+    pub async fn broadcast_notification(&self, org: &str, notification: Value) {
         let user = notification
             .get("userId")
             .and_then(Value::as_str)
             .map(str::to_string);
-        if let Some(m) = notification.as_object_mut() {
-            m.entry("timestamp").or_insert_with(|| json!(iso_now()));
-        }
         let target = match user {
             Some(u) => room::user(&u),
             None => room::dashboards(org),
         };
-        self.emitter
-            .emit(target, names::NOTIFICATION_NEW, notification)
-            .await;
+        let event = BackendNotification::new(notification, iso_now());
+        self.emitter.emit(target, Outgoing::of(&event)).await;
         self.metrics.notification("broadcast");
     }
 }
 
 /// The entries of batch `after` whose status differs from the same device's in `before`.
-fn changed_statuses(before: &Value, after: &Value) -> Vec<Value> {
-    let old: HashMap<&str, &Value> = before
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|d| Some((d["deviceId"].as_str()?, &d["status"])))
+fn changed_statuses<'a>(
+    before: &DeviceStatusBatch,
+    after: &'a DeviceStatusBatch,
+) -> Vec<&'a DeviceStatus> {
+    let old: HashMap<&str, &str> = before
+        .0
+        .iter()
+        .map(|d| (d.device_id.as_str(), d.status.as_str()))
         .collect();
     after
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|d| {
-            d["deviceId"]
-                .as_str()
-                .is_some_and(|id| old.get(id) != Some(&&d["status"]))
-        })
-        .cloned()
+        .0
+        .iter()
+        .filter(|d| old.get(d.device_id.as_str()) != Some(&d.status.as_str()))
         .collect()
 }
 
@@ -322,20 +326,28 @@ mod tests {
 
     #[test]
     fn only_devices_whose_status_changed_between_two_batches_are_resent() {
-        let before = serde_json::json!([
-            {"deviceId": "a", "status": "online"},
-            {"deviceId": "b", "status": "online"},
-            {"deviceId": "c", "status": "offline"},
-        ]);
-        let after = serde_json::json!([
-            {"deviceId": "a", "status": "online"},
-            {"deviceId": "b", "status": "offline"},
-            {"deviceId": "c", "status": "offline"},
-            {"deviceId": "d", "status": "online"},
+        let batch = |l: &[(&str, &str)]| {
+            DeviceStatusBatch(
+                l.iter()
+                    .map(|(id, st)| DeviceStatus {
+                        device_id: id.to_string(),
+                        status: st.to_string(),
+                        last_seen: None,
+                        timestamp: String::new(),
+                    })
+                    .collect(),
+            )
+        };
+        let before = batch(&[("a", "online"), ("b", "online"), ("c", "offline")]);
+        let after = batch(&[
+            ("a", "online"),
+            ("b", "offline"),
+            ("c", "offline"),
+            ("d", "online"),
         ]);
         let ids: Vec<_> = changed_statuses(&before, &after)
             .iter()
-            .map(|d| d["deviceId"].as_str().unwrap_or_default().to_string())
+            .map(|d| d.device_id.as_str())
             .collect();
         assert_eq!(ids, ["b", "d"]);
     }

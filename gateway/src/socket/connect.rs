@@ -10,17 +10,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{Extension, SocketRef, State, TryData};
 
 use super::SocketCtx;
+use super::handler::send;
 use crate::auth::{AuthError, Principal, token_from_cookie};
-use crate::limits::MessageLimiter;
+use crate::limits::{LiveSockets, MessageLimiter};
 use crate::service::credentials::{self, DeviceSession};
 use crate::service::{Gateway, room};
-use crate::wire::events::names;
 use crate::wire::iso_now;
+use crate::wire::outgoing::PlaylistUpdate;
 
 /// The `connect_error` message.
 #[derive(Debug)]
@@ -45,24 +46,24 @@ pub async fn authenticate<A: Adapter>(
             } else {
                 "dashboard"
             };
-            gw.metrics.connection(kind, "accepted");
+            gw.count_connection(kind, "accepted");
             s.extensions.insert(Arc::new(ctx));
             // Event handlers are registered here, not in the connect handler: socketioxide
             // spawns that handler after sending CONNECT, so a client that emits at once (the
             // latest players heartbeat on `connect`) could otherwise reach a socket without
             // handlers and have its event dropped.
-            super::events::register(&s);
+            super::register(&s);
             s.on_disconnect(on_disconnect::<A>);
             Ok(())
         }
         Err(AuthError::Unavailable(why)) => {
-            gw.metrics.connection("unknown", "unavailable");
+            gw.count_connection("unknown", "unavailable");
             tracing::warn!(reason = %why, "Handshake deferred: letting the transport close so the client retries.");
-            tokio::time::sleep(gw.cfg.connect_timeout + Duration::from_secs(1)).await;
+            tokio::time::sleep(gw.cfg().connect_timeout + Duration::from_secs(1)).await;
             Err(ConnectRefusal("unavailable".into()))
         }
         Err(e) => {
-            gw.metrics.connection("unknown", e.code());
+            gw.count_connection("unknown", e.code());
             Err(ConnectRefusal(format!("unauthorized: {e}")))
         }
     }
@@ -91,7 +92,7 @@ async fn admit<A: Adapter>(
         Some(t) => (t.to_string(), false),
         None => (cookie_token().ok_or(AuthError::Invalid)?, true),
     };
-    let principal = gw.verifier.verify(&token)?;
+    let principal = gw.verify_token(&token)?;
     let mut session = None;
     match &principal {
         Principal::Device(d) => {
@@ -111,12 +112,12 @@ async fn admit<A: Adapter>(
                 return Err(AuthError::DeviceDisabled);
             }
             let binding = gw.bind_device_token(d, &token, &row).await?;
-            if row.suspended || gw.suspended.contains(&d.organization_id) {
+            if row.suspended || gw.is_suspended(&d.organization_id) {
                 return Err(AuthError::TenantSuspended);
             }
             let (caps, ack) = credentials::capabilities(auth.as_ref());
             let s_ = DeviceSession::new(d, binding, caps, ack);
-            pace(gw, &d.device_id).await?;
+            gw.pace_device_connect(&d.device_id).await?;
             let sid = s.id.to_string();
             gw.acquire_device(&d.device_id, &d.organization_id, &sid)
                 .await
@@ -139,15 +140,15 @@ async fn admit<A: Adapter>(
             }
         }
     }
-    let kill = s
-        .req_parts()
-        .extensions
+    let handshake = &s.req_parts().extensions;
+    let kill = handshake
         .get::<axum::extract::ConnectInfo<crate::net::Peer>>()
         .map(|c| c.0.kill.clone());
     Ok(SocketCtx {
         principal,
-        limiter: MessageLimiter::new(&gw.cfg.limits),
+        limiter: MessageLimiter::new(&gw.cfg().limits),
         kill,
+        live: handshake.get::<Arc<LiveSockets>>().cloned(),
         device: session,
         phase: std::sync::atomic::AtomicU8::new(0),
     })
@@ -167,28 +168,6 @@ fn device_rooms(d: &crate::auth::DevicePrincipal, sid: &str, acked: bool) -> Vec
     rooms
 }
 
-/// Holds a device's connect until its bucket allows it, within the connect timeout.
-async fn pace(gw: &Gateway, device: &str) -> Result<(), AuthError> {
-    let budget = gw
-        .cfg
-        .connect_timeout
-        .saturating_sub(Duration::from_millis(500));
-    let start = tokio::time::Instant::now();
-    loop {
-        let wait = gw.device_limiter.wait_time(device);
-        if wait.is_zero() {
-            return Ok(());
-        }
-        if start.elapsed() + wait > budget {
-            gw.metrics.refusal("device_rate_limited");
-            return Err(AuthError::Unavailable(
-                "per-device connect rate exceeded".into(),
-            ));
-        }
-        tokio::time::sleep(wait).await;
-    }
-}
-
 /// The connect handler (runs after CONNECT was sent).
 pub async fn on_connect<A: Adapter>(
     s: SocketRef<A>,
@@ -201,6 +180,11 @@ pub async fn on_connect<A: Adapter>(
         // or confirming a lease now would only lose work.
         return;
     }
+    let device = matches!(ctx.principal, Principal::Device(_));
+    if let Some(live) = &ctx.live {
+        live.opened();
+    }
+    gw.socket_opened(device);
     match &ctx.principal {
         Principal::Device(d) => {
             let sid = s.id.to_string();
@@ -208,10 +192,6 @@ pub async fn on_connect<A: Adapter>(
             let acked = session.as_ref().is_some_and(|x| x.delivery_ack);
             s.join(device_rooms(d, &sid, acked));
             gw.confirm_device(&d.device_id, &sid).await;
-            gw.metrics
-                .gauges
-                .device_sockets
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             send_device_state(&s, &gw, &d.device_id, session.as_deref()).await;
             if let Some(x) = &session {
                 gw.maybe_refresh_token(d, x, &sid).await;
@@ -225,17 +205,11 @@ pub async fn on_connect<A: Adapter>(
                 room::user(&u.user_id),
                 room::socket(&sid),
             ]);
-            gw.dashboards
-                .insert(&sid, &u.user_id, &u.organization_id, u.iat);
+            gw.dashboard_connected(&sid, u);
             if ctx.phase.load(SeqCst) == 2 {
-                gw.dashboards.remove(&sid);
+                gw.dashboard_disconnected(&sid);
             }
-            gw.metrics
-                .gauges
-                .dashboard_sockets
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let batch = gw.status_batch(&u.organization_id).await;
-            let _ = s.emit(names::DEVICE_STATUS_BATCH, &batch);
+            send(&s, &gw.status_batch(&u.organization_id).await);
         }
     }
 }
@@ -252,7 +226,7 @@ async fn send_device_state<A: Adapter>(
 ) {
     let state = match gw.connect_state(device).await {
         Ok((cfg, playlist)) => {
-            let _ = s.emit(names::CONFIG, &cfg);
+            send(s, &cfg);
             playlist
         }
         Err(e) => {
@@ -260,38 +234,29 @@ async fn send_device_state<A: Adapter>(
             None
         }
     };
+    let connect_time = state.map(|playlist| PlaylistUpdate {
+        playlist,
+        timestamp: iso_now(),
+    });
     match session.filter(|x| x.capabilities) {
         Some(x) => {
             let sid = s.id.to_string();
             let ack_sid = x.delivery_ack.then_some(sid.as_str());
-            let (raw, pending) = match gw.state.take_pending(device, ack_sid).await {
-                Ok(v) => v,
-                Err(e) => {
-                    gw.metrics.store_error("redis", "take_pending");
-                    tracing::warn!(device, error = %e, "Could not take queued deliveries.");
-                    (Vec::new(), None)
-                }
-            };
-            let playlist = pending
-                .and_then(|p| serde_json::from_str::<Value>(&p).ok())
-                .or_else(|| state.map(|p| json!({"playlist": p, "timestamp": iso_now()})));
+            let (commands, pending) = gw.take_pending_deliveries(device, ack_sid).await;
             gw.replay_to_socket(
                 device,
                 &sid,
                 x.delivery_ack,
-                playlist,
-                crate::service::commands::parse_commands(raw),
+                pending.or(connect_time),
+                commands,
             );
         }
         None => {
-            if let Some(p) = state {
-                let _ = s.emit(
-                    names::PLAYLIST_UPDATE,
-                    &json!({"playlist": p, "timestamp": iso_now()}),
-                );
+            if let Some(p) = &connect_time {
+                send(s, p);
             }
             for cmd in gw.take_queued_commands(device).await {
-                let _ = s.emit(names::COMMAND, &cmd);
+                send(s, &cmd);
             }
         }
     }
@@ -304,24 +269,16 @@ async fn on_disconnect<A: Adapter>(
 ) {
     // Counted only if the connect handler ran (and counted) first.
     let counted = ctx.phase.swap(2, std::sync::atomic::Ordering::SeqCst) == 1;
-    match &ctx.principal {
-        Principal::Device(_) => {
-            if counted {
-                gw.metrics
-                    .gauges
-                    .device_sockets
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            gw.release_device(&s.id.to_string()).await;
+    let device = matches!(ctx.principal, Principal::Device(_));
+    if counted {
+        if let Some(live) = &ctx.live {
+            live.closed();
         }
-        Principal::User(_) => {
-            gw.dashboards.remove(&s.id.to_string());
-            if counted {
-                gw.metrics
-                    .gauges
-                    .dashboard_sockets
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        gw.socket_closed(device);
+    }
+    if device {
+        gw.release_device(&s.id.to_string()).await;
+    } else {
+        gw.dashboard_disconnected(&s.id.to_string());
     }
 }

@@ -3,20 +3,21 @@
 //! Every handler is generic over the adapter so one set serves the in-process and Redis modes.
 
 mod connect;
+mod error;
 mod events;
+mod handler;
 mod rooms;
 
 use std::sync::Arc;
 
-use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
-use socketioxide::extract::AckSender;
+use socketioxide::extract::SocketRef;
 use socketioxide::handler::ConnectHandler;
 
 use crate::auth::Principal;
-use crate::limits::MessageLimiter;
-use crate::service::Gateway;
+use crate::limits::{LiveSockets, MessageLimiter};
+use crate::wire::events::names;
 
 pub use connect::ConnectRefusal;
 
@@ -26,6 +27,8 @@ pub struct SocketCtx {
     pub principal: Principal,
     pub limiter: MessageLimiter,
     pub kill: Option<Arc<crate::net::Kill>>,
+    /// The edge's count of live sockets (the connection cap), carried from the gate.
+    pub live: Option<Arc<LiveSockets>>,
     /// Devices only: the token binding and advertised capabilities.
     pub device: Option<Arc<crate::service::credentials::DeviceSession>>,
     /// 0 accepted, 1 the connect handler ran, 2 disconnected. Handlers are registered in the
@@ -42,11 +45,7 @@ pub fn register_local(io: &SocketIo) {
     );
 }
 
-/// The Redis adapter as socketioxide names it.
-pub type RedisIo = socketioxide_redis::CustomRedisAdapter<
-    socketioxide::adapter::Emitter,
-    crate::store::pubsub::ResilientDriver,
->;
+pub use crate::emitter::RedisIo;
 
 /// Registers the namespace on a Redis-adapter server (subscribes the adapter's channels).
 pub async fn register_redis(io: &SocketIo<RedisIo>) -> Result<(), String> {
@@ -59,23 +58,14 @@ pub async fn register_redis(io: &SocketIo<RedisIo>) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-/// Sends an ack if the client asked for one (a missing ack is not an error).
-fn reply<A: Adapter>(ack: AckSender<A>, v: Value) {
-    let _ = ack.send(&v);
-}
-
-/// The ack back when the socket's message budget allows the message; otherwise the message is
-/// answered with the error ack `rate_limited` and counted.
-fn within_budget<A: Adapter>(
-    gw: &Gateway,
-    ctx: &SocketCtx,
-    event: &'static str,
-    ack: AckSender<A>,
-) -> Option<AckSender<A>> {
-    if ctx.limiter.allow() {
-        return Some(ack);
-    }
-    gw.metrics.event(event, "rate_limited");
-    reply(ack, crate::wire::ack::err("rate_limited"));
-    None
+/// Every client event's handler. Registered in the connect middleware (see `connect.rs`).
+fn register<A: Adapter>(s: &SocketRef<A>) {
+    s.on(names::HEARTBEAT, events::on_heartbeat::<A>);
+    s.on(names::IMPRESSION, events::on_impression::<A>);
+    s.on(names::CONTENT_ERROR, events::on_content_error::<A>);
+    s.on(names::PLAYLIST_REQUEST, events::on_playlist_request::<A>);
+    s.on(names::SCREENSHOT_RESPONSE, events::on_screenshot::<A>);
+    s.on(names::JOIN_ORGANIZATION, rooms::on_join_organization::<A>);
+    s.on(names::JOIN_ROOM, rooms::on_join_room::<A>);
+    s.on(names::LEAVE_ROOM, rooms::on_leave_room::<A>);
 }

@@ -26,6 +26,11 @@ pub mod names {
     pub const JOINED_ORGANIZATION: &str = "joined:organization";
     pub const ERROR: &str = "error";
     pub const QR_OVERLAY_UPDATE: &str = "qr-overlay:update";
+    pub const SESSION_EXPIRED: &str = "session:expired";
+    pub const TENANT_SUSPENDED: &str = "tenant:suspended";
+    pub const TENANT_RESUMED: &str = "tenant:resumed";
+    pub const TOKEN_REFRESH: &str = "token:refresh";
+    pub const DEVICE_REVOKED: &str = "device:revoked";
 }
 
 /// Length bounds for strings.
@@ -263,22 +268,20 @@ pub fn screenshot_response(v: &Value, max_chars: usize) -> V<ScreenshotResponse>
     })
 }
 
-/// `{organizationId}` of `join:organization`, with the original's messages.
-pub fn organization_id(v: &Value) -> Result<String, &'static str> {
+/// `{organizationId}` of `join:organization` (`None`: missing, empty or too long).
+pub fn organization_id(v: &Value) -> Option<String> {
     v.get("organizationId")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty() && s.len() <= ID_MAX)
         .map(str::to_string)
-        .ok_or("Organization ID required")
 }
 
-/// `{room}` of `join:room` / `leave:room`, with the original's messages.
-pub fn room(v: &Value) -> Result<String, &'static str> {
+/// `{room}` of `join:room` / `leave:room` (`None`: missing, empty or too long).
+pub fn room(v: &Value) -> Option<String> {
     v.get("room")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty() && s.len() <= ROOM_MAX)
         .map(str::to_string)
-        .ok_or("Room name required")
 }
 
 #[cfg(test)]

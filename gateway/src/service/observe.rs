@@ -1,0 +1,61 @@
+//! What the edge reports about itself: counts and gauges recorded through the gateway, so
+//! `socket/` and `http/` never hold a metric instrument (the layering test in `service/mod.rs`
+//! keeps it so).
+
+use std::sync::atomic::Ordering;
+
+use super::Gateway;
+
+impl Gateway {
+    /// A client event's outcome (`vizora_socket_events_total`).
+    pub fn count_event(&self, event: &'static str, outcome: &'static str) {
+        self.metrics.event(event, outcome);
+    }
+
+    /// A handshake's outcome, by principal kind.
+    pub fn count_connection(&self, kind: &'static str, outcome: &'static str) {
+        self.metrics.connection(kind, outcome);
+    }
+
+    /// A handshake refused at the edge (rate, cap, drain, origin).
+    pub fn count_refusal(&self, reason: &'static str) {
+        self.metrics.refusal(reason);
+    }
+
+    /// A command the internal API could not hand over.
+    pub fn count_command(&self, delivery: &'static str) {
+        self.metrics.command(delivery);
+    }
+
+    /// An HTTP response, by matched route template and status.
+    pub fn count_http(&self, route: &str, status: u16) {
+        self.metrics.http(route, status);
+    }
+
+    /// A socket entered the namespace (the connected-sockets gauges).
+    pub fn socket_opened(&self, device: bool) {
+        let g = &self.metrics.gauges;
+        let gauge = if device {
+            &g.device_sockets
+        } else {
+            &g.dashboard_sockets
+        };
+        gauge.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A socket counted by `socket_opened` left.
+    pub fn socket_closed(&self, device: bool) {
+        let g = &self.metrics.gauges;
+        let gauge = if device {
+            &g.device_sockets
+        } else {
+            &g.dashboard_sockets
+        };
+        gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+}
