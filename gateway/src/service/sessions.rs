@@ -215,8 +215,9 @@ impl Gateway {
             self.emitter
                 .emit_local(room::dashboards(&org), Outgoing::of(&first))
                 .await;
+            let emitted_at = crate::store::now_ms();
             let second = self.status_batch(&org).await;
-            for changed in changed_statuses(&first, &second) {
+            for changed in changed_statuses(&first, &second, emitted_at) {
                 self.emitter
                     .emit_local(room::dashboards(&org), Outgoing::of(changed))
                     .await;
@@ -291,6 +292,7 @@ impl Gateway {
 fn changed_statuses<'a>(
     before: &DeviceStatusBatch,
     after: &'a DeviceStatusBatch,
+    emitted_at_ms: i64,
 ) -> Vec<&'a DeviceStatus> {
     let old: HashMap<&str, &str> = before
         .0
@@ -301,7 +303,17 @@ fn changed_statuses<'a>(
         .0
         .iter()
         .filter(|d| old.get(d.device_id.as_str()) != Some(&d.status.as_str()))
+        // A change stamped after the batch was handed to the sockets has its live event queued
+        // behind the batch: re-sending it would only repeat that event.
+        .filter(|d| !seen_after(d.last_seen.as_deref(), emitted_at_ms))
         .collect()
+}
+
+/// Whether an ISO `lastSeen` is later than `ms` (unknown or unreadable: no).
+fn seen_after(last_seen: Option<&str>, ms: i64) -> bool {
+    last_seen
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .is_some_and(|t| t.timestamp_millis() > ms)
 }
 
 #[cfg(test)]
@@ -345,10 +357,36 @@ mod tests {
             ("c", "offline"),
             ("d", "online"),
         ]);
-        let ids: Vec<_> = changed_statuses(&before, &after)
+        let ids: Vec<_> = changed_statuses(&before, &after, 0)
             .iter()
             .map(|d| d.device_id.as_str())
             .collect();
         assert_eq!(ids, ["b", "d"]);
+    }
+
+    #[test]
+    fn a_change_stamped_after_the_batch_went_out_is_not_resent() {
+        let entry = |id: &str, st: &str, seen: &str| DeviceStatus {
+            device_id: id.into(),
+            status: st.into(),
+            last_seen: Some(seen.into()),
+            timestamp: String::new(),
+        };
+        let before = DeviceStatusBatch(vec![
+            entry("early", "online", "2026-11-29T10:00:00.000Z"),
+            entry("late", "online", "2026-11-29T10:00:00.000Z"),
+        ]);
+        let after = DeviceStatusBatch(vec![
+            entry("early", "offline", "2026-11-29T10:00:01.000Z"),
+            entry("late", "offline", "2026-11-29T10:00:03.000Z"),
+        ]);
+        let emitted = chrono::DateTime::parse_from_rfc3339("2026-11-29T10:00:02.000Z")
+            .map(|t| t.timestamp_millis())
+            .unwrap_or_default();
+        let ids: Vec<_> = changed_statuses(&before, &after, emitted)
+            .iter()
+            .map(|d| d.device_id.as_str())
+            .collect();
+        assert_eq!(ids, ["early"]);
     }
 }
