@@ -153,7 +153,7 @@ impl Gateway {
             return;
         }
         let (gw, device, target) = (self.clone(), device.to_string(), room::socket(sid));
-        tokio::spawn(async move {
+        self.tasks().spawn(async move {
             if let Some(mut p) = playlist {
                 if let Some(m) = p.as_object_mut() {
                     m.insert("timestamp".into(), Value::String(iso_now()));

@@ -80,6 +80,9 @@ pub struct Gateway {
     redis_healthy: AtomicBool,
     /// Test-only delays between lease steps (feature `test-hooks`).
     pub hooks: crate::hooks::Hooks,
+    /// Every task spawned for this gateway (background loops and the services' own follow-ups),
+    /// so the drain stops and awaits them all.
+    tasks: crate::shutdown::Tasks,
 }
 
 impl Gateway {
@@ -114,7 +117,13 @@ impl Gateway {
             persister,
             draining: AtomicBool::new(false),
             redis_healthy: AtomicBool::new(true),
+            tasks: crate::shutdown::Tasks::default(),
         })
+    }
+
+    /// Where the gateway's tasks are spawned and stopped.
+    pub fn tasks(&self) -> &crate::shutdown::Tasks {
+        &self.tasks
     }
 
     pub fn is_draining(&self) -> bool {
