@@ -139,6 +139,43 @@ mod tests {
         assert!(flushed_until_deadline.load(Ordering::SeqCst));
     }
 
+    /// Every task the library starts goes through `Tasks` (so the drain stops and awaits it):
+    /// no bare spawn anywhere in `src/` except the binary's demo, whose tasks are its own.
+    #[test]
+    fn nothing_in_the_library_spawns_outside_tasks() {
+        fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    rust_files(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        assert!(files.len() > 20, "found only {files:?}");
+        // Spelled in pieces so this test does not find itself.
+        let bare = [
+            concat!("tokio", "::spawn("),
+            concat!("task", "::spawn("),
+            concat!("thread", "::spawn("),
+        ];
+        let offenders: Vec<String> = files
+            .iter()
+            .filter(|f| !f.ends_with("demo.rs"))
+            .filter_map(|f| {
+                let text = std::fs::read_to_string(f).ok()?;
+                bare.iter()
+                    .any(|b| text.contains(b))
+                    .then(|| f.display().to_string())
+            })
+            .collect();
+        assert!(offenders.is_empty(), "bare spawns in {offenders:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn tasks_that_end_return_before_the_deadline() {
         let tasks = Tasks::default();
