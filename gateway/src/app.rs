@@ -10,8 +10,8 @@ use socketioxide::adapter::Adapter;
 use socketioxide::{SocketIo, TransportType};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::db::Db;
@@ -20,11 +20,31 @@ use crate::http::{self, EdgeState};
 use crate::limits::EdgeGuard;
 use crate::service::impressions::{self, DirectOutbox};
 use crate::service::{Gateway, persist};
+use crate::shutdown::Tasks;
 use crate::storage::Storage;
 use crate::store::outbox::{ImpressionOutbox, RedisOutbox};
 use crate::store::target::RedisTarget;
 use crate::store::{PresenceStore, StateStore, memory::MemoryStore, redis::RedisStore};
 use crate::telemetry::Metrics;
+
+/// Share of `DRAIN_SECONDS` over which live sockets are closed; the rest is left for the last
+/// polling requests to end and for background work to stop.
+const DRAIN_SOCKET_SHARE: f32 = 0.8;
+/// Groups the live sockets are closed in, evenly spread over the socket share: screens move to
+/// other replicas a tenth at a time instead of in one reconnect storm.
+const DRAIN_BATCHES: u32 = 10;
+/// Added to a refresh interval before dashboards are resynced after an adapter reconnect, so
+/// the releases retried on that refresh tick are in the batch (see `resync_after_reconnects`).
+const RESYNC_MARGIN: Duration = Duration::from_millis(250);
+/// How often the suspended-tenant set is re-read from Redis (handshakes check memory).
+const SUSPENDED_REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How often idle per-IP and per-device limiter state is forgotten.
+const LIMITER_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+/// The adapter's first retry when Redis is down at start, and the cap of its doubling backoff.
+const ADAPTER_RETRY_FIRST: Duration = Duration::from_millis(200);
+const ADAPTER_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Bound on the adapter's cross-replica requests (e.g. fetching remote sockets).
+const ADAPTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything that does not depend on the adapter type.
 struct Parts {
@@ -124,9 +144,9 @@ pub async fn run(
             serve(gw, server, rx, persister, listener, shutdown).await
         }
         Some(target) => {
-            let (ctr, reconnects) = adapter_with_retry(&target, &shutdown).await?;
             let emitter = Arc::new(IoEmitter::<crate::socket::RedisIo>::default());
             let (gw, rx, persister) = gateway(parts, emitter.clone());
+            let (ctr, reconnects) = adapter_with_retry(&target, gw.tasks(), &shutdown).await?;
             let (layer, io) = builder(&cfg)
                 .with_state(gw.clone())
                 .with_adapter::<crate::socket::RedisIo>(ctr)
@@ -168,19 +188,21 @@ fn gateway(
     (gw, rx, persister)
 }
 
-/// The adapter subscribes at start; a Redis that is down then is waited for, with backoff.
+/// The adapter subscribes at start; a Redis that is down then is waited for, with backoff. Its
+/// supervisor runs on `tasks`.
 async fn adapter_with_retry(
     target: &Arc<RedisTarget>,
+    tasks: &Tasks,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(
     socketioxide_redis::RedisAdapterCtr<crate::store::pubsub::ResilientDriver>,
     watch::Receiver<u64>,
 )> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = ADAPTER_RETRY_FIRST;
     loop {
         let cfg = socketioxide_redis::RedisAdapterConfig::new()
-            .with_request_timeout(Duration::from_secs(2));
-        match crate::store::pubsub::ResilientDriver::new(target.clone()).await {
+            .with_request_timeout(ADAPTER_REQUEST_TIMEOUT);
+        match crate::store::pubsub::ResilientDriver::new(target.clone(), tasks).await {
             Ok(driver) => {
                 let reconnects = driver.reconnects();
                 return Ok((
@@ -194,7 +216,7 @@ async fn adapter_with_retry(
                     _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.cancelled() => anyhow::bail!("shut down while waiting for Redis"),
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(ADAPTER_RETRY_MAX);
             }
         }
     }
@@ -235,21 +257,24 @@ async fn serve<A: Adapter>(
         adapter_reconnects,
     } = server;
     let cfg = gw.cfg().clone();
-    let tasks = TaskTracker::new();
-    let stop_tasks = CancellationToken::new();
+    let tasks = gw.tasks().clone();
     let guard = Arc::new(EdgeGuard::new(&cfg.limits));
-    spawn_background(&tasks, &gw, &guard, &stop_tasks);
+    spawn_background(&tasks, &gw, &guard);
     if let Some(rx) = adapter_reconnects {
-        tasks.spawn(resync_after_reconnects(gw.clone(), rx, stop_tasks.clone()));
+        tasks.spawn(resync_after_reconnects(gw.clone(), rx, tasks.stop_token()));
     }
-    tasks.spawn(impressions::run(gw.clone(), stop_tasks.clone()));
-    tasks.spawn(gw.keep_storage_ready(stop_tasks.clone()));
+    tasks.spawn(impressions::run(
+        gw.clone(),
+        tasks.stop_token(),
+        tasks.deadline_token(),
+    ));
+    tasks.spawn(gw.keep_storage_ready(tasks.stop_token()));
     tasks.spawn(persist::run(
         rx,
         persister,
         gw.persist_writer(),
-        stop_tasks.clone(),
-        Duration::from_secs(5),
+        tasks.stop_token(),
+        tasks.deadline_token(),
     ));
 
     let edge = EdgeState {
@@ -265,8 +290,9 @@ async fn serve<A: Adapter>(
     tracing::info!(addr = %listener.local_addr()?, replica = %cfg.replica_id, "Gateway listening.");
     let drain_gw = gw.clone();
     let drain_io = io.clone();
+    let drain_trigger = shutdown.clone();
     let drain = async move {
-        shutdown.cancelled().await;
+        drain_trigger.cancelled().await;
         drain_sockets(&drain_gw, &drain_io).await;
     };
     let listener = crate::net::KillListener::new(
@@ -280,20 +306,31 @@ async fn serve<A: Adapter>(
         },
         gw.listener_metrics(),
     );
-    axum::serve(
+    let serving = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<crate::net::Peer>(),
     )
     .with_graceful_shutdown(drain)
-    .await?;
-    stop_tasks.cancel();
-    tasks.close();
-    if tokio::time::timeout(Duration::from_secs(10), tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("Background tasks did not stop in time.");
+    .into_future();
+    tokio::pin!(serving);
+    // The whole drain, from the trigger to the last task, is bounded by DRAIN_SECONDS.
+    let mut deadline = None;
+    let served = tokio::select! {
+        r = &mut serving => r,
+        _ = shutdown.cancelled() => {
+            let at = Instant::now() + cfg.drain;
+            deadline = Some(at);
+            tokio::time::timeout_at(at, &mut serving).await.unwrap_or_else(|_| {
+                tracing::warn!("Connections still open at the end of the drain; closing.");
+                Ok(())
+            })
+        }
+    };
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + cfg.drain);
+    if !tasks.stop_and_wait(deadline).await {
+        tracing::warn!("Background tasks did not stop within the drain; cancelled.");
     }
+    served?;
     tracing::info!("Gateway stopped.");
     Ok(())
 }
@@ -313,7 +350,7 @@ async fn resync_after_reconnects(
     mut reconnects: watch::Receiver<u64>,
     stop: CancellationToken,
 ) {
-    let settle = refresh_interval(gw.cfg()) + Duration::from_millis(250);
+    let settle = refresh_interval(gw.cfg()) + RESYNC_MARGIN;
     loop {
         tokio::select! {
             changed = reconnects.changed() => {
@@ -332,16 +369,17 @@ async fn resync_after_reconnects(
     }
 }
 
-/// The drain: readiness goes 503 and new handshakes get 503 `draining` at once; after a moment
-/// for the load balancer to notice, live sockets' transports are closed in batches spread over
-/// `DRAIN_SECONDS` (a transport close, not a Socket.IO disconnect: clients reconnect elsewhere,
-/// without a storm); whatever is left (polling sessions) is closed at the end. Leases are handed
-/// over, not released, so no offline status or notification is produced for a screen that
-/// reconnects. `io.close()` skips disconnect handlers, which is fine: nothing is released anyway.
+/// The drain: readiness goes 503 and new handshakes get 503 `draining` at once; after
+/// `DRAIN_SETTLE_MS` for the load balancer to notice, live sockets' transports are closed in
+/// batches spread over the rest of 80 % of `DRAIN_SECONDS` (a transport close, not a Socket.IO
+/// disconnect: clients reconnect elsewhere, without a storm); whatever is left (polling
+/// sessions) is closed at the end. Leases are handed over, not released, so no offline status or
+/// notification is produced for a screen that reconnects. `io.close()` skips disconnect
+/// handlers, which is fine: nothing is released anyway.
 async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
     gw.start_draining();
-    let window = gw.cfg().drain.mul_f32(0.8);
-    let settle = window.min(Duration::from_secs(1));
+    let window = gw.cfg().drain.mul_f32(DRAIN_SOCKET_SHARE);
+    let settle = gw.cfg().drain_settle.min(window);
     tracing::info!(
         sockets = io.sockets().len(),
         window_s = window.as_secs_f32(),
@@ -354,9 +392,8 @@ async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
         .filter_map(|s| s.extensions.get::<Arc<crate::socket::SocketCtx>>())
         .filter_map(|ctx| ctx.kill.clone())
         .collect();
-    let batches = 10usize;
-    let per = kills.len().div_ceil(batches).max(1);
-    let pause = window.saturating_sub(settle) / batches as u32;
+    let per = kills.len().div_ceil(DRAIN_BATCHES as usize).max(1);
+    let pause = window.saturating_sub(settle) / DRAIN_BATCHES;
     for chunk in kills.chunks(per) {
         for k in chunk {
             k.kill();
@@ -369,86 +406,62 @@ async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
 /// Periodic work: lease refresh, sweep, offline notices, the bulk flush, limiter housekeeping.
 /// Public so the in-process test fixture (`tests/src/inproc.rs`) runs this very schedule under
 /// a paused clock.
-pub fn spawn_background(
-    tasks: &TaskTracker,
-    gw: &Arc<Gateway>,
-    guard: &Arc<EdgeGuard>,
-    stop: &CancellationToken,
-) {
+pub fn spawn_background(tasks: &Tasks, gw: &Arc<Gateway>, guard: &Arc<EdgeGuard>) {
     let cfg = gw.cfg();
     let refresh_every = refresh_interval(cfg);
-    every(tasks, stop, refresh_every, gw.clone(), |gw| async move {
+    every(tasks, refresh_every, gw.clone(), |gw| async move {
         gw.refresh_once().await
     });
     every(
         tasks,
-        stop,
         cfg.presence_sweep_interval,
         gw.clone(),
         |gw| async move { gw.sweep_once().await },
     );
     every(
         tasks,
-        stop,
         cfg.presence_sweep_interval.min(Duration::from_secs(1)),
         gw.clone(),
         |gw| async move { gw.notices_once().await },
     );
     every(
         tasks,
-        stop,
         cfg.presence_reconcile_interval,
         gw.clone(),
         |gw| async move { gw.reconcile_once().await },
     );
+    every(tasks, cfg.last_seen_flush, gw.clone(), |gw| async move {
+        gw.flush_once().await
+    });
     every(
         tasks,
-        stop,
-        cfg.last_seen_flush,
-        gw.clone(),
-        |gw| async move { gw.flush_once().await },
-    );
-    every(
-        tasks,
-        stop,
         cfg.session_sweep_interval,
         gw.clone(),
         |gw| async move { gw.session_sweep_once().await },
     );
     every(
         tasks,
-        stop,
-        Duration::from_secs(1),
+        SUSPENDED_REFRESH_EVERY,
         gw.clone(),
         |gw| async move { gw.suspended_refresh_once().await },
     );
     let guard = guard.clone();
-    every(
-        tasks,
-        stop,
-        Duration::from_secs(60),
-        gw.clone(),
-        move |gw| {
-            let guard = guard.clone();
-            async move {
-                guard.housekeeping();
-                gw.limiter_housekeeping();
-            }
-        },
-    );
+    every(tasks, LIMITER_HOUSEKEEPING_EVERY, gw.clone(), move |gw| {
+        let guard = guard.clone();
+        async move {
+            guard.housekeeping();
+            gw.limiter_housekeeping();
+        }
+    });
 }
 
-fn every<F, Fut>(
-    tasks: &TaskTracker,
-    stop: &CancellationToken,
-    period: Duration,
-    gw: Arc<Gateway>,
-    f: F,
-) where
+/// Runs `f` every `period` on `tasks` until background work stops.
+fn every<F, Fut>(tasks: &Tasks, period: Duration, gw: Arc<Gateway>, f: F)
+where
     F: Fn(Arc<Gateway>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let stop = stop.clone();
+    let stop = tasks.stop_token();
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

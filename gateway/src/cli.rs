@@ -122,7 +122,13 @@ fn load_config() -> Result<Config, ExitCode> {
     })
 }
 
-pub async fn main() -> ExitCode {
+/// The command line. `demo` runs the seeded demo: it lives with the binary, not in the library
+/// (it drives the gateway through a Socket.IO client), so the binary passes it in.
+pub async fn main<D, F>(demo: D) -> ExitCode
+where
+    D: FnOnce(usize) -> F,
+    F: Future<Output = anyhow::Result<()>>,
+{
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -141,8 +147,10 @@ pub async fn main() -> ExitCode {
                 }
             };
             let token = CancellationToken::new();
-            crate::shutdown::on_signal(token.clone());
-            report(crate::app::run(cfg, listener, token).await)
+            report(
+                crate::shutdown::until_signal(token.clone(), crate::app::run(cfg, listener, token))
+                    .await,
+            )
         }
         Command::Migrate => {
             let cfg = match load_config() {
@@ -189,7 +197,7 @@ pub async fn main() -> ExitCode {
         }
         Command::Demo { screens } => {
             crate::telemetry::init_logging(false);
-            report(crate::demo::run(screens).await)
+            report(demo(screens).await)
         }
     }
 }

@@ -226,8 +226,13 @@ pub struct Config {
     /// `IMPRESSION_BATCH_MAX` (500, at most 3000 so one statement stays within SQLite's bound
     /// on parameters): rows per impression insert.
     pub impression_batch_max: usize,
-    /// `DRAIN_SECONDS` (30): how long a draining replica spreads transport closes.
+    /// `DRAIN_SECONDS` (30): the whole drain after SIGTERM, closing sockets (over its first 80 %)
+    /// and stopping background work included; the process exits when it is over.
     pub drain: Duration,
+    /// `DRAIN_SETTLE_MS` (1000): how long a draining replica, already answering 503 to readiness
+    /// and handshakes, waits before closing sockets, so the load balancer stops sending it
+    /// clients first (at most 80 % of `DRAIN_SECONDS`).
+    pub drain_settle: Duration,
     /// `SCREENSHOT_MAX_BYTES` (2097152): decoded image cap.
     pub screenshot_max_bytes: usize,
     /// `SCREENSHOT_REQUEST_TTL_MS` (300000): lifetime of a pending screenshot request id.
@@ -390,6 +395,7 @@ impl Config {
             impression_flush: p.ms("IMPRESSION_FLUSH_MS", 1_000),
             impression_batch_max: p.num("IMPRESSION_BATCH_MAX", 500),
             drain: Duration::from_secs(p.num("DRAIN_SECONDS", 30)),
+            drain_settle: p.ms("DRAIN_SETTLE_MS", 1_000),
             screenshot_max_bytes: p.num("SCREENSHOT_MAX_BYTES", 2_097_152),
             screenshot_request_ttl: p.ms("SCREENSHOT_REQUEST_TTL_MS", 300_000),
             screenshot_url_ttl: Duration::from_secs(p.num("SCREENSHOT_URL_TTL_SECONDS", 604_800)),
@@ -663,10 +669,29 @@ mod tests {
         assert!(c.max_payload() >= 2_796_204 && c.max_payload() < 3_000_000);
         assert_eq!(c.delivery_ack_timeout, Duration::from_millis(10_000));
         assert_eq!(c.session_sweep_interval, Duration::from_millis(60_000));
+        assert_eq!(c.drain, Duration::from_secs(30));
+        assert_eq!(c.drain_settle, Duration::from_millis(1_000));
         assert_eq!(
             c.content_url_template(),
             "http://localhost:3000/api/device-content/{id}/file"
         );
+    }
+
+    #[test]
+    fn drain_settle_must_be_a_positive_number_of_milliseconds() {
+        for bad in ["0", "soon", "-5"] {
+            let mut m = base();
+            m.insert("DRAIN_SETTLE_MS".into(), bad.into());
+            let e = Config::from_map(&m).unwrap_err();
+            assert!(
+                e.0.iter().any(|l| l.starts_with("DRAIN_SETTLE_MS: ")),
+                "{bad}: {e:?}"
+            );
+        }
+        let mut m = base();
+        m.insert("DRAIN_SETTLE_MS".into(), "5000".into());
+        let c = Config::from_map(&m).unwrap();
+        assert_eq!(c.drain_settle, Duration::from_secs(5));
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! seeded organisation and a handful of simulated screens that connect over real sockets,
 //! heartbeat, obey commands and answer screenshot requests with a generated PNG. It prints a
 //! dashboard token and ready-to-paste `curl` commands.
+//!
+//! A module of the binary, not of the library: the simulated screens need a Socket.IO client,
+//! PNG encoding and random secrets, none of which a server needs. (The tests' gateway binary
+//! includes this same file.)
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,10 +14,9 @@ use base64::Engine;
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+use vizora_gateway::auth::mint;
+use vizora_gateway::config::Config;
 use vizora_sioclient::{Client, ClientOptions, Transport};
-
-use crate::auth::mint;
-use crate::config::Config;
 
 const ORG: &str = "demo-org";
 
@@ -24,7 +27,7 @@ fn secret() -> String {
 }
 
 /// Seeds the demo organisation (idempotent).
-async fn seed(db: &crate::db::Db, screens: usize) -> anyhow::Result<()> {
+async fn seed(db: &vizora_gateway::db::Db, screens: usize) -> anyhow::Result<()> {
     let conn = db.connection();
     let mut stmts = vec![
         format!(r#"INSERT INTO organizations ("id","name","updatedAt") VALUES ('{ORG}','Demo Signage Co',CURRENT_TIMESTAMP) ON CONFLICT DO NOTHING"#),
@@ -171,14 +174,16 @@ pub async fn run(screens: usize) -> anyhow::Result<()> {
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let cfg = Config::from_map(&env).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let db = crate::app::open_database(&cfg).await?;
+    let db = vizora_gateway::app::open_database(&cfg).await?;
     seed(&db, screens).await?;
     drop(db);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let url = format!("http://127.0.0.1:{port}");
     let stop = CancellationToken::new();
-    crate::shutdown::on_signal(stop.clone());
-    let server = tokio::spawn(crate::app::run(cfg.clone(), listener, stop.clone()));
+    let server = tokio::spawn(vizora_gateway::shutdown::until_signal(
+        stop.clone(),
+        vizora_gateway::app::run(cfg.clone(), listener, stop.clone()),
+    ));
 
     let dashboard = mint::user_token(&cfg.jwt_secret, "demo-admin", ORG, "admin", 86_400)?;
     let key = &cfg.internal_api_secret;
@@ -200,7 +205,7 @@ pub async fn run(screens: usize) -> anyhow::Result<()> {
         "Health and metrics:\n  curl -s {url}/api/health\n  curl -s {url}/metrics\n\nCtrl-C stops the demo.\n"
     );
 
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for i in 1..=screens {
         let device = format!("demo-screen-{i}");
         let token = mint::device_token(
@@ -210,18 +215,10 @@ pub async fn run(screens: usize) -> anyhow::Result<()> {
             ORG,
             86_400,
         )?;
-        tasks.push(tokio::spawn(screen(
-            url.clone(),
-            device,
-            token,
-            i,
-            stop.clone(),
-        )));
+        tasks.spawn(screen(url.clone(), device, token, i, stop.clone()));
     }
     let result = server.await?;
     stop.cancel();
-    for t in tasks {
-        let _ = t.await;
-    }
+    tasks.join_all().await;
     result
 }

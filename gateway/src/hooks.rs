@@ -5,6 +5,15 @@
 
 use std::time::Duration;
 
+// The hooks slow the lease protocol down on purpose. Cargo unifies features across the packages
+// of one build, so a release build that happens to include the test harness would get them:
+// refuse to compile instead (the tests' gateway is a debug build).
+#[cfg(all(feature = "test-hooks", not(debug_assertions)))]
+compile_error!(
+    "the `test-hooks` feature is for the tests' debug builds only; build the release with \
+     `cargo build --release -p vizora-gateway`"
+);
+
 #[derive(Clone, Debug, Default)]
 pub struct Hooks {
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]

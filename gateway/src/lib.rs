@@ -11,7 +11,6 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod demo;
 pub mod emitter;
 pub mod healthcheck;
 pub mod hooks;

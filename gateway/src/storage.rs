@@ -21,12 +21,62 @@ use sha2::Sha256;
 
 use crate::config::Config;
 
+/// Why storage could not be set up or used. Each reads "storage: …", as logs have always said;
+/// the health report shows the part after the label ([`StorageError::reason`]).
 #[derive(Debug, thiserror::Error)]
-#[error("storage: {0}")]
-pub struct StorageError(pub String);
+pub enum StorageError {
+    /// `STORAGE_DIR` cannot be created.
+    #[error("storage: STORAGE_DIR: {0}")]
+    Dir(#[source] std::io::Error),
+    /// `MINIO_ENDPOINT` (with its port and scheme) is not a URL.
+    #[error("storage: MINIO_ENDPOINT: {0}")]
+    Endpoint(#[source] url::ParseError),
+    /// `MINIO_BUCKET` is not a bucket name S3 accepts.
+    #[error("storage: MINIO_BUCKET: {0}")]
+    BucketName(#[source] rusty_s3::BucketError),
+    /// The object store refused a call or could not be reached.
+    #[error("storage: {0}")]
+    Store(#[from] object_store::Error),
+    /// The link-signing key could not be derived.
+    #[error("storage: {0}")]
+    Key(#[from] hmac::digest::InvalidLength),
+    /// The HTTP client of the bucket setup could not be built.
+    #[error("storage: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The bucket setup could not reach the endpoint.
+    #[error("storage: cannot reach {endpoint}: {source}")]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// HEAD on the bucket answered neither success nor 404.
+    #[error("storage: checking the bucket: HTTP {0}")]
+    BucketCheck(u16),
+    /// CreateBucket was refused (`body`: the start of the answer).
+    #[error("storage: creating bucket {bucket}: HTTP {status} {body}")]
+    BucketCreate {
+        bucket: String,
+        status: u16,
+        body: String,
+    },
+    /// The bucket was deleted behind our back; the setup task creates it again.
+    #[error("storage: the bucket disappeared")]
+    BucketGone,
+    /// Uploads wait until the bucket is known to exist (`0`: the last setup failure).
+    #[error("storage: not set up yet: {0}")]
+    NotReady(String),
+}
 
-fn se(e: impl std::fmt::Display) -> StorageError {
-    StorageError(e.to_string())
+impl StorageError {
+    /// What went wrong, without the "storage:" label every message starts with.
+    pub fn reason(&self) -> String {
+        let text = self.to_string();
+        match text.strip_prefix("storage: ") {
+            Some(rest) => rest.to_string(),
+            None => text,
+        }
+    }
 }
 
 enum Backend {
@@ -78,12 +128,10 @@ impl Storage {
     pub fn from_config(cfg: &Config) -> Result<Storage, StorageError> {
         match &cfg.minio {
             None => {
-                std::fs::create_dir_all(&cfg.storage_dir)
-                    .map_err(|e| StorageError(format!("STORAGE_DIR: {e}")))?;
-                let store = LocalFileSystem::new_with_prefix(&cfg.storage_dir).map_err(se)?;
+                std::fs::create_dir_all(&cfg.storage_dir).map_err(StorageError::Dir)?;
+                let store = LocalFileSystem::new_with_prefix(&cfg.storage_dir)?;
                 // Link signatures use a key derived from the internal secret, never the secret itself.
-                let mut mac = Hmac::<Sha256>::new_from_slice(cfg.internal_api_secret.as_bytes())
-                    .map_err(se)?;
+                let mut mac = Hmac::<Sha256>::new_from_slice(cfg.internal_api_secret.as_bytes())?;
                 mac.update(b"vizora-gateway screenshot links v1");
                 let readiness = Readiness::default();
                 readiness.ready.store(true, Ordering::Relaxed);
@@ -108,23 +156,22 @@ impl Storage {
                         .with_virtual_hosted_style_request(false)
                         .with_allow_http(true)
                         .build()
-                        .map_err(se)
                 };
                 let store = build(&m.endpoint_url())?;
                 let signer = build(m.public_endpoint.as_deref().unwrap_or(&m.endpoint_url()))?;
-                let endpoint = url::Url::parse(&m.endpoint_url())
-                    .map_err(|e| StorageError(format!("MINIO_ENDPOINT: {e}")))?;
+                let endpoint =
+                    url::Url::parse(&m.endpoint_url()).map_err(StorageError::Endpoint)?;
                 let bucket = rusty_s3::Bucket::new(
                     endpoint,
                     rusty_s3::UrlStyle::Path,
                     m.bucket.clone(),
                     m.region.clone(),
                 )
-                .map_err(|e| StorageError(format!("MINIO_BUCKET: {e}")))?;
+                .map_err(StorageError::BucketName)?;
                 let http = reqwest::Client::builder()
                     .timeout(SETUP_TIMEOUT)
                     .build()
-                    .map_err(se)?;
+                    .map_err(StorageError::Client)?;
                 Ok(Storage {
                     store: Arc::new(store),
                     backend: Arc::new(Backend::S3 {
@@ -169,7 +216,7 @@ impl Storage {
             .ready
             .store(result.is_ok(), Ordering::Relaxed);
         if let Ok(mut e) = self.readiness.last_error.lock() {
-            *e = result.as_ref().err().map(|e| e.0.clone());
+            *e = result.as_ref().err().map(StorageError::reason);
         }
     }
 
@@ -191,10 +238,9 @@ impl Storage {
         content_type: &str,
     ) -> Result<(), StorageError> {
         if !self.is_ready() {
-            return Err(StorageError(format!(
-                "not set up yet: {}",
-                self.status().error.unwrap_or_default()
-            )));
+            return Err(StorageError::NotReady(
+                self.status().error.unwrap_or_default(),
+            ));
         }
         let path = Path::from(key);
         let mut opts = PutOptions::default();
@@ -208,19 +254,19 @@ impl Storage {
             .put_opts(&path, PutPayload::from(bytes), opts)
             .await
         {
-            let e = se(e);
-            if e.0.contains("NoSuchBucket") {
-                // Deleted behind our back: the setup task creates it again.
-                self.set_ready(&Err(StorageError("the bucket disappeared".into())));
+            // A put creates its object, so "not found" can only mean the bucket (S3's
+            // NoSuchBucket): deleted behind our back, the setup task creates it again.
+            if !self.is_local() && matches!(e, object_store::Error::NotFound { .. }) {
+                self.set_ready(&Err(StorageError::BucketGone));
             }
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }
 
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StorageError> {
-        let r = self.store.get(&Path::from(key)).await.map_err(se)?;
-        Ok(r.bytes().await.map_err(se)?.to_vec())
+        let r = self.store.get(&Path::from(key)).await?;
+        Ok(r.bytes().await?.to_vec())
     }
 
     /// A link the dashboard can open.
@@ -235,8 +281,7 @@ impl Storage {
             }
             Backend::S3 { signer, .. } => Ok(signer
                 .signed_url(Method::GET, &Path::from(key), self.url_ttl)
-                .await
-                .map_err(se)?
+                .await?
                 .to_string()),
         }
     }
@@ -268,11 +313,11 @@ impl BucketSetup {
             .head(head.as_str())
             .send()
             .await
-            .map_err(|e| StorageError(format!("cannot reach {}: {e}", self.endpoint())))?;
+            .map_err(|source| self.unreachable(source))?;
         match r.status().as_u16() {
             200..=299 => return Ok(()),
             404 => {}
-            s => return Err(StorageError(format!("checking the bucket: HTTP {s}"))),
+            s => return Err(StorageError::BucketCheck(s)),
         }
         let create = self.bucket.create_bucket(&self.credentials).sign(sign_for);
         // Outside us-east-1 S3 wants the region as the location constraint.
@@ -288,7 +333,7 @@ impl BucketSetup {
             .body(body)
             .send()
             .await
-            .map_err(|e| StorageError(format!("cannot reach {}: {e}", self.endpoint())))?;
+            .map_err(|source| self.unreachable(source))?;
         let status = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
         // Another replica may have created it a moment ago.
@@ -296,11 +341,18 @@ impl BucketSetup {
             tracing::info!(bucket = self.bucket.name(), "Created the storage bucket.");
             Ok(())
         } else {
-            Err(StorageError(format!(
-                "creating bucket {}: HTTP {status} {}",
-                self.bucket.name(),
-                text.chars().take(200).collect::<String>()
-            )))
+            Err(StorageError::BucketCreate {
+                bucket: self.bucket.name().to_string(),
+                status,
+                body: text.chars().take(200).collect(),
+            })
+        }
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> StorageError {
+        StorageError::Unreachable {
+            endpoint: self.endpoint(),
+            source,
         }
     }
 

@@ -39,7 +39,6 @@ use async_trait::async_trait;
 use sea_orm::ConnectionTrait;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use vizora_gateway::config::Config;
 use vizora_gateway::db::Db;
 use vizora_gateway::emitter::Emitter;
@@ -314,10 +313,12 @@ impl InProc {
             recorder.clone(),
             persister.clone(),
         );
-        let tasks = TaskTracker::new();
+        let tasks = gw.tasks().clone();
         let stop = CancellationToken::new();
         let guard = Arc::new(EdgeGuard::new(&cfg.limits));
-        vizora_gateway::app::spawn_background(&tasks, &gw, &guard, &stop);
+        vizora_gateway::app::spawn_background(&tasks, &gw, &guard);
+        // A crash ends the writer at once, with whatever it still holds (no drain deadline).
+        let writer_stop = tasks.stop_token();
         tasks.spawn(persist::run(
             rx,
             persister,
@@ -327,10 +328,15 @@ impl InProc {
                 metrics,
                 hooks: Default::default(),
             },
-            stop.clone(),
-            Duration::ZERO,
+            writer_stop.clone(),
+            writer_stop,
         ));
-        tasks.close();
+        // `crash` (or dropping the replica) stops every task of this gateway at once.
+        let crashed = stop.clone();
+        tokio::spawn(async move {
+            crashed.cancelled().await;
+            tasks.stop_and_wait(tokio::time::Instant::now()).await;
+        });
         Replica {
             gw,
             emitted: recorder,

@@ -14,6 +14,7 @@ mod credentials;
 mod dashboard;
 mod deploy;
 mod drain;
+mod drain_deadline;
 mod edge;
 mod existing_db;
 mod impressions;

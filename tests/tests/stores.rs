@@ -482,6 +482,70 @@ async fn a_release_after_redis_lost_its_state_is_the_offline_transition() {
     );
 }
 
+/// Redis that lost its script cache (restart, failover, `SCRIPT FLUSH`) answers the refresh
+/// pipeline's EVALSHAs with NOSCRIPT: recognised by the error kind, the script is loaded and the
+/// pipeline replayed, so the refresh succeeds instead of failing every lease.
+#[tokio::test]
+async fn a_refresh_after_the_script_cache_was_flushed_loads_the_script_and_succeeds() {
+    let redis = RedisServer::start().await;
+    let s = RedisStore::new(&redis.url()).unwrap();
+    let a = s.acquire("d", "o", "r", "s1", 30_000).await.unwrap();
+    let leases = [live("d", "s1", a.epoch)];
+    assert_eq!(
+        s.refresh("r", &leases, 30_000).await.unwrap(),
+        vec![RefreshOutcome::Fresh]
+    );
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.refresh("r", &leases, 30_000).await.unwrap(),
+        vec![RefreshOutcome::Fresh],
+        "NOSCRIPT is answered by loading the script"
+    );
+}
+
+/// The impression outbox's consumer group vanished with Redis's data (NOGROUP, recognised by the
+/// server's error code): the next claim creates it again and the stream works.
+#[tokio::test]
+async fn an_outbox_whose_group_vanished_creates_it_again() {
+    use vizora_gateway::store::outbox::{ImpressionOutbox, RedisOutbox};
+    let redis = RedisServer::start().await;
+    let s = RedisStore::new(&redis.url()).unwrap();
+    let outbox = RedisOutbox::new(s.pool());
+    let row = vizora_gateway::db::NewImpression {
+        id: "i1".into(),
+        organization_id: "o".into(),
+        content_id: "c".into(),
+        device_id: "d".into(),
+        playlist_id: None,
+        duration: None,
+        completion_percentage: None,
+        timestamp: vizora_gateway::db::now(),
+        hour: 0,
+    };
+    let stale = Duration::from_secs(60);
+    outbox.append(&row, "2026-01-01").await.unwrap();
+    assert_eq!(outbox.claim("r", 10, stale).await.unwrap().len(), 1);
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert!(outbox.claim("r", 10, stale).await.unwrap().is_empty());
+    // The stream is back without its group (XADD makes the stream, not the group).
+    let _: () = redis::cmd("DEL")
+        .arg("impressions:outbox")
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    outbox.append(&row, "2026-01-01").await.unwrap();
+    let claimed = outbox.claim("r", 10, stale).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].row.as_ref().map(|r| r.id.as_str()), Some("i1"));
+}
+
 async fn a_refresh_claim_is_won_once_and_the_grace_dropped_only_by_its_owner(s: &dyn Store) {
     let g1 = r#"{"prev":"a","next":"b"}"#;
     assert!(s.claim_token_refresh("d", g1, 600, 3600).await.unwrap());

@@ -20,14 +20,15 @@ pub use rows::*;
 
 use crate::config::DatabaseConfig;
 
+/// Why a database call failed. The text reads "database: …", as logs have always said.
 #[derive(Debug, thiserror::Error)]
-#[error("database: {0}")]
-pub struct DbError(pub String);
-
-impl From<sea_orm::DbErr> for DbError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        DbError(e.to_string())
-    }
+pub enum DbError {
+    /// The driver or the database failed the statement.
+    #[error("database: {0}")]
+    Sql(#[from] sea_orm::DbErr),
+    /// The caller's bound on the call ran out (`what` names the call).
+    #[error("database: {0} timed out")]
+    Timeout(&'static str),
 }
 
 pub type DbResult<T> = Result<T, DbError>;
@@ -37,25 +38,25 @@ pub type DbResult<T> = Result<T, DbError>;
 pub enum WriteError {
     /// The database refuses these values and always will (a foreign key to a row that does not
     /// exist, a check or not-null constraint, a value out of range). `reason` is a fixed label.
-    #[error("database refused the rows ({reason}): {message}")]
+    #[error("database refused the rows ({reason}): {source}")]
     Refused {
         reason: &'static str,
-        message: String,
+        #[source]
+        source: sea_orm::DbErr,
     },
     /// Anything else: connection reset or refused, pool or statement timeout, shutdown,
     /// serialization failure. Worth retrying.
     #[error("database unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] sea_orm::DbErr),
 }
 
 impl WriteError {
     /// Integrity violations and data exceptions (SQLSTATE classes 23 and 22 on PostgreSQL, the
     /// constraint family on SQLite) are refusals; every other failure is transient.
-    pub fn classify(e: &sea_orm::DbErr) -> WriteError {
+    pub fn classify(e: sea_orm::DbErr) -> WriteError {
         use sea_orm::sqlx::error::ErrorKind;
         use sea_orm::{DbErr, RuntimeErr};
-        let message = e.to_string();
-        if let DbErr::Exec(RuntimeErr::SqlxError(x)) | DbErr::Query(RuntimeErr::SqlxError(x)) = e
+        if let DbErr::Exec(RuntimeErr::SqlxError(x)) | DbErr::Query(RuntimeErr::SqlxError(x)) = &e
             && let sea_orm::sqlx::Error::Database(d) = &**x
         {
             let reason = match d.kind() {
@@ -69,10 +70,10 @@ impl WriteError {
                 },
             };
             if let Some(reason) = reason {
-                return WriteError::Refused { reason, message };
+                return WriteError::Refused { reason, source: e };
             }
         }
-        WriteError::Unavailable(message)
+        WriteError::Unavailable(e)
     }
 }
 
@@ -406,7 +407,7 @@ impl Db {
         sql.push_str(r#" ON CONFLICT ("id") DO NOTHING"#);
         match self.conn.execute_raw(self.stmt(&sql, values)).await {
             Ok(r) => Ok(r.rows_affected()),
-            Err(e) => Err(WriteError::classify(&e)),
+            Err(e) => Err(WriteError::classify(e)),
         }
     }
 

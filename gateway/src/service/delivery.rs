@@ -170,7 +170,7 @@ impl Gateway {
             return;
         }
         let (gw, device, target) = (self.clone(), device.to_string(), room::socket(sid));
-        tokio::spawn(async move {
+        self.tasks().spawn(async move {
             if let Some(mut p) = playlist {
                 p.timestamp = iso_now();
                 if acked {

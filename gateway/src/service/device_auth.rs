@@ -64,7 +64,7 @@ impl Gateway {
     pub async fn device_auth_fresh(&self, id: &str) -> Result<Option<DeviceAuth>, DbError> {
         let fresh = match tokio::time::timeout(DB_TIMEOUT, self.db.device_auth(id)).await {
             Ok(r) => r,
-            Err(_) => Err(DbError("device lookup timed out".into())),
+            Err(_) => Err(DbError::Timeout("device lookup")),
         };
         match fresh {
             Ok(v) => {

@@ -52,12 +52,12 @@ impl ImpressionOutbox for DirectOutbox {
                 self.metrics.impressions_written(inserted);
                 Ok(())
             }
-            Err(WriteError::Refused { reason, message }) => {
+            Err(WriteError::Refused { reason, source }) => {
                 self.metrics.impression_dropped(reason);
-                tracing::info!(device = %row.device_id, content = %row.content_id, error = %message, "Impression refused by the database; dropped.");
+                tracing::info!(device = %row.device_id, content = %row.content_id, error = %source, "Impression refused by the database; dropped.");
                 Ok(())
             }
-            Err(WriteError::Unavailable(e)) => Err(StoreError(e)),
+            Err(WriteError::Unavailable(e)) => Err(StoreError::Database(e)),
         }
     }
 
@@ -84,7 +84,7 @@ pub enum DrainError {
     #[error("outbox: {0}")]
     Outbox(#[from] StoreError),
     #[error("{0}")]
-    Database(String),
+    Database(#[source] sea_orm::DbErr),
 }
 
 impl Gateway {
@@ -169,9 +169,9 @@ impl Gateway {
                             self.metrics.impressions_written(inserted);
                             out.acked.push(entry);
                         }
-                        Err(WriteError::Refused { reason, message }) => {
+                        Err(WriteError::Refused { reason, source }) => {
                             self.metrics.impression_dropped(reason);
-                            tracing::info!(device = %row.device_id, content = %row.content_id, error = %message, "Impression refused by the database; dropped.");
+                            tracing::info!(device = %row.device_id, content = %row.content_id, error = %source, "Impression refused by the database; dropped.");
                             out.acked.push(entry);
                         }
                         Err(WriteError::Unavailable(e)) => {
@@ -192,13 +192,14 @@ struct BatchOutcome {
     /// Entries whose rows are committed or refused for good.
     acked: Vec<String>,
     /// The database stopped answering: the rest of the batch stays in the outbox.
-    failed: Option<String>,
+    failed: Option<sea_orm::DbErr>,
 }
 
 /// The drain task: a round every `IMPRESSION_FLUSH_MS`; after a failure the next round waits
-/// longer (doubling, up to 30 s), so an outage is not hammered. On shutdown, one last round
-/// (bounded) so a clean stop leaves nothing behind that another replica must claim.
-pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
+/// longer (doubling, up to 30 s), so an outage is not hammered. On `stop`, one last round
+/// (cut short at `deadline`) so a clean stop leaves nothing behind that another replica must
+/// claim.
+pub async fn run(gw: Arc<Gateway>, stop: CancellationToken, deadline: CancellationToken) {
     let base = gw.cfg.impression_flush;
     let mut wait = base;
     let mut rounds: u64 = 0;
@@ -229,10 +230,10 @@ pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
             }
         };
     }
-    if tokio::time::timeout(Duration::from_secs(3), gw.drain_impressions_once())
-        .await
-        .is_err()
-    {
-        tracing::info!("Impressions left in the outbox at shutdown; another replica drains them.");
+    tokio::select! {
+        _ = gw.drain_impressions_once() => {}
+        _ = deadline.cancelled() => {
+            tracing::info!("Impressions left in the outbox at shutdown; another replica drains them.");
+        }
     }
 }

@@ -88,6 +88,9 @@ pub struct Gateway {
     redis_healthy: AtomicBool,
     /// Test-only delays between lease steps (feature `test-hooks`).
     hooks: crate::hooks::Hooks,
+    /// Every task spawned for this gateway (background loops and the services' own follow-ups),
+    /// so the drain stops and awaits them all.
+    tasks: crate::shutdown::Tasks,
 }
 
 impl Gateway {
@@ -122,6 +125,7 @@ impl Gateway {
             persister,
             draining: AtomicBool::new(false),
             redis_healthy: AtomicBool::new(true),
+            tasks: crate::shutdown::Tasks::default(),
         })
     }
 
@@ -157,6 +161,11 @@ impl Gateway {
     /// Forgets idle per-device connect buckets (periodic).
     pub fn limiter_housekeeping(&self) {
         self.device_limiter.housekeeping();
+    }
+
+    /// Where the gateway's tasks are spawned and stopped.
+    pub fn tasks(&self) -> &crate::shutdown::Tasks {
+        &self.tasks
     }
 
     pub fn is_draining(&self) -> bool {

@@ -57,13 +57,14 @@ pub struct Writer {
     pub hooks: Hooks,
 }
 
-/// Runs until shutdown, then keeps writing what is queued for at most `grace`.
+/// Runs until `stop`, then keeps writing what is queued until `deadline` (the drain's end):
+/// a transition accepted before the stop is not dropped while there is time to write it.
 pub async fn run(
     mut rx: mpsc::UnboundedReceiver<Transition>,
     persister: Persister,
     w: Writer,
-    shutdown: CancellationToken,
-    grace: Duration,
+    stop: CancellationToken,
+    deadline: CancellationToken,
 ) {
     let Writer {
         db,
@@ -71,17 +72,12 @@ pub async fn run(
         metrics,
         hooks,
     } = w;
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::pin!(deadline);
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let t = tokio::select! {
             t = rx.recv() => match t { Some(t) => t, None => return },
-            _ = shutdown.cancelled(), if rx.is_empty() => return,
-            _ = &mut deadline => return,
+            _ = stop.cancelled(), if rx.is_empty() => return,
+            _ = deadline.cancelled() => return,
         };
         batch.push(t);
         while batch.len() < BATCH {
@@ -104,7 +100,7 @@ pub async fn run(
                     tracing::warn!(device = %batch[0].device_id, transitions = batch.len(), error = %e, "Transition write failed; retrying.");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = &mut deadline => return,
+                        _ = deadline.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

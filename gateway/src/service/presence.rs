@@ -153,7 +153,7 @@ impl Gateway {
         });
         let gw = self.clone();
         let (device, org) = (device.to_string(), org.to_string());
-        tokio::spawn(async move {
+        self.tasks().spawn(async move {
             gw.emit_status(&device, &org, "online").await;
             if notice_fired {
                 gw.online_notification(&device, &org).await;
@@ -180,7 +180,8 @@ impl Gateway {
         let gw = self.clone();
         let (device, org) = (device.to_string(), org.to_string());
         // The offline notice was scheduled atomically with the transition (release/sweep).
-        tokio::spawn(async move { gw.emit_status(&device, &org, "offline").await });
+        self.tasks()
+            .spawn(async move { gw.emit_status(&device, &org, "offline").await });
     }
 
     fn sweep_guard(&self) -> SweepGuard {

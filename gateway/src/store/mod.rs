@@ -32,9 +32,60 @@ pub const PLAYLIST_CACHE_TTL_S: u64 = 3_600;
 /// TTL of `stats:device:{id}:impressions:{date}`.
 pub const STATS_TTL_S: u64 = 86_400;
 
+/// Why a store call failed. Every variant reads "store unavailable: …" (the text logs and 503
+/// bodies have always carried); code that must tell failures apart matches the variant or the
+/// Redis error kind, never the message.
 #[derive(Debug, thiserror::Error)]
-#[error("store unavailable: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// Redis answered with an error, or the connection to it failed.
+    #[error("store unavailable: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// No pooled connection could be had (Redis unreachable, or the pool's wait ran out).
+    #[error("store unavailable: {0}")]
+    Pool(#[from] deadpool::managed::PoolError<::redis::RedisError>),
+    /// The connection pool could not be built.
+    #[error("store unavailable: {0}")]
+    PoolBuild(#[from] deadpool::managed::BuildError),
+    /// One Redis operation outlived its bound (a stalled or vanished node).
+    #[error("store unavailable: redis operation timed out")]
+    Timeout,
+    /// Redis answered something the scripts never return.
+    #[error("store unavailable: {0}")]
+    Reply(String),
+    /// A value could not be encoded for Redis.
+    #[error("store unavailable: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The embedded outbox's own database write failed (worth retrying).
+    #[error("store unavailable: {0}")]
+    Database(#[source] sea_orm::DbErr),
+}
+
+impl StoreError {
+    /// The kind redis-rs gave the error, when Redis (or the connection to it) produced it.
+    pub fn redis_kind(&self) -> Option<::redis::ErrorKind> {
+        match self {
+            StoreError::Redis(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
+    /// The server's error code (`NOGROUP`, `BUSYGROUP`, …), also for codes redis-rs has no
+    /// kind for.
+    pub fn redis_code(&self) -> Option<&str> {
+        match self {
+            StoreError::Redis(e) => e.code(),
+            _ => None,
+        }
+    }
+
+    /// Redis no longer has a script we call by hash (restarted, failed over, `SCRIPT FLUSH`).
+    pub fn is_no_script(&self) -> bool {
+        self.redis_kind()
+            == Some(::redis::ErrorKind::Server(
+                ::redis::ServerErrorKind::NoScript,
+            ))
+    }
+}
 
 pub type StoreResult<T> = Result<T, StoreError>;
 

@@ -14,15 +14,14 @@ use super::pool::{Conn, Pool};
 use ::redis::Value;
 use async_trait::async_trait;
 
-use super::{STATS_TTL_S, StoreError, StoreResult};
+use super::redis::timed;
+use super::{STATS_TTL_S, StoreResult};
 use crate::db::NewImpression;
 
 pub const OUTBOX_KEY: &str = "impressions:outbox";
 pub const OUTBOX_GROUP: &str = "writers";
 /// Field of each stream entry holding the row as JSON.
 const FIELD: &str = "row";
-
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// An entry handed to one drainer.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,11 +85,7 @@ impl RedisOutbox {
 
     /// One checkout from the shared pool; every outbox command goes through it.
     async fn conn(&self) -> StoreResult<Conn> {
-        self.pool
-            .get()
-            .await
-            .map(Conn)
-            .map_err(|e| StoreError(e.to_string()))
+        Ok(Conn(self.pool.get().await?))
     }
 
     async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> StoreResult<T> {
@@ -118,7 +113,7 @@ impl RedisOutbox {
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(e) if e.0.contains("BUSYGROUP") => Ok(()),
+            Err(e) if e.redis_code() == Some("BUSYGROUP") => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -170,14 +165,6 @@ impl RedisOutbox {
         Ok(entries_of_read(
             &self.read_group(consumer, limit, ">").await?,
         ))
-    }
-}
-
-async fn timed<T>(f: impl std::future::Future<Output = ::redis::RedisResult<T>>) -> StoreResult<T> {
-    match tokio::time::timeout(OP_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(StoreError(e.to_string())),
-        Err(_) => Err(StoreError("redis operation timed out".into())),
     }
 }
 
@@ -235,7 +222,7 @@ fn entries_of_read(v: &Value) -> Vec<Claimed> {
 #[async_trait]
 impl ImpressionOutbox for RedisOutbox {
     async fn append(&self, row: &NewImpression, date: &str) -> StoreResult<()> {
-        let json = serde_json::to_string(row).map_err(|e| StoreError(e.to_string()))?;
+        let json = serde_json::to_string(row)?;
         let stats = format!("stats:device:{}:impressions:{date}", row.device_id);
         let mut p = ::redis::pipe();
         p.atomic()
@@ -262,7 +249,7 @@ impl ImpressionOutbox for RedisOutbox {
         stale: Duration,
     ) -> StoreResult<Vec<Claimed>> {
         match self.claim_once(consumer, limit, stale).await {
-            Err(e) if e.0.contains("NOGROUP") => {
+            Err(e) if e.redis_code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
                 self.claim_once(consumer, limit, stale).await
             }

@@ -50,7 +50,7 @@ impl managed::Manager for Manager {
 
 pub type Pool = managed::Pool<Manager>;
 
-pub fn pool(target: Arc<RedisTarget>, max_size: usize) -> Result<Pool, String> {
+pub fn pool(target: Arc<RedisTarget>, max_size: usize) -> Result<Pool, managed::BuildError> {
     let mut cfg = deadpool::managed::PoolConfig::new(max_size);
     cfg.timeouts.wait = Some(super::target::CONNECT_TIMEOUT);
     cfg.timeouts.create = Some(super::target::CONNECT_TIMEOUT * 2);
@@ -59,7 +59,6 @@ pub fn pool(target: Arc<RedisTarget>, max_size: usize) -> Result<Pool, String> {
         .config(cfg)
         .runtime(deadpool::Runtime::Tokio1)
         .build()
-        .map_err(|e| e.to_string())
 }
 
 /// A checked-out connection.

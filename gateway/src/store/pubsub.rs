@@ -18,8 +18,10 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue, PushInfo, PushKind, RedisError};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::target::{self, RedisTarget};
+use crate::shutdown::Tasks;
 
 type Handlers = Arc<RwLock<HashMap<String, mpsc::Sender<ChanItem>>>>;
 
@@ -150,8 +152,15 @@ impl Inner {
     }
 }
 
-/// Keeps the driver connected to the primary until the driver is dropped.
-async fn supervise(me: Weak<Inner>) {
+/// Keeps the driver connected to the primary until the driver is dropped or `stop` is cancelled.
+async fn supervise(me: Weak<Inner>, stop: CancellationToken) {
+    tokio::select! {
+        _ = keep_connected(me) => {}
+        _ = stop.cancelled() => {}
+    }
+}
+
+async fn keep_connected(me: Weak<Inner>) {
     let Some(mut changes) = me.upgrade().map(|i| i.target.changes()) else {
         return;
     };
@@ -197,8 +206,8 @@ async fn supervise(me: Weak<Inner>) {
 }
 
 impl ResilientDriver {
-    /// Connects once (the caller retries), then keeps reconnecting in the background.
-    pub async fn new(target: Arc<RedisTarget>) -> Result<Self, RedisError> {
+    /// Connects once (the caller retries), then keeps reconnecting in a task on `tasks`.
+    pub async fn new(target: Arc<RedisTarget>, tasks: &Tasks) -> Result<Self, RedisError> {
         let inner = Arc::new(Inner {
             target,
             handlers: Arc::default(),
@@ -210,7 +219,7 @@ impl ResilientDriver {
             reconnects: watch::channel(0).0,
         });
         inner.connect().await?;
-        tokio::spawn(supervise(Arc::downgrade(&inner)));
+        tasks.spawn(supervise(Arc::downgrade(&inner), tasks.stop_token()));
         Ok(ResilientDriver { inner })
     }
 

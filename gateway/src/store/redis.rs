@@ -51,14 +51,14 @@ impl RedisStore {
     /// A store on one Redis URL (tests, tools).
     pub fn new(url: &str) -> Result<Self, StoreError> {
         let cfg = crate::config::RedisConfig::Url { url: url.into() };
-        let target = RedisTarget::new(&cfg).map_err(|e| StoreError(e.to_string()))?;
+        let target = RedisTarget::new(&cfg)?;
         Self::with_target(Arc::new(target))
     }
 
     /// Builds the pool (connections are made lazily, so a Redis that is down at start-up does
     /// not stop the gateway from starting; readiness reports it).
     pub fn with_target(target: Arc<RedisTarget>) -> Result<Self, StoreError> {
-        let pool = pool::pool(target.clone(), 16).map_err(StoreError)?;
+        let pool = pool::pool(target.clone(), 16)?;
         Ok(RedisStore {
             pool,
             target,
@@ -85,11 +85,7 @@ impl RedisStore {
     }
 
     async fn conn(&self) -> StoreResult<Conn> {
-        self.pool
-            .get()
-            .await
-            .map(Conn)
-            .map_err(|e| StoreError(e.to_string()))
+        Ok(Conn(self.pool.get().await?))
     }
 
     /// Classifies one attempt's outcome, dropping the connection when it must not be reused.
@@ -109,12 +105,12 @@ impl RedisStore {
                 if target::is_broken(&e) {
                     c.discard();
                 }
-                Attempt::Done(Err(StoreError(e.to_string())))
+                Attempt::Done(Err(e.into()))
             }
             Err(_) => {
                 // A connection that hung (a stalled or vanished node) is not trusted again.
                 c.discard();
-                Attempt::Done(Err(StoreError("redis operation timed out".into())))
+                Attempt::Done(Err(StoreError::Timeout))
             }
         }
     }
@@ -133,7 +129,7 @@ impl RedisStore {
                 Attempt::NotPrimary(e) => last = Some(e),
             }
         }
-        Err(StoreError(last.map(|e| e.to_string()).unwrap_or_default()))
+        Err(not_primary_twice(last))
     }
 
     async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> StoreResult<T> {
@@ -146,7 +142,7 @@ impl RedisStore {
                 Attempt::NotPrimary(e) => last = Some(e),
             }
         }
-        Err(StoreError(last.map(|e| e.to_string()).unwrap_or_default()))
+        Err(not_primary_twice(last))
     }
 
     /// Pipelines are not retried on `READONLY`: a pipeline is not atomic, so an earlier read
@@ -156,16 +152,26 @@ impl RedisStore {
         let r = tokio::time::timeout(OP_TIMEOUT, p.query_async(&mut c)).await;
         match self.settle(c, r) {
             Attempt::Done(v) => v,
-            Attempt::NotPrimary(e) => Err(StoreError(e.to_string())),
+            Attempt::NotPrimary(e) => Err(e.into()),
         }
     }
 }
 
-async fn timed<T>(f: impl std::future::Future<Output = ::redis::RedisResult<T>>) -> StoreResult<T> {
+/// One Redis call under [`OP_TIMEOUT`] (shared with the outbox).
+pub(super) async fn timed<T>(
+    f: impl std::future::Future<Output = ::redis::RedisResult<T>>,
+) -> StoreResult<T> {
     match tokio::time::timeout(OP_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(StoreError(e.to_string())),
-        Err(_) => Err(StoreError("redis operation timed out".into())),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError::Timeout),
+    }
+}
+
+/// Both attempts met a node that was no longer the primary.
+fn not_primary_twice(last: Option<RedisError>) -> StoreError {
+    match last {
+        Some(e) => e.into(),
+        None => StoreError::Reply("no attempt was made".into()),
     }
 }
 
@@ -219,7 +225,7 @@ impl PresenceStore for RedisStore {
         let (epoch, prev, fired): (String, String, i64) = self.run(inv).await?;
         let epoch = epoch
             .parse()
-            .map_err(|_| StoreError(format!("bad epoch {epoch}")))?;
+            .map_err(|_| StoreError::Reply(format!("bad epoch {epoch}")))?;
         let previous = if prev.is_empty() {
             None
         } else {
@@ -263,7 +269,7 @@ impl PresenceStore for RedisStore {
         };
         let res: StoreResult<Vec<i64>> = self.pipeline(&build()).await;
         let codes = match res {
-            Err(e) if e.0.to_ascii_lowercase().contains("noscript") => {
+            Err(e) if e.is_no_script() => {
                 // Redis restarted and lost its script cache: load once and replay the pipeline.
                 let mut c = self.conn().await?;
                 timed(self.scripts.refresh.load_async(&mut c)).await?;
@@ -333,7 +339,7 @@ impl PresenceStore for RedisStore {
         let flat: Vec<Value> = self.run(inv).await?;
         let flat: Vec<String> = flat.iter().filter_map(value_string).collect();
         let Some((tick, flat)) = flat.split_first() else {
-            return Err(StoreError("sweep returned no tick".into()));
+            return Err(StoreError::Reply("sweep returned no tick".into()));
         };
         if let Ok(tick) = tick.parse::<i64>() {
             self.last_tick.store(tick, Ordering::Relaxed);
@@ -382,7 +388,7 @@ impl PresenceStore for RedisStore {
     }
 
     async fn schedule_offline_notice(&self, n: &OfflineNotice) -> StoreResult<()> {
-        let json = serde_json::to_string(n).map_err(|e| StoreError(e.to_string()))?;
+        let json = serde_json::to_string(n)?;
         // The key outlives the due time so a notice whose claim failed can still be found.
         let ttl_ms = (n.scheduled_for - now_ms()).max(0) + 300_000;
         let mut p = ::redis::pipe();
@@ -419,7 +425,7 @@ impl StateStore for RedisStore {
         if pong == "PONG" {
             Ok(())
         } else {
-            Err(StoreError(format!("unexpected PING reply {pong}")))
+            Err(StoreError::Reply(format!("unexpected PING reply {pong}")))
         }
     }
 
