@@ -188,8 +188,9 @@ stop_gateway "$gw_pid"
 # ---- report ----------------------------------------------------------------------------------
 hb_acks=$(echo "$hb_out" | grab '[0-9]+ heartbeats acknowledged during the hold' | grab '^[0-9]+')
 per_k=$(python3 -c "print(f'{$rows * 1000 / max(1, ${hb_acks:-0}):.2f}')")
-# The hand-kept before/after log of performance changes survives a rerun.
-changes=$( [ -f "$out" ] && sed -n '/^## Performance changes/,$p' "$out" || true)
+# The hand-kept sections (the reading of the figures against the goals, the before/after log of
+# performance changes) survive a rerun.
+changes=$( [ -f "$out" ] && sed -n '/^## \(Reading\|Performance changes\)/,$p' "$out" || true)
 cat >"$out" <<MD
 # Benchmarks
 
