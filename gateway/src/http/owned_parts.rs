@@ -11,7 +11,12 @@ use axum::extract::{OriginalUri, Request};
 use axum::http::{HeaderMap, HeaderValue, Uri};
 
 /// Replaces the request's header values and URI with owned copies (`map_request` middleware).
+/// Only an Engine.IO handshake (`EIO` and no `sid` in the query) has its `Parts` kept; polling
+/// requests of a live session (heartbeats included), upgrades and the HTTP API pass untouched.
 pub async fn own_request_bytes(mut req: Request) -> Request {
+    if !is_handshake(req.uri()) {
+        return req;
+    }
     let shared = std::mem::take(req.headers_mut());
     let mut owned = HeaderMap::with_capacity(shared.len());
     for (name, value) in &shared {
@@ -32,6 +37,17 @@ pub async fn own_request_bytes(mut req: Request) -> Request {
         *req.uri_mut() = copy;
     }
     req
+}
+
+/// An Engine.IO request that opens a session: it names the protocol and no session yet.
+fn is_handshake(uri: &Uri) -> bool {
+    let has = |name: &str| {
+        uri.query()
+            .unwrap_or("")
+            .split('&')
+            .any(|p| p.starts_with(name))
+    };
+    has("EIO=") && !has("sid=")
 }
 
 #[cfg(test)]

@@ -429,10 +429,18 @@ pub fn now_ms() -> i64 {
     now_us().div_euclid(1000)
 }
 
-/// Wall-clock microseconds as tokio sees them. In production that is the system clock. Under a
-/// paused test clock (`tokio::time::pause`, tokio's `test-util`) it moves only with
-/// `tokio::time::advance`, so the in-process store's deadlines, sweep ticks and notice due
-/// times follow the test's time and the lease rules can run in paused-time tests.
+/// Wall-clock microseconds. A build with `test-hooks` (the tests') reads them as tokio sees
+/// them: under a paused test clock (`tokio::time::pause`, tokio's `test-util`) they move only
+/// with `tokio::time::advance`, so the in-process store's deadlines, sweep ticks and notice due
+/// times follow the test's time and the lease rules can run in paused-time tests. A server build
+/// reads the system clock once: this is on the heartbeat path.
+#[cfg(not(feature = "test-hooks"))]
+pub fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// See the server build's `now_us` above.
+#[cfg(feature = "test-hooks")]
 pub fn now_us() -> i64 {
     // tokio's clock minus the monotonic clock is zero unless paused. The wall clock is read
     // between two monotonic reads, again if the thread was preempted in between, so the pair
@@ -450,6 +458,7 @@ pub fn now_us() -> i64 {
 }
 
 /// `a - b` in microseconds, either sign.
+#[cfg(feature = "test-hooks")]
 fn signed_micros(a: std::time::Instant, b: std::time::Instant) -> i64 {
     match a.checked_duration_since(b) {
         Some(ahead) => ahead.as_micros() as i64,
