@@ -2,7 +2,7 @@
 //! `socket/` and `http/` never hold a metric instrument (the layering test in `service/mod.rs`
 //! keeps it so).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::Gateway;
 
@@ -34,24 +34,21 @@ impl Gateway {
 
     /// A socket entered the namespace (the connected-sockets gauges).
     pub fn socket_opened(&self, device: bool) {
-        let g = &self.metrics.gauges;
-        let gauge = if device {
-            &g.device_sockets
-        } else {
-            &g.dashboard_sockets
-        };
-        gauge.fetch_add(1, Ordering::Relaxed);
+        self.socket_gauge(device).fetch_add(1, Ordering::Relaxed);
     }
 
     /// A socket counted by `socket_opened` left.
     pub fn socket_closed(&self, device: bool) {
+        self.socket_gauge(device).fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn socket_gauge(&self, device: bool) -> &AtomicI64 {
         let g = &self.metrics.gauges;
-        let gauge = if device {
+        if device {
             &g.device_sockets
         } else {
             &g.dashboard_sockets
-        };
-        gauge.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// The Prometheus text exposition.
