@@ -174,9 +174,9 @@ export function heartbeat(socket, payload = electronHeartbeat()) {
 /** `ISO-8601` with milliseconds and `Z`, as the ack envelope's `timestamp`. */
 export const ISO_MS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 
-/** POST to the internal API with the key. */
-export async function internalPost(path, body) {
-  const res = await fetch(`${env('GATEWAY_URL')}${path}`, {
+/** POST to the internal API with the key (of GATEWAY_URL unless `base` names another gateway). */
+export async function internalPost(path, body, base = env('GATEWAY_URL')) {
+  const res = await fetch(`${base}${path}`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', 'x-internal-api-key': env('INTERNAL_KEY') },
     body: JSON.stringify(body),

@@ -1,7 +1,8 @@
 //! Compatibility with the official JavaScript client: runs the `node:test` suite in `tests/js`
-//! (socket.io-client 4.8.4 with the shipped players' and dashboard's exact options) against two
-//! gateways — one with the default test settings and one with a per-IP handshake limit of 1/s,
-//! burst 1, for the transient-refusal scenario.
+//! (socket.io-client 4.8.4 with the shipped players' and dashboard's exact options) against three
+//! gateways — one with the default test settings, one with a per-IP handshake limit of 1/s,
+//! burst 1, for the transient-refusal scenario, and one on its own redis-server with a 1 s
+//! session sweep for the credential lifecycle (`lifecycle.test.mjs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
-use vizora_gateway::auth::mint;
+use vizora_gateway::auth::{mint, token_hash};
 use vizora_gateway_tests::*;
 
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -51,19 +52,16 @@ async fn official_socket_io_client_drives_the_gateway_like_the_shipped_clients()
     ensure_node_modules(&dir).await;
 
     let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
-    {
-        // Devices of `credentials.test.mjs` only.
-        use sea_orm::ConnectionTrait;
-        let conn = sea_orm::Database::connect(db.url()).await.unwrap();
-        conn.execute_unprepared(&format!(
-            r#"INSERT INTO devices ("id","organizationId","deviceIdentifier","updatedAt") VALUES
-               ('dev-c1','{ORG_A}','mac-c1',CURRENT_TIMESTAMP),('dev-c2','{ORG_A}','mac-c2',CURRENT_TIMESTAMP),
-               ('dev-c3','{ORG_A}','mac-c3',CURRENT_TIMESTAMP)"#
-        ))
-        .await
-        .unwrap();
-        conn.close().await.unwrap();
-    }
+    // Devices of `credentials.test.mjs` only.
+    insert_devices(
+        &db,
+        &[
+            ("dev-c1", ORG_A, None),
+            ("dev-c2", ORG_A, None),
+            ("dev-c3", ORG_A, None),
+        ],
+    )
+    .await;
     let gw = Gateway::start(GatewayOptions::new(db)).await;
     let now = chrono::Utc::now().timestamp();
     // A 90-day pairing token with 10 days left.
@@ -82,6 +80,42 @@ async fn official_socket_io_client_drives_the_gateway_like_the_shipped_clients()
         GatewayOptions::new(db2)
             .env("CONNECT_RATE_PER_IP", 1)
             .env("CONNECT_BURST_PER_IP", 1),
+    )
+    .await;
+
+    // `lifecycle.test.mjs`: its own Redis-backed gateway with a 1 s session sweep, so a suspended
+    // organisation or a revoked user never reaches the other files' tests. Its device rows are
+    // bound the three ways a fleet holds them at cut-over: a hash, NULL, the raw token.
+    let redis = RedisServer::start().await;
+    let (db3, _pg3, _dir3) = gateway::seeded_db("sqlite", 0).await;
+    let repaired_old = device_token("dev-l1", ORG_A);
+    // Another pairing of the same device: a later `iat` makes it a different token.
+    let now = chrono::Utc::now().timestamp();
+    let repaired_new = mint::device_token_at(
+        DEVICE_SECRET,
+        "dev-l1",
+        "mac-dev-l1",
+        ORG_A,
+        now + 1,
+        now + 3600,
+    )
+    .unwrap();
+    let raw_row = device_token("dev-l3", ORG_A);
+    insert_devices(
+        &db3,
+        &[
+            ("dev-l1", ORG_A, Some(token_hash(&repaired_new))),
+            ("dev-l2", ORG_A, None),
+            ("dev-l3", ORG_A, Some(raw_row.clone())),
+            ("dev-s1", ORG_B, None),
+            ("dev-s2", ORG_B, None),
+        ],
+    )
+    .await;
+    let lifecycle = Gateway::start(
+        GatewayOptions::new(db3)
+            .redis(&redis.url())
+            .env("SESSION_SWEEP_INTERVAL_MS", 1000),
     )
     .await;
 
@@ -131,6 +165,25 @@ async fn official_socket_io_client_drives_the_gateway_like_the_shipped_clients()
         .env("DEVICE_TOKEN_C3", device_token("dev-c3", ORG_A))
         .env("INTERNAL_KEY", INTERNAL_KEY)
         .env("ORG_A", ORG_A)
+        .env("ORG_B", ORG_B)
+        .env("LIFECYCLE_GATEWAY_URL", lifecycle.url())
+        .env("LIFECYCLE_REDIS_URL", redis.url())
+        .env("REPAIRED_OLD_TOKEN_L1", repaired_old)
+        .env("REPAIRED_NEW_TOKEN_L1", repaired_new)
+        .env("NULL_ROW_TOKEN_L2", device_token("dev-l2", ORG_A))
+        .env("RAW_ROW_TOKEN_L3", raw_row)
+        .env("SUSPEND_DEVICE_TOKEN_S1", device_token("dev-s1", ORG_B))
+        .env("SUSPEND_DEVICE_TOKEN_S2", device_token("dev-s2", ORG_B))
+        .env("SUSPEND_USER_TOKEN", user_token("ops-b", ORG_B))
+        .env("USER_REVOKED", "u-js-revoked")
+        .env("USER_TOKEN_REVOKED", user_token("u-js-revoked", ORG_A))
+        .env("USER_PWD_CHANGED", "u-js-changed")
+        .env("USER_TOKEN_PWD_CHANGED", user_token("u-js-changed", ORG_A))
+        .env("USER_KEPT", "u-js-kept")
+        .env("USER_TOKEN_KEPT", user_token("u-js-kept", ORG_A))
+        .env("NOTIFY_USER_2", "u-js-n2")
+        .env("NOTIFY_USER_TOKEN_1", user_token("u-js-n1", ORG_A))
+        .env("NOTIFY_USER_TOKEN_2", user_token("u-js-n2", ORG_A))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -153,6 +206,7 @@ async fn official_socket_io_client_drives_the_gateway_like_the_shipped_clients()
     if !out.status.success() {
         eprintln!("---- gateway log ----\n{}", gw.logs());
         eprintln!("---- limited gateway log ----\n{}", limited.logs());
+        eprintln!("---- lifecycle gateway log ----\n{}", lifecycle.logs());
     }
     assert!(
         out.status.success(),
@@ -178,6 +232,24 @@ async fn official_socket_io_client_drives_the_gateway_like_the_shipped_clients()
             "`# {key}` of the JS suite's TAP summary ({written} tests in tests/js/*.test.mjs)"
         );
     }
+}
+
+/// Device rows beside the seeded ones: `(id, organisation, devices."jwtToken")`.
+async fn insert_devices(db: &DbTarget, rows: &[(&str, &str, Option<String>)]) {
+    use sea_orm::ConnectionTrait;
+    let conn = sea_orm::Database::connect(db.url()).await.unwrap();
+    for (id, org, jwt) in rows {
+        let jwt = jwt
+            .as_ref()
+            .map_or("NULL".to_string(), |t| format!("'{t}'"));
+        conn.execute_unprepared(&format!(
+            r#"INSERT INTO devices ("id","organizationId","deviceIdentifier","jwtToken","updatedAt")
+               VALUES ('{id}','{org}','mac-{id}',{jwt},CURRENT_TIMESTAMP)"#
+        ))
+        .await
+        .unwrap();
+    }
+    conn.close().await.unwrap();
 }
 
 /// The `test(` calls in `tests/js/*.test.mjs`: every test of the suite is declared on a line of
