@@ -395,11 +395,15 @@ async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
     let per = kills.len().div_ceil(DRAIN_BATCHES as usize).max(1);
     let pause = window.saturating_sub(settle) / DRAIN_BATCHES;
     for chunk in kills.chunks(per) {
+        // Counted before the kill, so a scrape never shows fewer than the clients saw.
+        gw.count_drain_closed(chunk.len());
         for k in chunk {
             k.kill();
         }
         tokio::time::sleep(pause).await;
     }
+    // What is left (long-polling sessions have no connection to kill) ends with the server.
+    gw.count_drain_closed(io.sockets().len());
     io.close().await;
 }
 

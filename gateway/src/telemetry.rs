@@ -35,6 +35,8 @@ pub struct Gauges {
     pub tcp_connections: AtomicI64,
     /// Impression outbox length (cluster-wide), as last seen by this replica's drain.
     pub impressions_buffered: AtomicI64,
+    /// 1 from the moment this replica starts its SIGTERM drain.
+    pub draining: AtomicI64,
 }
 
 /// The gateway's instruments.
@@ -55,6 +57,7 @@ pub struct Metrics {
     heartbeat_seconds: Histogram<f64>,
     impressions_written: Counter<u64>,
     impressions_dropped: Counter<u64>,
+    drain_closed: Counter<u64>,
 }
 
 impl Metrics {
@@ -101,6 +104,14 @@ impl Metrics {
             .with_description("Impressions acknowledged but not yet written to the database")
             .with_callback(move |o| o.observe(g.impressions_buffered.load(Ordering::Relaxed), &[]))
             .build();
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("vizora_gateway_draining")
+            .with_description(
+                "1 while this replica drains (readiness 503, handshakes refused, sockets handed over)",
+            )
+            .with_callback(move |o| o.observe(g.draining.load(Ordering::Relaxed), &[]))
+            .build();
         let counter = |name: &'static str, desc: &'static str| {
             meter.u64_counter(name).with_description(desc).build()
         };
@@ -145,6 +156,10 @@ impl Metrics {
             impressions_dropped: counter(
                 "vizora_gateway_impressions_dropped",
                 "Impressions the database refused for good, by reason",
+            ),
+            drain_closed: counter(
+                "vizora_gateway_drain_closed",
+                "Socket transports the drain closed so their clients reconnect to another replica",
             ),
             heartbeat_seconds: meter
                 .f64_histogram("vizora_gateway_heartbeat_duration")
@@ -227,6 +242,9 @@ impl Metrics {
     pub fn impression_dropped(&self, reason: &'static str) {
         self.impressions_dropped
             .add(1, &[KeyValue::new("reason", reason)]);
+    }
+    pub fn drain_closed(&self, n: u64) {
+        self.drain_closed.add(n, &[]);
     }
     pub fn heartbeat_duration(&self, secs: f64) {
         self.heartbeat_seconds.record(secs, &[]);

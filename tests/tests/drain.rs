@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
+use crate::common::{metric_sum, metrics_text};
 use serde_json::json;
 use vizora_gateway_tests::*;
 use vizora_sioclient::{Client, ClientOptions, CloseReason, ConnectError, Transport, connect};
@@ -278,6 +279,37 @@ async fn sigterm_drains_in_batches_to_the_other_replica_without_offline_reports(
             panic!("a new handshake on a draining replica must be refused with 503, got {other:?}")
         }
     }
+
+    // Drain progress for the dashboard: the gauge is up from the moment readiness says draining,
+    // and the closes counted are never fewer than the closes the screens have seen.
+    let draining = metric_sum(
+        &metrics_text(&c.replicas[0]).await,
+        "vizora_gateway_draining{",
+    );
+    assert_eq!(
+        draining,
+        Some(1.0),
+        "vizora_gateway_draining while draining"
+    );
+    eventually(DRAIN_T, "a first drain close seen by a screen", || async {
+        (clock.closes.load(SeqCst) > 0).then_some(())
+    })
+    .await;
+    let seen = clock.closes.load(SeqCst);
+    let counted = metric_sum(
+        &metrics_text(&c.replicas[0]).await,
+        "vizora_gateway_drain_closed_total",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        counted >= seen as f64,
+        "vizora_gateway_drain_closed_total is {counted} after {seen} close(s) seen"
+    );
+    let idle = metric_sum(
+        &metrics_text(&c.replicas[1]).await,
+        "vizora_gateway_draining{",
+    );
+    assert_eq!(idle, Some(0.0), "the other replica is not draining");
 
     let mut moved = Vec::new();
     let mut ws_seen = Vec::new();

@@ -185,11 +185,7 @@ async fn metric_reaches(gw: &Gateway, line_start: &str, at_least: f64) -> f64 {
         let url = url.clone();
         async move {
             let text = reqwest::get(url).await.ok()?.text().await.ok()?;
-            let v: f64 = text
-                .lines()
-                .filter(|l| l.starts_with(line_start))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
+            let v = metric_sum(&text, line_start).unwrap_or(0.0);
             (v >= at_least).then_some(v)
         }
     })

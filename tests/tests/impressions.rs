@@ -172,11 +172,7 @@ async fn send(c: &Client, durations: impl IntoIterator<Item = i64>, content: &st
 }
 
 async fn metric(gw: &Gateway, line_start: &str) -> Option<f64> {
-    let (_, text) = gw.api().get_text("/metrics", &[]).await;
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    metric_sum(&metrics_text(gw).await, line_start)
 }
 
 #[tokio::test]

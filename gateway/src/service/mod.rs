@@ -173,6 +173,7 @@ impl Gateway {
     }
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.metrics.gauges.draining.store(1, Ordering::Relaxed);
     }
     pub fn redis_healthy(&self) -> bool {
         self.redis_healthy.load(Ordering::Relaxed)

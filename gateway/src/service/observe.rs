@@ -51,6 +51,11 @@ impl Gateway {
         }
     }
 
+    /// Socket transports the drain is about to close (drain progress on the dashboard).
+    pub fn count_drain_closed(&self, sockets: usize) {
+        self.metrics.drain_closed(sockets as u64);
+    }
+
     /// The Prometheus text exposition.
     pub fn render_metrics(&self) -> String {
         self.metrics.render()

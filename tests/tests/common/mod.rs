@@ -173,3 +173,21 @@ pub async fn assert_alive(gw: &Gateway, what: &str) {
     let (status, body) = gw.api().get_text("/api/health/live", &[]).await;
     assert_eq!(status, 200, "{what}: gateway must stay alive: {body}");
 }
+
+/// The sum of the samples in a Prometheus exposition whose line starts with `line_start` (a
+/// metric name, or a name and the start of its labels); `None` when no line does.
+pub fn metric_sum(text: &str, line_start: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(line_start))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// A replica's `/metrics` (tests run on loopback, where no token is asked for).
+pub async fn metrics_text(gw: &Gateway) -> String {
+    let (status, text) = gw.api().get_text("/metrics", &[]).await;
+    assert_eq!(status, 200, "/metrics: {text}");
+    text
+}
