@@ -226,6 +226,55 @@ async fn near_expiry_token_is_refreshed_with_grace_and_cooldown() {
     ok.disconnect().await;
 }
 
+/// The refresh rides on heartbeats too: a near-expiry device whose connect found the cooldown
+/// taken (another replica rotating, or the hour not over) gets its token on the first heartbeat
+/// after the cooldown ends, without reconnecting.
+#[tokio::test]
+async fn a_near_expiry_device_is_refreshed_on_a_heartbeat_once_the_cooldown_ends() {
+    let (gw, redis, db, _dir) = redis_gateway(|o| o).await;
+    let old = token_with_ttl(DEV_A1, 3 * DAY);
+    let cooldown = format!("device:token:refresh-cooldown:{DEV_A1}");
+    redis_set(&redis, &cooldown, "1").await;
+
+    let c = device_with(&gw, json!({"token": old}), false).await;
+    // The connect's own attempt runs in its connect handler, beside the first events: wait until
+    // it has met the cooldown, so only a heartbeat can issue the token below.
+    eventually(
+        T,
+        "the connect's refresh attempt met the cooldown",
+        || async {
+            let text = common::metrics_text(&gw).await;
+            let cooldowns = text
+                .lines()
+                .filter(|l| l.starts_with("vizora_gateway_events_total{"))
+                .filter(|l| {
+                    l.contains(r#"event="token:refresh""#) && l.contains(r#"result="cooldown""#)
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+            (cooldowns >= 1.0).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        c.drain_events().iter().all(|e| e.name != "token:refresh"),
+        "no token while the cooldown holds"
+    );
+    assert_eq!(jwt_token(&db, DEV_A1).await, None, "row not rotated yet");
+
+    let _: () = redis::cmd("DEL")
+        .arg(&cooldown)
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert_heartbeat_works(&c, "after the cooldown").await;
+    let fresh = expect_event(&c, "token:refresh", "heartbeat after the cooldown").await;
+    let new = fresh["token"].as_str().unwrap();
+    assert_eq!(claims(new)["sub"], DEV_A1);
+    assert_eq!(jwt_token(&db, DEV_A1).await, Some(token_hash(new)));
+    assert!((3500..=3600).contains(&ttl(&redis, &cooldown).await));
+}
+
 #[tokio::test]
 async fn null_raw_and_hashed_rows_connect_and_a_foreign_hash_is_refused() {
     let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;

@@ -239,8 +239,12 @@ impl Gateway {
             Ok(true) => {}
             // Another connection (any replica) is rotating, or did within the hour; a failed
             // claim is retried on the next heartbeat.
-            Ok(false) => return,
+            Ok(false) => {
+                self.metrics.event(TokenRefresh::NAME, "cooldown");
+                return;
+            }
             Err(e) => {
+                self.metrics.event(TokenRefresh::NAME, "failed");
                 self.metrics.store_error("redis", "token_refresh");
                 tracing::debug!(device = %id, error = %e, "Token refresh claim failed.");
                 return;
@@ -252,6 +256,7 @@ impl Gateway {
             && l.sid != sid
         {
             let _ = self.state.drop_token_grace(id, &grace, true).await;
+            self.metrics.event(TokenRefresh::NAME, "superseded");
             tracing::info!(device = %id, "Token refresh aborted: the socket was superseded.");
             return;
         }
@@ -265,11 +270,13 @@ impl Gateway {
             Ok(false) => {
                 // The row changed under us (re-pair, revocation): that token must not be issued.
                 let _ = self.state.drop_token_grace(id, &grace, false).await;
+                self.metrics.event(TokenRefresh::NAME, "row_changed");
                 tracing::warn!(device = %id, "Token refresh aborted: the stored token changed.");
                 return;
             }
             Err(e) => {
                 // The write may have landed: keep the grace record (inert if it did not).
+                self.metrics.event(TokenRefresh::NAME, "failed");
                 self.metrics.store_error("db", "token_rotate");
                 tracing::warn!(device = %id, error = %e, "Token rotation failed; grace record kept.");
                 return;
