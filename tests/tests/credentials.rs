@@ -429,8 +429,10 @@ async fn revocation_reaches_a_device_on_another_replica() {
     );
 }
 
+/// A replica whose 30-s row cache still holds the old binding refuses a token revoked through
+/// another replica: the revocation's marker sends it back to the database.
 #[tokio::test]
-async fn a_stale_binding_is_caught_on_the_next_heartbeat() {
+async fn a_replica_with_a_warm_cache_refuses_a_token_revoked_elsewhere() {
     let cluster = Cluster::start(2, 0, |o| o).await;
     let (r0, r1) = (&cluster.replicas[0], &cluster.replicas[1]);
     let token = token_with_ttl(DEV_A3, 60 * DAY);
@@ -460,22 +462,55 @@ async fn a_stale_binding_is_caught_on_the_next_heartbeat() {
         .post("/api/internal/device-revoked", json!({"deviceId": DEV_A3}))
         .await;
     assert!((200..300).contains(&st));
-    // r1 may still admit the old token from its cached row; its first heartbeat ends that.
-    if let Ok(c) = try_device(r1, &token).await {
-        let ack = c.emit_with_ack("heartbeat", json!({}), T).await.unwrap();
-        assert_eq!(
-            assert_err_ack(&ack, "stale heartbeat"),
-            "device_token_stale"
+    for (r, which) in [(r1, "r1, warm cache"), (r0, "r0")] {
+        assert_refused(
+            try_device(r, &token).await,
+            "unauthorized: device_revoked",
+            which,
         );
-        let err = expect_event(&c, "error", "stale socket").await;
-        assert_eq!(err, json!({"message": "device_token_stale"}));
-        assert_eq!(c.closed(T).await, Some(CloseReason::ServerDisconnect));
     }
-    // Fresh rows refuse it outright.
+}
+
+/// A socket whose binding goes stale while it is connected, and that no revocation disconnect
+/// reached (its replica was cut off from the adapter when the route ran), is caught by its next
+/// heartbeat: the error ack, `error {message:"device_token_stale"}`, then a server disconnect.
+#[tokio::test]
+async fn a_stale_binding_is_caught_on_the_next_heartbeat() {
+    let (gw, redis, db, _dir) = redis_gateway(|o| o).await;
+    let token = token_with_ttl(DEV_A3, 60 * DAY);
+    exec(
+        &db,
+        &format!(
+            r#"UPDATE devices SET "jwtToken" = '{}' WHERE "id" = '{DEV_A3}'"#,
+            token_hash(&token)
+        ),
+    )
+    .await;
+    let c = try_device(&gw, &token).await.unwrap();
+    assert_heartbeat_works(&c, "bound token").await;
+
+    // Re-paired: the row and the marker say another token (what the revocation route writes,
+    // without its disconnect).
+    let other = token_hash("re-paired");
+    exec(
+        &db,
+        &format!(r#"UPDATE devices SET "jwtToken" = '{other}' WHERE "id" = '{DEV_A3}'"#),
+    )
+    .await;
+    redis_set(&redis, &format!("device:token:current:{DEV_A3}"), &other).await;
+
+    let ack = c.emit_with_ack("heartbeat", json!({}), T).await.unwrap();
+    assert_eq!(
+        assert_err_ack(&ack, "stale heartbeat"),
+        "device_token_stale"
+    );
+    let err = expect_event(&c, "error", "stale socket").await;
+    assert_eq!(err, json!({"message": "device_token_stale"}));
+    assert_eq!(c.closed(T).await, Some(CloseReason::ServerDisconnect));
     assert_refused(
-        try_device(r0, &token).await,
+        try_device(&gw, &token).await,
         "unauthorized: device_revoked",
-        "stale token on r0",
+        "the stale token",
     );
 }
 

@@ -1,13 +1,15 @@
 //! Device credentials (the original's latest release, contract §10): the token a device presents
 //! is bound to `devices."jwtToken"` at the handshake, re-issued when it nears expiry, and a
-//! socket whose binding goes stale (revocation, re-pair) is caught on its next heartbeat.
+//! socket whose binding goes stale (revocation, re-pair) is refused at its next handshake and
+//! ended by its next heartbeat.
 //!
-//! Why the heartbeat check costs no database query: the original re-reads the row on every
-//! device message. Here the heartbeat script compares the socket's bound hash with
-//! `device:token:current:{id}`, a marker only the revocation route and the rotation write (from
-//! a fresh row read). The marker lives a little longer than any replica's handshake cache
-//! ([`MARKER_TTL_S`]), which is exactly the window in which a replica could still admit a
-//! revoked token from its cached row; after that every handshake sees the database again.
+//! Why neither costs a database query: the original re-reads the row on every device message.
+//! Here the handshake (one GET, after a match on the cached row) and the heartbeat script compare
+//! the binding with `device:token:current:{id}`, a marker only the revocation route and the
+//! rotation write (from a fresh row read). The marker lives a little longer than any replica's
+//! handshake cache ([`MARKER_TTL_S`]), which is exactly the window in which a replica could
+//! still hold the revoked binding in its cached row; after that every handshake sees the
+//! database again.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -145,8 +147,10 @@ impl Gateway {
     /// The handshake's binding check. The row may come from the 30-s cache; a token the cached
     /// row does not admit is never refused on the cache's word: the row is re-read (a rotation
     /// or re-pair on another replica may be newer than the cache), then the grace record of an
-    /// in-flight rotation is consulted. A match on a cached row is accepted (the same staleness
-    /// the disabled flag has); the heartbeat's marker check catches what it lets through.
+    /// in-flight rotation is consulted. A match on a cached row stands unless the marker (written
+    /// from a fresh read by the revocation route or a rotation, on any replica) names another
+    /// binding: then the row is re-read too, so a replica never admits a token revoked
+    /// elsewhere while its cache is warm. One GET per device handshake, no database query.
     pub async fn bind_device_token(
         &self,
         d: &DevicePrincipal,
@@ -155,7 +159,14 @@ impl Gateway {
     ) -> Result<Binding, AuthError> {
         let presented = token_hash(token);
         if let Some(b) = matches_row(cached.jwt_token.as_deref(), token, &presented) {
-            return Ok(b);
+            let marker = self
+                .state
+                .token_marker(&d.device_id)
+                .await
+                .map_err(unavailable)?;
+            if marker.is_none_or(|m| m == b.bound) {
+                return Ok(b);
+            }
         }
         let row = self
             .device_auth_fresh(&d.device_id)

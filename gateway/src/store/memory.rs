@@ -627,6 +627,10 @@ impl StateStore for MemoryStore {
         Ok(self.lock().get(&token_grace_key(device), now_ms()))
     }
 
+    async fn token_marker(&self, device: &str) -> StoreResult<Option<String>> {
+        Ok(self.lock().get(&token_marker_key(device), now_ms()))
+    }
+
     async fn drop_token_grace(
         &self,
         device: &str,

@@ -366,6 +366,8 @@ pub trait StateStore: Send + Sync + 'static {
         grace_json: &str,
         release_cooldown: bool,
     ) -> StoreResult<()>;
+    /// `device:token:current:{id}`, if any (see [`StateStore::set_token_marker`]).
+    async fn token_marker(&self, device: &str) -> StoreResult<Option<String>>;
     /// `device:token:current:{id}`: the token hash the cluster last learnt is the device's
     /// (`""` for an unbound row, `"revoked"` for a deleted or disabled one), for `ttl_s`;
     /// `None` removes it. With `only_if_present` an absent marker stays absent.

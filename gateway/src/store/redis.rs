@@ -703,6 +703,11 @@ impl StateStore for RedisStore {
             .await
     }
 
+    async fn token_marker(&self, device: &str) -> StoreResult<Option<String>> {
+        self.query(::redis::cmd("GET").arg(token_marker_key(device)))
+            .await
+    }
+
     async fn drop_token_grace(
         &self,
         device: &str,
