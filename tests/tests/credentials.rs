@@ -60,6 +60,15 @@ async fn exec(db: &DbTarget, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
+/// Binds the device's row to `value` (`devices."jwtToken"`), as a pairing would.
+async fn bind_row(db: &DbTarget, dev: &str, value: &str) {
+    exec(
+        db,
+        &format!(r#"UPDATE devices SET "jwtToken" = '{value}' WHERE "id" = '{dev}'"#),
+    )
+    .await;
+}
+
 async fn jwt_token(db: &DbTarget, dev: &str) -> Option<String> {
     let conn = db_conn(db).await;
     let r = rows(
@@ -202,14 +211,7 @@ async fn near_expiry_token_is_refreshed_with_grace_and_cooldown() {
 
     // Re-paired meanwhile (another token bound): both old tokens are refused for good.
     let other = token_with_ttl(DEV_A2, 90 * DAY);
-    exec(
-        &db,
-        &format!(
-            r#"UPDATE devices SET "jwtToken" = '{}' WHERE "id" = '{DEV_A2}'"#,
-            token_hash(&other)
-        ),
-    )
-    .await;
+    bind_row(&db, DEV_A2, &token_hash(&other)).await;
     assert_refused(
         try_device(&gw, &old).await,
         "unauthorized: device_revoked",
@@ -302,14 +304,7 @@ async fn null_raw_and_hashed_rows_connect_and_a_foreign_hash_is_refused() {
         c.disconnect().await;
         gw.api().wait_offline(DEV_A3).await;
     }
-    exec(
-        &db,
-        &format!(
-            r#"UPDATE devices SET "jwtToken" = '{}' WHERE "id" = '{DEV_A3}'"#,
-            token_hash("some-other-token")
-        ),
-    )
-    .await;
+    bind_row(&db, DEV_A3, &token_hash("some-other-token")).await;
     // The middleware re-pairs and tells the gateway; the replica's cached row is dropped, and a
     // mismatch is always re-read from the database rather than decided on the cache.
     let (st, _) = gw
@@ -436,27 +431,13 @@ async fn a_replica_with_a_warm_cache_refuses_a_token_revoked_elsewhere() {
     let cluster = Cluster::start(2, 0, |o| o).await;
     let (r0, r1) = (&cluster.replicas[0], &cluster.replicas[1]);
     let token = token_with_ttl(DEV_A3, 60 * DAY);
-    exec(
-        &cluster.db,
-        &format!(
-            r#"UPDATE devices SET "jwtToken" = '{}' WHERE "id" = '{DEV_A3}'"#,
-            token_hash(&token)
-        ),
-    )
-    .await;
+    bind_row(&cluster.db, DEV_A3, &token_hash(&token)).await;
     // r1 caches the row (30 s) with the device's current token.
     let c = try_device(r1, &token).await.unwrap();
     c.disconnect().await;
     r1.api().wait_offline(DEV_A3).await;
     // The screen is re-paired; the middleware tells the gateway through r0.
-    exec(
-        &cluster.db,
-        &format!(
-            r#"UPDATE devices SET "jwtToken" = '{}' WHERE "id" = '{DEV_A3}'"#,
-            token_hash("re-paired")
-        ),
-    )
-    .await;
+    bind_row(&cluster.db, DEV_A3, &token_hash("re-paired")).await;
     let (st, _) = r0
         .api()
         .post("/api/internal/device-revoked", json!({"deviceId": DEV_A3}))
@@ -478,25 +459,14 @@ async fn a_replica_with_a_warm_cache_refuses_a_token_revoked_elsewhere() {
 async fn a_stale_binding_is_caught_on_the_next_heartbeat() {
     let (gw, redis, db, _dir) = redis_gateway(|o| o).await;
     let token = token_with_ttl(DEV_A3, 60 * DAY);
-    exec(
-        &db,
-        &format!(
-            r#"UPDATE devices SET "jwtToken" = '{}' WHERE "id" = '{DEV_A3}'"#,
-            token_hash(&token)
-        ),
-    )
-    .await;
+    bind_row(&db, DEV_A3, &token_hash(&token)).await;
     let c = try_device(&gw, &token).await.unwrap();
     assert_heartbeat_works(&c, "bound token").await;
 
     // Re-paired: the row and the marker say another token (what the revocation route writes,
     // without its disconnect).
     let other = token_hash("re-paired");
-    exec(
-        &db,
-        &format!(r#"UPDATE devices SET "jwtToken" = '{other}' WHERE "id" = '{DEV_A3}'"#),
-    )
-    .await;
+    bind_row(&db, DEV_A3, &other).await;
     redis_set(&redis, &format!("device:token:current:{DEV_A3}"), &other).await;
 
     let ack = c.emit_with_ack("heartbeat", json!({}), T).await.unwrap();
