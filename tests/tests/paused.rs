@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, advance};
 use vizora_gateway::limits::{DeviceLimiter, EdgeGuard, Refusal};
-use vizora_gateway_tests::inproc::{ClockHold, InProc, Recorder, Server, settle, until};
+use vizora_gateway_tests::inproc::{ClockHold, InProc, Recorder, Replica, Server, settle, until};
 use vizora_gateway_tests::{
     DEV_A1, DEV_A2, ORG_A, device_token, status_events, ws_dashboard, ws_device,
 };
@@ -73,16 +73,23 @@ async fn hold_and_start() -> InProc {
     InProc::start(&[]).await
 }
 
+/// The shipped configuration with two replicas, "a" and "b", sharing its stores; the clock stays
+/// held for as long as the returned guard lives.
+async fn two_replicas() -> (ClockHold, InProc, Timings, Replica, Replica) {
+    let hold = ClockHold::new();
+    let c = InProc::start(&[]).await;
+    let t = timings(&c);
+    let (a, b) = (c.replica("a"), c.replica("b"));
+    (hold, c, t, a, b)
+}
+
 fn offline(r: &Recorder, dev: &str) -> usize {
     r.statuses(dev, "offline")
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_lease_not_refreshed_for_the_ttl_is_swept_once_and_a_refreshed_one_never() {
-    let _hold = ClockHold::new();
-    let c = InProc::start(&[]).await;
-    let t = timings(&c);
-    let (a, b) = (c.replica("a"), c.replica("b"));
+    let (_hold, c, t, a, b) = two_replicas().await;
     past_the_first_grace(&c).await;
 
     a.connect(DEV_A1, ORG_A).await;
@@ -134,10 +141,7 @@ async fn a_lease_not_refreshed_for_the_ttl_is_swept_once_and_a_refreshed_one_nev
 
 #[tokio::test(start_paused = true)]
 async fn a_fresh_store_sweeps_nothing_before_its_grace() {
-    let _hold = ClockHold::new();
-    let c = InProc::start(&[]).await;
-    let t = timings(&c);
-    let (a, b) = (c.replica("a"), c.replica("b"));
+    let (_hold, _c, t, a, b) = two_replicas().await;
     b.connect(DEV_A2, ORG_A).await;
     b.crash();
     // The lease is past its deadline after one TTL, but the first sweep (one interval in)
@@ -154,10 +158,7 @@ async fn a_fresh_store_sweeps_nothing_before_its_grace() {
 
 #[tokio::test(start_paused = true)]
 async fn after_a_stall_longer_than_the_ttl_nothing_is_swept_until_the_grace_ends() {
-    let _hold = ClockHold::new();
-    let c = InProc::start(&[]).await;
-    let t = timings(&c);
-    let (a, b) = (c.replica("a"), c.replica("b"));
+    let (_hold, c, t, a, b) = two_replicas().await;
     past_the_first_grace(&c).await;
     a.connect(DEV_A1, ORG_A).await;
     b.connect(DEV_A2, ORG_A).await;
@@ -188,10 +189,7 @@ async fn after_a_stall_longer_than_the_ttl_nothing_is_swept_until_the_grace_ends
 
 #[tokio::test(start_paused = true)]
 async fn an_offline_notification_waits_out_the_delay_and_comes_once() {
-    let _hold = ClockHold::new();
-    let c = InProc::start(&[]).await;
-    let t = timings(&c);
-    let (a, b) = (c.replica("a"), c.replica("b"));
+    let (_hold, c, t, a, b) = two_replicas().await;
     past_the_first_grace(&c).await;
 
     // A2 leaves and comes back (through the other replica) a second before its notice is due;
