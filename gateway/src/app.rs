@@ -19,12 +19,12 @@ use crate::emitter::IoEmitter;
 use crate::http::{self, EdgeState};
 use crate::limits::EdgeGuard;
 use crate::service::impressions::{self, DirectOutbox};
-use crate::service::{Gateway, persist};
+use crate::service::{Backends, Gateway, persist};
 use crate::shutdown::Tasks;
 use crate::storage::Storage;
-use crate::store::outbox::{ImpressionOutbox, RedisOutbox};
+use crate::store::outbox::RedisOutbox;
 use crate::store::target::RedisTarget;
-use crate::store::{PresenceStore, StateStore, memory::MemoryStore, redis::RedisStore};
+use crate::store::{memory::MemoryStore, redis::RedisStore};
 use crate::telemetry::Metrics;
 
 /// Share of `DRAIN_SECONDS` over which live sockets are closed; the rest is left for the last
@@ -45,17 +45,6 @@ const ADAPTER_RETRY_FIRST: Duration = Duration::from_millis(200);
 const ADAPTER_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Bound on the adapter's cross-replica requests (e.g. fetching remote sockets).
 const ADAPTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Everything that does not depend on the adapter type.
-struct Parts {
-    cfg: Arc<Config>,
-    db: Db,
-    presence: Arc<dyn PresenceStore>,
-    state: Arc<dyn StateStore>,
-    outbox: Arc<dyn ImpressionOutbox>,
-    storage: Storage,
-    metrics: Metrics,
-}
 
 /// Opens the database, checking or migrating its schema as configured.
 pub async fn open_database(cfg: &Config) -> anyhow::Result<Db> {
@@ -104,7 +93,7 @@ pub async fn run(
                 "Neither REDIS_URL nor REDIS_SENTINELS is set: SINGLE-NODE MODE (in-process presence, queues and rooms). Do not run more than one replica like this."
             );
             let mem = Arc::new(MemoryStore::new());
-            Parts {
+            Backends {
                 presence: mem.clone(),
                 // The database is local: impressions are written before the ack (see
                 // `service::impressions::DirectOutbox`).
@@ -118,7 +107,7 @@ pub async fn run(
         }
         Some(target) => {
             let r = Arc::new(RedisStore::with_target(target.clone())?);
-            Parts {
+            Backends {
                 presence: r.clone(),
                 outbox: Arc::new(RedisOutbox::new(r.pool())),
                 state: r,
@@ -166,7 +155,7 @@ pub async fn run(
 }
 
 fn gateway(
-    p: Parts,
+    b: Backends,
     emitter: Arc<dyn crate::emitter::Emitter>,
 ) -> (
     Arc<Gateway>,
@@ -174,17 +163,7 @@ fn gateway(
     persist::Persister,
 ) {
     let (persister, rx) = persist::Persister::new();
-    let gw = Gateway::new(
-        p.cfg,
-        p.db,
-        p.presence,
-        p.state,
-        p.outbox,
-        p.storage,
-        p.metrics,
-        emitter,
-        persister.clone(),
-    );
+    let gw = Gateway::new(b, emitter, persister.clone());
     (gw, rx, persister)
 }
 

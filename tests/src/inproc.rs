@@ -43,7 +43,7 @@ use vizora_gateway::config::Config;
 use vizora_gateway::db::Db;
 use vizora_gateway::emitter::Emitter;
 use vizora_gateway::limits::EdgeGuard;
-use vizora_gateway::service::{Gateway, impressions::DirectOutbox, persist};
+use vizora_gateway::service::{Backends, Gateway, impressions::DirectOutbox, persist};
 use vizora_gateway::storage::Storage;
 use vizora_gateway::store::memory::MemoryStore;
 use vizora_gateway::telemetry::Metrics;
@@ -298,21 +298,20 @@ impl InProc {
         let storage = Storage::from_config(&cfg).unwrap();
         let recorder = Arc::new(Recorder::default());
         let (persister, rx) = persist::Persister::new();
-        let gw = Gateway::new(
-            cfg.clone(),
-            self.db.clone(),
-            self.store.clone(),
-            self.store.clone(),
-            Arc::new(DirectOutbox::new(
+        let backends = Backends {
+            cfg: cfg.clone(),
+            db: self.db.clone(),
+            presence: self.store.clone(),
+            state: self.store.clone(),
+            outbox: Arc::new(DirectOutbox::new(
                 self.db.clone(),
                 self.store.clone(),
                 metrics.clone(),
             )),
             storage,
-            metrics.clone(),
-            recorder.clone(),
-            persister.clone(),
-        );
+            metrics: metrics.clone(),
+        };
+        let gw = Gateway::new(backends, recorder.clone(), persister.clone());
         let tasks = gw.tasks().clone();
         let stop = CancellationToken::new();
         let guard = Arc::new(EdgeGuard::new(&cfg.limits));

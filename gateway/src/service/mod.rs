@@ -64,6 +64,19 @@ pub mod room {
     }
 }
 
+/// What a gateway is built on, chosen by the mode (embedded or cluster) before the adapter is:
+/// `app::run` fills it, the in-process test fixture too.
+pub struct Backends {
+    pub cfg: Arc<Config>,
+    pub db: Db,
+    pub presence: Arc<dyn PresenceStore>,
+    pub state: Arc<dyn StateStore>,
+    /// Where accepted impressions wait for the database.
+    pub outbox: Arc<dyn ImpressionOutbox>,
+    pub storage: Storage,
+    pub metrics: Metrics,
+}
+
 /// Everything the services share. Built once by `app::run`. Private fields: see the module doc.
 pub struct Gateway {
     cfg: Arc<Config>,
@@ -94,18 +107,20 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        cfg: Arc<Config>,
-        db: Db,
-        presence: Arc<dyn PresenceStore>,
-        state: Arc<dyn StateStore>,
-        outbox: Arc<dyn ImpressionOutbox>,
-        storage: Storage,
-        metrics: Metrics,
+        b: Backends,
         emitter: Arc<dyn Emitter>,
         persister: persist::Persister,
     ) -> Arc<Gateway> {
+        let Backends {
+            cfg,
+            db,
+            presence,
+            state,
+            outbox,
+            storage,
+            metrics,
+        } = b;
         Arc::new(Gateway {
             verifier: TokenVerifier::new(&cfg.device_jwt_secret, &cfg.jwt_secret),
             device_limiter: crate::limits::DeviceLimiter::new(&cfg.limits),
