@@ -12,7 +12,7 @@ use vizora_gateway::wire::events;
 use vizora_gateway_tests::*;
 use vizora_sioclient::Transport;
 
-use super::{CASES, config, json};
+use super::{CASES, config, embedded_gateway, json};
 use crate::common::{T, assert_alive, device, is_iso_ms};
 
 /// Text frames: Engine.IO packet types and Socket.IO packet heads followed by anything, so the
@@ -67,11 +67,7 @@ fn frame() -> impl Strategy<Value = Message> {
 
 #[test]
 fn arbitrary_frames_never_take_the_replica_down() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (gw, _dir) = rt.block_on(async {
-        let (db, _pg, dir) = gateway::seeded_db("sqlite", 0).await;
-        (Gateway::start(GatewayOptions::new(db)).await, dir)
-    });
+    let (rt, gw, _dir) = embedded_gateway();
     let url = format!(
         "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
         gw.port
@@ -134,11 +130,7 @@ const DEVICE_EVENTS: &[&str] = &[
 
 #[test]
 fn every_device_event_is_answered_with_the_envelope() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (gw, _dir) = rt.block_on(async {
-        let (db, _pg, dir) = gateway::seeded_db("sqlite", 0).await;
-        (Gateway::start(GatewayOptions::new(db)).await, dir)
-    });
+    let (rt, gw, _dir) = embedded_gateway();
     let c = rt.block_on(device(&gw, DEV_A1, ORG_A, Transport::Websocket));
     let mut runner = TestRunner::new(config(CASES));
     let cases = (

@@ -7,7 +7,7 @@ use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 use vizora_gateway_tests::*;
 
-use super::{CASES, KNOWN_KEYS, config, id, json, json_object};
+use super::{CASES, KNOWN_KEYS, config, embedded_gateway, id, json, json_object};
 
 /// Every internal route that takes a body.
 const ROUTES: &[&str] = &[
@@ -39,21 +39,17 @@ fn body() -> impl Strategy<Value = Body> {
 
 struct Api {
     rt: tokio::runtime::Runtime,
-    http: reqwest::Client,
+    api: api::Api,
     gw: Gateway,
     _dir: tempfile::TempDir,
 }
 
 impl Api {
     fn start() -> Api {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let (gw, dir) = rt.block_on(async {
-            let (db, _pg, dir) = gateway::seeded_db("sqlite", 0).await;
-            (Gateway::start(GatewayOptions::new(db)).await, dir)
-        });
+        let (rt, gw, dir) = embedded_gateway();
         Api {
             rt,
-            http: reqwest::Client::new(),
+            api: gw.api(),
             gw,
             _dir: dir,
         }
@@ -64,19 +60,7 @@ impl Api {
             Body::Json(v) => v.to_string().into_bytes(),
             Body::Raw(b) => b.clone(),
         };
-        self.rt.block_on(async {
-            let r = self
-                .http
-                .post(format!("{}{path}", self.gw.url()))
-                .header("x-internal-api-key", INTERNAL_KEY)
-                .header("content-type", "application/json")
-                .body(bytes)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.json().await.unwrap_or(Value::Null))
-        })
+        self.rt.block_on(self.api.post_raw(path, bytes))
     }
 }
 

@@ -33,6 +33,25 @@ fn config(cases: u32) -> ProptestConfig {
     }
 }
 
+/// A runtime of the property's own (proptest drives cases synchronously) and an embedded
+/// gateway started on it; the directory holds its database.
+fn embedded_gateway() -> (
+    tokio::runtime::Runtime,
+    vizora_gateway_tests::Gateway,
+    tempfile::TempDir,
+) {
+    use vizora_gateway_tests::{GatewayOptions, gateway};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (gw, dir) = rt.block_on(async {
+        let (db, _pg, dir) = gateway::seeded_db("sqlite", 0).await;
+        (
+            vizora_gateway_tests::Gateway::start(GatewayOptions::new(db)).await,
+            dir,
+        )
+    });
+    (rt, gw, dir)
+}
+
 /// Field names the decoders look for: random objects use them often, so the generated
 /// payloads reach past the first check of each decoder.
 const KNOWN_KEYS: &[&str] = &[
