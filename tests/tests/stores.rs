@@ -76,6 +76,7 @@ on_both_stores!(
     the_first_sweep_after_a_gap_waits_out_the_grace,
     a_refresh_claim_is_won_once_and_the_grace_dropped_only_by_its_owner,
     a_heartbeat_bound_to_another_token_is_stale_and_takes_nothing,
+    a_due_heartbeat_reports_a_held_refresh_cooldown,
     pending_deliveries_are_taken_once,
     suspended_organisations_are_shared,
 );
@@ -595,7 +596,24 @@ fn hb_at<'a>(
         bound,
         take_pending_playlist: take,
         delivery_ack: false,
+        refresh_due: false,
     }
+}
+
+/// A heartbeat of a socket whose token is due for a refresh learns, in the same round trip,
+/// whether another connection's refresh holds the cooldown; one that is not due is told nothing.
+async fn a_due_heartbeat_reports_a_held_refresh_cooldown(s: &dyn Store) {
+    let due = HeartbeatWrite {
+        refresh_due: true,
+        ..hb("d", "s", None, false)
+    };
+    assert!(!s.device_heartbeat(&due).await.unwrap().refresh_cooldown);
+    assert!(s.claim_token_refresh("d", "{}", 60, 3_600).await.unwrap());
+    assert!(s.device_heartbeat(&due).await.unwrap().refresh_cooldown);
+    let not_due = hb("d", "s", None, false);
+    assert!(!s.device_heartbeat(&not_due).await.unwrap().refresh_cooldown);
+    s.drop_token_grace("d", "{}", true).await.unwrap();
+    assert!(!s.device_heartbeat(&due).await.unwrap().refresh_cooldown);
 }
 
 async fn a_heartbeat_bound_to_another_token_is_stale_and_takes_nothing(s: &dyn Store) {

@@ -85,6 +85,24 @@ impl DeviceSession {
     pub fn bound(&self) -> String {
         self.lock().1.clone()
     }
+
+    /// Whether this socket's token is due to be re-issued: a pairing token (issued for longer
+    /// than the refresh window) within [`REFRESH_WITHIN_S`] of expiry, not yet refreshed on this
+    /// connection. Arithmetic only, so every heartbeat can ask.
+    pub fn refresh_due(&self) -> bool {
+        self.validity_left_if_due().is_some()
+    }
+
+    /// Seconds of validity left, when a refresh is due.
+    fn validity_left_if_due(&self) -> Option<i64> {
+        let (exp, iat) = (self.exp?, self.iat?);
+        let remaining = exp - chrono::Utc::now().timestamp();
+        let due = remaining > 0
+            && remaining <= REFRESH_WITHIN_S
+            && exp - iat > REFRESH_WITHIN_S
+            && !self.refreshed.load(Ordering::Relaxed);
+        due.then_some(remaining)
+    }
 }
 
 /// A handshake's accepted binding.
@@ -214,17 +232,9 @@ impl Gateway {
     /// 90-day pairing tokens): a deliberately short-lived token (`vizora-gateway token device
     /// --ttl 1h`, load tests) is never turned into a 90-day one, nor rotates the row's binding.
     pub async fn maybe_refresh_token(&self, d: &DevicePrincipal, s: &DeviceSession, sid: &str) {
-        let (Some(exp), Some(iat)) = (s.exp, s.iat) else {
+        let Some(remaining) = s.validity_left_if_due() else {
             return;
         };
-        let remaining = exp - chrono::Utc::now().timestamp();
-        if remaining <= 0
-            || remaining > REFRESH_WITHIN_S
-            || exp - iat <= REFRESH_WITHIN_S
-            || s.refreshed.load(Ordering::Relaxed)
-        {
-            return;
-        }
         let id = &d.device_id;
         let token = match mint::refreshed_device_token(
             &self.cfg.device_jwt_secret,

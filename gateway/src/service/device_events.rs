@@ -20,6 +20,9 @@ pub struct HeartbeatReply {
     pub stale: bool,
     pub replay_playlist: Option<PlaylistUpdate>,
     pub replay_commands: Vec<Command>,
+    /// The socket's token is due for a refresh and no other connection holds the cooldown:
+    /// worth a claim ([`Gateway::maybe_refresh_token`]).
+    pub refresh: bool,
 }
 
 /// The `config` event's fixed fields (reference §3.2).
@@ -93,9 +96,11 @@ impl Gateway {
                 stale: false,
                 replay_playlist: None,
                 replay_commands: Vec::new(),
+                refresh: false,
             };
         };
         let bound = session.map(DeviceSession::bound);
+        let refresh_due = session.is_some_and(DeviceSession::refresh_due);
         let (status, latest) = (
             Value::Object(status).to_string(),
             Value::Object(latest).to_string(),
@@ -109,20 +114,25 @@ impl Gateway {
             bound: bound.as_deref(),
             take_pending_playlist: session.is_some_and(|s| s.capabilities),
             delivery_ack: session.is_some_and(|s| s.delivery_ack),
+            refresh_due,
         };
-        let (mut commands, mut pending, superseded, stale) =
+        let (mut commands, mut pending, superseded, stale, refresh) =
             match self.state.device_heartbeat(&write).await {
                 Ok(f) => match f.outcome {
-                    HeartbeatOutcome::Live(raw) => {
-                        (parse_commands(raw), f.pending_playlist, false, false)
-                    }
-                    HeartbeatOutcome::Superseded => (Vec::new(), None, true, false),
-                    HeartbeatOutcome::Stale => (Vec::new(), None, false, true),
+                    HeartbeatOutcome::Live(raw) => (
+                        parse_commands(raw),
+                        f.pending_playlist,
+                        false,
+                        false,
+                        refresh_due && !f.refresh_cooldown,
+                    ),
+                    HeartbeatOutcome::Superseded => (Vec::new(), None, true, false, false),
+                    HeartbeatOutcome::Stale => (Vec::new(), None, false, true, false),
                 },
                 Err(e) => {
                     self.metrics.store_error("redis", "heartbeat");
                     tracing::debug!(device, error = %e, "Heartbeat could not reach Redis.");
-                    (Vec::new(), None, false, false)
+                    (Vec::new(), None, false, false, false)
                 }
             };
         let mut replay_commands = Vec::new();
@@ -137,6 +147,7 @@ impl Gateway {
             stale,
             replay_playlist,
             replay_commands,
+            refresh,
         }
     }
 

@@ -56,7 +56,9 @@ pub(super) async fn on_heartbeat<A: Adapter>(
             hb.replay_playlist,
             hb.replay_commands,
         );
-        gw.maybe_refresh_token(d, x, &sid).await;
+        if hb.refresh {
+            gw.maybe_refresh_token(d, x, &sid).await;
+        }
     }
 }
 

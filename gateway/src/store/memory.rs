@@ -505,6 +505,7 @@ impl StateStore for MemoryStore {
         let none = |outcome| HeartbeatFound {
             outcome,
             pending_playlist: None,
+            refresh_cooldown: false,
         };
         // Same rule as device_heartbeat.lua: only a strictly newer epoch supersedes the socket.
         let newer = g.epochs.get(d).is_some_and(|e| *e > hb.epoch)
@@ -549,9 +550,11 @@ impl StateStore for MemoryStore {
         } else {
             None
         };
+        let refresh_cooldown = hb.refresh_due && g.get(&token_cooldown_key(d), now).is_some();
         Ok(HeartbeatFound {
             outcome: HeartbeatOutcome::Live(cmds),
             pending_playlist,
+            refresh_cooldown,
         })
     }
 

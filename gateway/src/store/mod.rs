@@ -174,6 +174,8 @@ pub struct HeartbeatWrite<'a> {
     pub take_pending_playlist: bool,
     /// The socket acknowledges deliveries: renew `device:delivery-ack:{id}` (its sid).
     pub delivery_ack: bool,
+    /// The socket's token is due for a refresh: report whether the refresh cooldown is held.
+    pub refresh_due: bool,
 }
 
 /// What a heartbeat found, plus the pending playlist it took (if asked).
@@ -181,6 +183,9 @@ pub struct HeartbeatWrite<'a> {
 pub struct HeartbeatFound {
     pub outcome: HeartbeatOutcome,
     pub pending_playlist: Option<String>,
+    /// Asked with `refresh_due`: another connection's refresh holds the cooldown, so trying
+    /// one now would fail.
+    pub refresh_cooldown: bool,
 }
 
 /// A dashboard user's session markers (`user_revoked:{sub}`, `pwd_changed:{sub}`).

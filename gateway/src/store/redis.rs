@@ -603,6 +603,7 @@ impl StateStore for RedisStore {
             .key(pending_playlist_key(d))
             .key(delivery_ack_key(d))
             .key(format!("device:epoch:{d}"))
+            .key(token_cooldown_key(d))
             .arg(hb.status_json)
             .arg(STATUS_ONLINE_TTL_S)
             .arg(hb.latest_json)
@@ -615,8 +616,9 @@ impl StateStore for RedisStore {
             } else {
                 String::new()
             })
-            .arg(hb.epoch.to_string());
-        let (code, cmds, pending): (i64, Vec<String>, String) = self.run(inv).await?;
+            .arg(hb.epoch.to_string())
+            .arg(if hb.refresh_due { "1" } else { "0" });
+        let (code, cmds, pending, held): (i64, Vec<String>, String, i64) = self.run(inv).await?;
         let outcome = match code {
             1 => HeartbeatOutcome::Live(cmds),
             2 => HeartbeatOutcome::Stale,
@@ -625,6 +627,7 @@ impl StateStore for RedisStore {
         Ok(HeartbeatFound {
             outcome,
             pending_playlist: (!pending.is_empty()).then_some(pending),
+            refresh_cooldown: held == 1,
         })
     }
 

@@ -5,7 +5,11 @@
 --       6 bound token hash ('-' = no check) 7 take pending playlist ('1'/'0')
 --       8 delivery-ack marker TTL ('' = the socket does not acknowledge deliveries)
 --       9 epoch (the socket's); KEYS 8 device:epoch:{id}
--- Returns {code, commands, pending_playlist_or_empty}: code 1 live, 0 superseded, 2 stale.
+--       10 '1': the socket's token is due for a refresh, report whether KEYS 9
+--          device:token:refresh-cooldown:{id} is held (so a due device costs no second round
+--          trip per heartbeat while another connection's refresh holds the cooldown)
+-- Returns {code, commands, pending_playlist_or_empty, cooldown_held}: code 1 live,
+-- 0 superseded, 2 stale.
 -- Superseded exactly as heartbeat.lua decides it: only a strictly newer epoch (stored, or in
 -- the lease) supersedes the socket; none, or an older one, counts as the socket's.
 -- A socket whose bound token is no longer the device's (the marker, written by the revocation
@@ -13,19 +17,19 @@
 local mine = tonumber(ARGV[9])
 local stored = tonumber(redis.call('GET', KEYS[8]) or '')
 if stored and stored > mine then
-  return {0, {}, ''}
+  return {0, {}, '', 0}
 end
 local lease = redis.call('GET', KEYS[4])
 if lease then
   local ok, l = pcall(cjson.decode, lease)
   if ok and type(l) == 'table' and (tonumber(l.epoch) or 0) > mine then
-    return {0, {}, ''}
+    return {0, {}, '', 0}
   end
 end
 if ARGV[6] ~= '-' then
   local current = redis.call('GET', KEYS[5])
   if current and current ~= ARGV[6] then
-    return {2, {}, ''}
+    return {2, {}, '', 0}
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -44,4 +48,8 @@ if ARGV[7] == '1' then
     redis.call('DEL', KEYS[6])
   end
 end
-return {1, cmds, pending}
+local held = 0
+if ARGV[10] == '1' then
+  held = redis.call('EXISTS', KEYS[9])
+end
+return {1, cmds, pending, held}
