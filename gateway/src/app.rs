@@ -38,6 +38,9 @@ const DRAIN_BATCHES: u32 = 10;
 const RESYNC_MARGIN: Duration = Duration::from_millis(250);
 /// How often the suspended-tenant set is re-read from Redis (handshakes check memory).
 const SUSPENDED_REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// How often the dependencies are probed for `vizora_gateway_dependency_up` (each probe is
+/// bounded by its own timeout, so a hung dependency delays only the next sample).
+const DEPENDENCY_PROBE_EVERY: Duration = Duration::from_secs(5);
 /// How often idle per-IP and per-device limiter state is forgotten.
 const LIMITER_HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 /// The adapter's first retry when Redis is down at start, and the cap of its doubling backoff.
@@ -238,6 +241,7 @@ async fn serve<A: Adapter>(
     let cfg = gw.cfg().clone();
     let tasks = gw.tasks().clone();
     let guard = Arc::new(EdgeGuard::new(&cfg.limits));
+    gw.set_connection_cap(guard.max_connections);
     spawn_background(&tasks, &gw, &guard);
     if let Some(rx) = adapter_reconnects {
         tasks.spawn(resync_after_reconnects(gw.clone(), rx, tasks.stop_token()));
@@ -260,11 +264,34 @@ async fn serve<A: Adapter>(
         gw: gw.clone(),
         guard,
     };
-    let app: Router = http::routes(gw.clone())
+    let public = if cfg.internal_port.is_some() {
+        http::Routes::Public
+    } else {
+        http::Routes::All
+    };
+    let app: Router = http::routes(gw.clone(), public)
         .layer(layer)
         .layer(axum::middleware::map_request(http::own_request_bytes))
         .layer(http::cors(&cfg.cors_origins))
-        .layer(axum::middleware::from_fn_with_state(edge, http::gate));
+        .layer(axum::middleware::from_fn_with_state(
+            edge.clone(),
+            http::gate,
+        ));
+    // The operator port stays up through the drain (readiness says 503 there) and closes after
+    // the public one has finished.
+    let internal_done = CancellationToken::new();
+    if let Some(port) = cfg.internal_port {
+        let internal = bind_internal(&cfg, port).await?;
+        let app: Router = http::routes(gw.clone(), http::Routes::Internal)
+            .layer(axum::middleware::from_fn_with_state(edge, http::gate));
+        tasks.spawn(serve_internal(
+            internal,
+            app,
+            tcp_limits(&cfg),
+            gw.listener_metrics(),
+            internal_done.clone(),
+        ));
+    }
 
     tracing::info!(addr = %listener.local_addr()?, replica = %cfg.replica_id, "Gateway listening.");
     let drain_gw = gw.clone();
@@ -274,17 +301,7 @@ async fn serve<A: Adapter>(
         drain_trigger.cancelled().await;
         drain_sockets(&drain_gw, &drain_io).await;
     };
-    let listener = crate::net::KillListener::new(
-        listener,
-        crate::net::TcpLimits {
-            max_connections: cfg.limits.max_tcp_connections,
-            max_per_ip: cfg.limits.max_tcp_connections_per_ip,
-            header_timeout: cfg.limits.http_header_timeout,
-            idle_timeout: cfg.limits.http_idle_timeout,
-            trusted_proxies: cfg.limits.trusted_proxies.clone(),
-        },
-        gw.listener_metrics(),
-    );
+    let listener = crate::net::KillListener::new(listener, tcp_limits(&cfg), gw.listener_metrics());
     let serving = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<crate::net::Peer>(),
@@ -306,12 +323,53 @@ async fn serve<A: Adapter>(
         }
     };
     let deadline = deadline.unwrap_or_else(|| Instant::now() + cfg.drain);
+    internal_done.cancel();
     if !tasks.stop_and_wait(deadline).await {
         tracing::warn!("Background tasks did not stop within the drain; cancelled.");
     }
     served?;
     tracing::info!("Gateway stopped.");
     Ok(())
+}
+
+fn tcp_limits(cfg: &Config) -> crate::net::TcpLimits {
+    crate::net::TcpLimits {
+        max_connections: cfg.limits.max_tcp_connections,
+        max_per_ip: cfg.limits.max_tcp_connections_per_ip,
+        header_timeout: cfg.limits.http_header_timeout,
+        idle_timeout: cfg.limits.http_idle_timeout,
+        trusted_proxies: cfg.limits.trusted_proxies.clone(),
+    }
+}
+
+async fn bind_internal(cfg: &Config, port: u16) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((cfg.host.as_str(), port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{port} (INTERNAL_PORT): {e}", cfg.host))
+}
+
+/// The `INTERNAL_PORT` listener: the operator routes, with the same TCP ceilings and timers as
+/// the public port, until `done` (the public port has drained).
+async fn serve_internal(
+    listener: TcpListener,
+    app: Router,
+    limits: crate::net::TcpLimits,
+    metrics: crate::telemetry::Metrics,
+    done: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "Internal routes (health, metrics, internal API) listening.");
+    }
+    let listener = crate::net::KillListener::new(listener, limits, metrics);
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<crate::net::Peer>(),
+    )
+    .with_graceful_shutdown(done.cancelled_owned())
+    .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "Internal listener failed.");
+    }
 }
 
 /// How often a replica refreshes its leases (and retries releases that failed).
@@ -428,6 +486,9 @@ pub fn spawn_background(tasks: &Tasks, gw: &Arc<Gateway>, guard: &Arc<EdgeGuard>
         gw.clone(),
         |gw| async move { gw.suspended_refresh_once().await },
     );
+    every(tasks, DEPENDENCY_PROBE_EVERY, gw.clone(), |gw| async move {
+        gw.record_dependencies().await
+    });
     let guard = guard.clone();
     every(tasks, LIMITER_HOUSEKEEPING_EVERY, gw.clone(), move |gw| {
         let guard = guard.clone();

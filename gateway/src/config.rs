@@ -172,6 +172,11 @@ pub struct Config {
     pub host: String,
     /// `PORT` (3002).
     pub port: u16,
+    /// `INTERNAL_PORT` (unset): when set, the metrics, the internal API and the health routes
+    /// are served on this port only and the public port answers them 404, so a NetworkPolicy can
+    /// keep the ingress away from them. Unset, everything shares `PORT` as in the original (its
+    /// middleware calls the internal API on the public port).
+    pub internal_port: Option<u16>,
     /// `DATABASE_URL` (unset: SQLite file `vizora-gateway.sqlite` in the working directory).
     pub database: DatabaseConfig,
     /// `DB_MIGRATE` (true for SQLite, false for PostgreSQL).
@@ -283,6 +288,20 @@ impl Config {
             errors: Vec::new(),
         };
         let port = p.num::<u16>("PORT", 3002);
+        let internal_port = match p.opt("INTERNAL_PORT") {
+            None => None,
+            Some(v) => match v.parse::<u16>() {
+                Ok(ip) if ip != 0 && ip != port => Some(ip),
+                Ok(_) => {
+                    p.err("INTERNAL_PORT", "must be a port other than 0 and PORT");
+                    None
+                }
+                Err(_) => {
+                    p.err("INTERNAL_PORT", &format!("`{v}` is not a port number"));
+                    None
+                }
+            },
+        };
         let database = match p.opt("DATABASE_URL") {
             None => DatabaseConfig::Sqlite {
                 url: "sqlite://vizora-gateway.sqlite?mode=rwc".into(),
@@ -369,6 +388,7 @@ impl Config {
         let cfg = Config {
             host: p.opt("HOST").unwrap_or_else(|| "0.0.0.0".into()),
             port,
+            internal_port,
             database,
             db_migrate,
             redis,
@@ -675,6 +695,23 @@ mod tests {
             c.content_url_template(),
             "http://localhost:3000/api/device-content/{id}/file"
         );
+    }
+
+    #[test]
+    fn internal_port_is_off_by_default_and_must_differ_from_port() {
+        assert_eq!(Config::from_map(&base()).unwrap().internal_port, None);
+        let mut m = base();
+        m.insert("INTERNAL_PORT".into(), "9102".into());
+        assert_eq!(Config::from_map(&m).unwrap().internal_port, Some(9102));
+        for bad in ["3002", "0", "ninety", "70000"] {
+            let mut m = base();
+            m.insert("INTERNAL_PORT".into(), bad.into());
+            let e = Config::from_map(&m).unwrap_err();
+            assert!(
+                e.0.iter().any(|l| l.starts_with("INTERNAL_PORT: ")),
+                "{bad}: {e:?}"
+            );
+        }
     }
 
     #[test]

@@ -30,12 +30,17 @@ pub enum ProbeError {
     Status(u16),
 }
 
-/// The default target: this host's readiness route on `$PORT` (3002 when unset or unparsable;
-/// the server itself refuses a bad PORT, so the probe then fails to connect, which is right).
+/// The default target: this host's readiness route on `$INTERNAL_PORT` when set (the health
+/// routes live there then), else on `$PORT` (3002 when unset or unparsable; the server itself
+/// refuses a bad PORT, so the probe then fails to connect, which is right).
 pub fn default_url() -> String {
-    let port = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.trim().parse::<u16>().ok())
+    let port_of = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok())
+    };
+    let port = port_of("INTERNAL_PORT")
+        .or_else(|| port_of("PORT"))
         .unwrap_or(3002);
     format!("http://127.0.0.1:{port}/api/health/ready")
 }

@@ -89,7 +89,11 @@ pub struct EdgeGuard {
     live: Arc<LiveSockets>,
     pub max_connections: usize,
     pub trusted_proxies: TrustedProxies,
+    unknown_warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the unknown-client-address warning may be logged.
+pub const UNKNOWN_CLIENT_WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl EdgeGuard {
     pub fn new(l: &Limits) -> Self {
@@ -99,6 +103,7 @@ impl EdgeGuard {
             live: Arc::default(),
             max_connections: l.max_connections,
             trusted_proxies: l.trusted_proxies.clone(),
+            unknown_warned: std::sync::Mutex::default(),
         }
     }
 
@@ -107,14 +112,19 @@ impl EdgeGuard {
         &self.live
     }
 
-    pub fn check(&self, ip: IpAddr, draining: bool) -> Result<(), Refusal> {
+    /// `ip` is the client address, `None` when the trusted proxies hide it: the per-IP bucket is
+    /// skipped then (one bucket for a whole ingress would throttle the fleet as one venue), and
+    /// the global rate and the cap still hold.
+    pub fn check(&self, ip: Option<IpAddr>, draining: bool) -> Result<(), Refusal> {
         if draining {
             return Err(Refusal::Draining);
         }
         if self.live.get() >= self.max_connections {
             return Err(Refusal::ServerBusy);
         }
-        if let Err(nu) = self.per_ip.check_key(&ip) {
+        if let Some(ip) = ip
+            && let Err(nu) = self.per_ip.check_key(&ip)
+        {
             let retry_after = nu.wait_time_from(TokioClock.now());
             return Err(Refusal::RateLimited { retry_after });
         }
@@ -122,6 +132,24 @@ impl EdgeGuard {
             return Err(Refusal::ServerBusy);
         }
         Ok(())
+    }
+
+    /// Whether a handshake with an unknown client address should log the warning now: at most
+    /// once per [`UNKNOWN_CLIENT_WARN_EVERY`], so a fleet behind a misconfigured ingress writes
+    /// one line a minute, not one per handshake.
+    pub fn warn_unknown_client(&self) -> bool {
+        let now = TokioClock.now();
+        let mut last = self
+            .unknown_warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *last {
+            Some(at) if now.saturating_duration_since(at) < UNKNOWN_CLIENT_WARN_EVERY => false,
+            _ => {
+                *last = Some(now);
+                true
+            }
+        }
     }
 
     /// Forgets idle keys so the per-IP map does not grow without bound.
@@ -202,29 +230,68 @@ mod tests {
     fn per_ip_then_cap_then_drain() {
         let g = EdgeGuard::new(&limits());
         let ip: IpAddr = [192, 0, 2, 1].into();
-        assert!(g.check(ip, false).is_ok());
-        assert!(g.check(ip, false).is_ok());
+        assert!(g.check(Some(ip), false).is_ok());
+        assert!(g.check(Some(ip), false).is_ok());
         assert!(matches!(
-            g.check(ip, false),
+            g.check(Some(ip), false),
             Err(Refusal::RateLimited { .. })
         ));
         assert!(
-            g.check([192, 0, 2, 2].into(), false).is_ok(),
+            g.check(Some([192, 0, 2, 2].into()), false).is_ok(),
             "other IPs are independent"
         );
         g.live().opened();
         g.live().opened();
         assert_eq!(
-            g.check([192, 0, 2, 3].into(), false),
+            g.check(Some([192, 0, 2, 3].into()), false),
             Err(Refusal::ServerBusy),
             "the cap reads the edge's own count"
         );
         g.live().closed();
-        assert!(g.check([192, 0, 2, 3].into(), false).is_ok());
+        assert!(g.check(Some([192, 0, 2, 3].into()), false).is_ok());
         g.live().closed();
         g.live().closed();
         assert_eq!(g.live().get(), 0, "never below zero");
-        assert_eq!(g.check([192, 0, 2, 4].into(), true), Err(Refusal::Draining));
+        assert_eq!(
+            g.check(Some([192, 0, 2, 4].into()), true),
+            Err(Refusal::Draining)
+        );
+    }
+
+    /// Without a client address the per-IP bucket is not consulted (it would be one bucket for
+    /// the whole ingress), while the cap and the global rate still refuse.
+    #[test]
+    fn unknown_clients_skip_only_the_per_ip_bucket() {
+        let l = Limits {
+            max_connections: 100,
+            connect_burst_global: 5,
+            ..limits()
+        };
+        let g = EdgeGuard::new(&l);
+        let results: Vec<_> = (0..6).map(|_| g.check(None, false)).collect();
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            5,
+            "per-IP burst 2 ignored, global burst 5 holds: {results:?}"
+        );
+        assert_eq!(results[5], Err(Refusal::ServerBusy));
+        let g = EdgeGuard::new(&limits());
+        g.live().opened();
+        g.live().opened();
+        assert_eq!(g.check(None, false), Err(Refusal::ServerBusy), "the cap");
+        assert_eq!(g.check(None, true), Err(Refusal::Draining));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_unknown_client_warning_is_logged_at_most_once_a_minute() {
+        let g = EdgeGuard::new(&limits());
+        assert!(g.warn_unknown_client());
+        assert!(!g.warn_unknown_client());
+        tokio::time::advance(UNKNOWN_CLIENT_WARN_EVERY - Duration::from_secs(1)).await;
+        assert!(!g.warn_unknown_client());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(g.warn_unknown_client());
+        assert!(!g.warn_unknown_client());
     }
 
     #[test]

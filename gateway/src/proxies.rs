@@ -7,12 +7,46 @@
 //! hop that is not is the client. A client that writes extra hops on the left changes nothing.
 //! Every address-based rule (connect limits, the metrics loopback exemption) uses [`client_ip`].
 //!
+//! When the walk never meets an untrusted hop (the peer and every hop are trusted proxies), the
+//! client address is [`ClientAddr::Unknown`]: an ingress that replaces `X-Forwarded-For` with
+//! the node address it saw, or a cloud balancer in `externalTrafficPolicy: Cluster`, hands the
+//! gateway only its own infrastructure's addresses. Keying a per-IP bucket on such an address
+//! would throttle a whole fleet's reconnect storm as one venue, so the edge skips the per-IP
+//! limits for such handshakes (contract §2) and says so.
+//!
 //! [`client_ip`]: TrustedProxies::client_ip
 
 use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
+
+/// Who sent a request, as far as the trusted proxies let us see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAddr {
+    /// The right-most hop that is not a trusted proxy (or an untrusted peer).
+    Known(IpAddr),
+    /// Every hop is a trusted proxy. `nearest` is the last address the walk reached (the
+    /// left-most trusted hop, or the peer with no header): infrastructure, never a client.
+    Unknown { nearest: IpAddr },
+}
+
+impl ClientAddr {
+    /// The client's address, when one is visible.
+    pub fn known(self) -> Option<IpAddr> {
+        match self {
+            ClientAddr::Known(ip) => Some(ip),
+            ClientAddr::Unknown { .. } => None,
+        }
+    }
+
+    /// The address the walk ended on, known or not: what the loopback rules compare.
+    pub fn nearest(self) -> IpAddr {
+        match self {
+            ClientAddr::Known(ip) | ClientAddr::Unknown { nearest: ip } => ip,
+        }
+    }
+}
 
 /// The `TRUSTED_PROXIES` list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,15 +83,16 @@ impl TrustedProxies {
     /// header order; several header lines are one list). The right-most hop that is not a
     /// trusted proxy, walking left from the peer; the peer itself when it is not trusted. A hop
     /// that is not an address stops the walk at the last address known (a trusted proxy wrote
-    /// nonsense: nothing to its left can be believed).
+    /// nonsense: nothing to its left can be believed), and so does the end of the header; if
+    /// that address is a trusted proxy, the client is [`ClientAddr::Unknown`].
     pub fn client_ip<'a>(
         &self,
         peer: IpAddr,
         forwarded_for: impl IntoIterator<Item = Option<&'a str>>,
-    ) -> IpAddr {
+    ) -> ClientAddr {
         let mut current = peer.to_canonical();
         if !self.contains(current) {
-            return current;
+            return ClientAddr::Known(current);
         }
         let hops: Vec<Option<&str>> = forwarded_for
             .into_iter()
@@ -68,20 +103,20 @@ impl TrustedProxies {
             .collect();
         for hop in hops.into_iter().rev() {
             match hop.and_then(parse_hop) {
-                None => return current,
+                None => break,
                 Some(ip) => {
                     current = ip;
                     if !self.contains(ip) {
-                        return ip;
+                        return ClientAddr::Known(ip);
                     }
                 }
             }
         }
-        current
+        ClientAddr::Unknown { nearest: current }
     }
 
     /// [`Self::client_ip`] with the request's `X-Forwarded-For` headers.
-    pub fn client_ip_of(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub fn client_ip_of(&self, peer: IpAddr, headers: &HeaderMap) -> ClientAddr {
         self.client_ip(
             peer,
             headers
@@ -163,36 +198,47 @@ mod tests {
     fn right_most_untrusted_hop_is_the_client() {
         let t = list(&["10.0.0.0/8", "127.0.0.1"]);
         let peer = ip("127.0.0.1");
+        let known = |s: &str| ClientAddr::Known(ip(s));
         let one = |h: &str| t.client_ip(peer, [Some(h)]);
         // nginx appended the real client; the client forged the left hops.
-        assert_eq!(one("1.1.1.1, 203.0.113.9"), ip("203.0.113.9"));
-        assert_eq!(one("127.0.0.1, 203.0.113.9"), ip("203.0.113.9"));
+        assert_eq!(one("1.1.1.1, 203.0.113.9"), known("203.0.113.9"));
+        assert_eq!(one("127.0.0.1, 203.0.113.9"), known("203.0.113.9"));
         // Two proxies in a row: skip both.
-        assert_eq!(one("1.1.1.1, 203.0.113.9, 10.0.0.7"), ip("203.0.113.9"));
+        assert_eq!(one("1.1.1.1, 203.0.113.9, 10.0.0.7"), known("203.0.113.9"));
         // Ports and brackets.
-        assert_eq!(one("203.0.113.9:5555"), ip("203.0.113.9"));
-        assert_eq!(one("[2001:db8::1]:443"), ip("2001:db8::1"));
-        // Nonsense written by a trusted proxy: the last address known.
-        assert_eq!(one("203.0.113.9, junk, 10.0.0.7"), ip("10.0.0.7"));
-        // Every hop trusted: the left-most one.
-        assert_eq!(one("10.0.0.8, 10.0.0.7"), ip("10.0.0.8"));
-        // No header: the peer.
-        assert_eq!(t.client_ip(peer, []), peer);
+        assert_eq!(one("203.0.113.9:5555"), known("203.0.113.9"));
+        assert_eq!(one("[2001:db8::1]:443"), known("2001:db8::1"));
         // Several header lines are one list, in order.
         assert_eq!(
             t.client_ip(peer, [Some("1.1.1.1"), Some("203.0.113.9")]),
-            ip("203.0.113.9")
+            known("203.0.113.9")
         );
         // An untrusted peer's header is not read at all.
         assert_eq!(
             t.client_ip(ip("198.51.100.4"), [Some("203.0.113.9")]),
-            ip("198.51.100.4")
+            known("198.51.100.4")
         );
         // No list: nothing is believed.
         assert_eq!(
             TrustedProxies::default().client_ip(peer, [Some("203.0.113.9")]),
-            peer
+            known("127.0.0.1")
         );
+    }
+
+    /// An ingress that replaced the header with a node address, a proxy that sent none, or a
+    /// trusted proxy that wrote nonsense: no untrusted hop, so no client address.
+    #[test]
+    fn a_chain_of_trusted_hops_hides_the_client() {
+        let t = list(&["10.0.0.0/8", "127.0.0.1"]);
+        let peer = ip("127.0.0.1");
+        let one = |h: &str| t.client_ip(peer, [Some(h)]);
+        let unknown = |s: &str| ClientAddr::Unknown { nearest: ip(s) };
+        assert_eq!(one("10.20.30.40"), unknown("10.20.30.40"));
+        assert_eq!(one("10.0.0.8, 10.0.0.7"), unknown("10.0.0.8"));
+        assert_eq!(t.client_ip(peer, []), unknown("127.0.0.1"));
+        assert_eq!(one("203.0.113.9, junk, 10.0.0.7"), unknown("10.0.0.7"));
+        assert_eq!(one("10.20.30.40").known(), None);
+        assert_eq!(one("203.0.113.9").known(), Some(ip("203.0.113.9")));
     }
 
     fn any_ip() -> impl Strategy<Value = IpAddr> {
@@ -221,7 +267,7 @@ mod tests {
             hops.push(real.to_string());
             hops.extend(chain.iter().map(|b| format!("10.0.0.{b}")));
             let header = hops.join(", ");
-            prop_assert_eq!(t.client_ip(ip("127.0.0.1"), [Some(header.as_str())]), real.to_canonical());
+            prop_assert_eq!(t.client_ip(ip("127.0.0.1"), [Some(header.as_str())]), ClientAddr::Known(real.to_canonical()));
         }
 
         /// A peer that is not a trusted proxy is the client, whatever its header says.
@@ -229,18 +275,22 @@ mod tests {
         fn untrusted_peers_are_taken_at_their_word(peer in any_ip(), header in ".{0,60}") {
             let t = trusted();
             prop_assume!(!t.contains(peer));
-            prop_assert_eq!(t.client_ip(peer, [Some(header.as_str())]), peer.to_canonical());
+            prop_assert_eq!(t.client_ip(peer, [Some(header.as_str())]), ClientAddr::Known(peer.to_canonical()));
         }
 
-        /// The answer is the peer or one of the hops, and never a trusted proxy while an
-        /// untrusted address stands to the right of every nonsense hop.
+        /// The answer is the peer or one of the hops; a known client is never a trusted proxy,
+        /// and an unknown one is only reported when no untrusted address was reached.
         #[test]
         fn answer_is_a_known_address(header in ".{0,80}") {
             let t = trusted();
             let peer = ip("10.0.0.1");
             let got = t.client_ip(peer, [Some(header.as_str())]);
-            let known: Vec<IpAddr> = header.split(',').filter_map(parse_hop).collect();
-            prop_assert!(got == peer || known.contains(&got));
+            let hops: Vec<IpAddr> = header.split(',').filter_map(parse_hop).collect();
+            prop_assert!(got.nearest() == peer || hops.contains(&got.nearest()));
+            match got {
+                ClientAddr::Known(ip) => prop_assert!(!t.contains(ip)),
+                ClientAddr::Unknown { nearest } => prop_assert!(t.contains(nearest)),
+            }
         }
     }
 }

@@ -37,6 +37,12 @@ pub struct Gauges {
     pub impressions_buffered: AtomicI64,
     /// 1 from the moment this replica starts its SIGTERM drain.
     pub draining: AtomicI64,
+    /// The connection cap in force (`MAX_CONNECTIONS`): the capacity alert divides by it.
+    pub connection_cap: AtomicI64,
+    /// 1 while the last probe of Redis answered, 0 while not, -1 without Redis (not exported).
+    pub redis_up: AtomicI64,
+    /// 1 while the last probe of the database answered, 0 while not.
+    pub database_up: AtomicI64,
 }
 
 /// The gateway's instruments.
@@ -58,6 +64,7 @@ pub struct Metrics {
     impressions_written: Counter<u64>,
     impressions_dropped: Counter<u64>,
     drain_closed: Counter<u64>,
+    unknown_client: Counter<u64>,
 }
 
 impl Metrics {
@@ -112,6 +119,27 @@ impl Metrics {
             )
             .with_callback(move |o| o.observe(g.draining.load(Ordering::Relaxed), &[]))
             .build();
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("vizora_gateway_connection_cap")
+            .with_description("Socket.IO connections this replica accepts (MAX_CONNECTIONS)")
+            .with_callback(move |o| o.observe(g.connection_cap.load(Ordering::Relaxed), &[]))
+            .build();
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("vizora_gateway_dependency_up")
+            .with_description(
+                "1 while the last probe of the dependency answered (readiness does not follow it)",
+            )
+            .with_callback(move |o| {
+                for (name, v) in [("redis", &g.redis_up), ("database", &g.database_up)] {
+                    let v = v.load(Ordering::Relaxed);
+                    if v >= 0 {
+                        o.observe(v, &[KeyValue::new("dependency", name)]);
+                    }
+                }
+            })
+            .build();
         let counter = |name: &'static str, desc: &'static str| {
             meter.u64_counter(name).with_description(desc).build()
         };
@@ -160,6 +188,10 @@ impl Metrics {
             drain_closed: counter(
                 "vizora_gateway_drain_closed",
                 "Socket transports the drain closed so their clients reconnect to another replica",
+            ),
+            unknown_client: counter(
+                "vizora_gateway_handshakes_unknown_client",
+                "Handshakes whose client address the trusted proxies hid (per-IP limits skipped)",
             ),
             heartbeat_seconds: meter
                 .f64_histogram("vizora_gateway_heartbeat_duration")
@@ -245,6 +277,9 @@ impl Metrics {
     }
     pub fn drain_closed(&self, n: u64) {
         self.drain_closed.add(n, &[]);
+    }
+    pub fn unknown_client(&self) {
+        self.unknown_client.add(1, &[]);
     }
     pub fn heartbeat_duration(&self, secs: f64) {
         self.heartbeat_seconds.record(secs, &[]);

@@ -32,6 +32,8 @@ pub struct GatewayOptions {
     pub env: HashMap<String, String>,
     /// Run with the shipped connection and message limits instead of the raised test ones.
     pub shipped_limits: bool,
+    /// Serve the operator routes on a second free port (`INTERNAL_PORT`).
+    pub internal_port: bool,
 }
 
 /// `r-<pid>-<n>`: unique among the replicas of every test in this process.
@@ -49,6 +51,7 @@ impl GatewayOptions {
             replica_id: next_replica_id(),
             env: HashMap::new(),
             shipped_limits: false,
+            internal_port: false,
         }
     }
     pub fn redis(mut self, url: &str) -> Self {
@@ -63,6 +66,12 @@ impl GatewayOptions {
     /// raises them so tests are not throttled by each other's connects).
     pub fn shipped_limits(mut self) -> Self {
         self.shipped_limits = true;
+        self
+    }
+    /// Health, metrics and the internal API on their own port: [`Gateway::api`] then talks to
+    /// it, and [`Gateway::url`] stays the public port.
+    pub fn internal_port(mut self) -> Self {
+        self.internal_port = true;
         self
     }
     pub fn env(mut self, k: &str, v: impl ToString) -> Self {
@@ -128,6 +137,8 @@ pub fn gateway_bin() -> PathBuf {
 
 pub struct Gateway {
     pub port: u16,
+    /// `INTERNAL_PORT`, when [`GatewayOptions::internal_port`] asked for one.
+    pub internal_port: Option<u16>,
     pub opts: GatewayOptions,
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -143,25 +154,32 @@ impl Gateway {
     /// Starts the process and waits only until it listens, not until it answers (for replicas
     /// expected to stay unready, e.g. refusing an untrusted Redis certificate).
     pub async fn launch(opts: GatewayOptions) -> Gateway {
+        let n = if opts.internal_port { 2 } else { 1 };
         let mut g = Gateway {
             port: 0,
+            internal_port: None,
             opts,
             child: None,
             dir: tempfile::tempdir().unwrap(),
         };
-        let (ports, child) = crate::ports::start_on_free_ports(1, "gateway-under-test", |p| {
+        let (ports, child) = crate::ports::start_on_free_ports(n, "gateway-under-test", |p| {
             g.port = p[0];
+            g.internal_port = p.get(1).copied();
             g.spawn_process()
         })
         .await;
         g.port = ports[0];
+        g.internal_port = ports.get(1).copied();
         g.child = Some(child);
         g
     }
 
     /// Starts the process again on its port (clients and other replicas know it).
     async fn spawn(&mut self) {
-        let ports = [self.port];
+        let ports: Vec<u16> = [Some(self.port), self.internal_port]
+            .into_iter()
+            .flatten()
+            .collect();
         let child =
             crate::ports::start_on_ports(&ports, "gateway-under-test", |_| self.spawn_process())
                 .await;
@@ -194,6 +212,9 @@ impl Gateway {
         if let Some(r) = &self.opts.redis_url {
             cmd.env("REDIS_URL", r);
         }
+        if let Some(p) = self.internal_port {
+            cmd.env("INTERNAL_PORT", p.to_string());
+        }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
@@ -204,7 +225,7 @@ impl Gateway {
     }
 
     async fn wait_live(&self) {
-        let url = format!("{}/api/health/live", self.url());
+        let url = format!("{}/api/health/live", self.api_url());
         let client = reqwest::Client::new();
         let logs = self.log_path();
         crate::eventually(
@@ -228,6 +249,14 @@ impl Gateway {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Where health, metrics and the internal API answer: the internal port when there is one.
+    pub fn api_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.internal_port.unwrap_or(self.port)
+        )
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -305,7 +334,7 @@ impl Gateway {
     }
 
     pub fn api(&self) -> crate::api::Api {
-        crate::api::Api::new(&self.url())
+        crate::api::Api::new(&self.api_url())
     }
 }
 

@@ -284,30 +284,32 @@ async fn epoch_stays_monotonic_across_a_redis_restart() {
 }
 
 #[tokio::test]
-async fn during_a_redis_outage_live_sockets_are_served_and_readiness_reports_it() {
+async fn during_a_redis_outage_live_sockets_are_served_and_health_reports_it() {
     let mut c = Cluster::start(2, 0, |o| o).await;
     let screen = ws_device(c.replicas[0].client(), DEV_A1).await;
     let api = c.replicas[0].api();
     c.redis.stop();
-    // Heartbeats are still answered (presence follows the socket), readiness reports the outage.
+    // Heartbeats are still answered (presence follows the socket); the deep health reports the
+    // outage, readiness does not (contract §7: the replica stays in the Service).
     let ack = screen
         .emit_with_ack("heartbeat", json!({"metrics": {"cpuUsage": 5}}), T)
         .await
         .unwrap();
     assert_eq!(ack["success"], true, "{ack}");
-    eventually(T, "readiness 503 during the outage", || async {
-        let (st, body) = api.get_text("/api/health/ready", &[]).await;
-        (st == 503 && body.contains("redis")).then_some(())
+    eventually(T, "the deep health reports the outage", || async {
+        let (_, health) = api.get("/api/health").await;
+        (health["dependencies"]["redis"]["status"] == "unhealthy").then_some(())
     })
     .await;
-    let (_, health) = api.get("/api/health").await;
-    assert_eq!(health["dependencies"]["redis"]["status"], "unhealthy");
+    let (st, body) = api.get_text("/api/health/ready", &[]).await;
+    assert_eq!(st, 200, "readiness does not follow Redis: {body}");
     tokio::time::sleep(Duration::from_secs(4)).await; // longer than the lease TTL
     assert!(screen.is_connected(), "the socket outlives the outage");
 
     c.redis.start_again().await;
-    eventually(T, "readiness back without a restart", || async {
-        (api.get_text("/api/health/ready", &[]).await.0 == 200).then_some(())
+    eventually(T, "the deep health recovers without a restart", || async {
+        let (_, health) = api.get("/api/health").await;
+        (health["dependencies"]["redis"]["status"] == "healthy").then_some(())
     })
     .await;
     eventually(T, "the lease re-asserted", || async {

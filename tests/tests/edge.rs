@@ -60,6 +60,95 @@ async fn forged_left_hops_share_the_real_clients_bucket() {
     );
 }
 
+/// Behind an ingress that hides client addresses (it replaced `X-Forwarded-For` with a node
+/// address inside `TRUSTED_PROXIES`, or sent none), the client address is unknown: the per-IP
+/// burst does not apply, so a fleet's reconnect storm is not throttled as one venue, while the
+/// global burst still refuses with 503 `server_busy`. A visible address keeps its per-IP bucket.
+/// Every hidden handshake is counted, and the warning is logged once, not per handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_client_addresses_skip_the_per_ip_limit_but_not_the_global_one() {
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(
+        GatewayOptions::new(db)
+            .env("TRUSTED_PROXIES", "127.0.0.0/8,10.0.0.0/8")
+            .env("CONNECT_RATE_PER_IP", 1)
+            .env("CONNECT_BURST_PER_IP", 10)
+            .env("CONNECT_RATE_GLOBAL", 1)
+            .env("CONNECT_BURST_GLOBAL", 60),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/socket.io/?EIO=4&transport=polling", gw.url());
+    let attempt = |xff: Option<&'static str>| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut req = http.get(url);
+            if let Some(x) = xff {
+                req = req.header("X-Forwarded-For", x);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let cause = if status == 200 {
+                String::new()
+            } else {
+                r.json::<serde_json::Value>().await.unwrap()["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (status, cause)
+        }
+    };
+    // A visible client: its own bucket of 10, then 429.
+    let mut visible = Vec::new();
+    for _ in 0..15 {
+        visible.push(attempt(Some("203.0.113.9")).await.0);
+    }
+    assert_eq!(
+        visible.iter().filter(|s| **s == 200).count(),
+        10,
+        "{visible:?}"
+    );
+    assert_eq!(
+        visible.iter().filter(|s| **s == 429).count(),
+        5,
+        "{visible:?}"
+    );
+
+    // 40 at once through a node address, and one with no header from the trusted peer: all in.
+    let hidden =
+        futures_util::future::join_all((0..40).map(|_| attempt(Some("10.20.30.40")))).await;
+    assert!(hidden.iter().all(|(s, _)| *s == 200), "{hidden:?}");
+    assert_eq!(attempt(None).await.0, 200, "no header from a trusted peer");
+
+    // The global burst (60, of which 51 are spent) still holds for hidden clients: 503, never 429.
+    let mut rest = Vec::new();
+    for _ in 0..20 {
+        rest.push(attempt(Some("10.20.30.40")).await);
+    }
+    assert!(
+        rest.iter()
+            .all(|(s, c)| *s == 200 || (*s == 503 && c == "server_busy")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|(s, _)| *s == 503),
+        "global burst: {rest:?}"
+    );
+
+    let text = crate::common::metrics_text(&gw).await;
+    assert_eq!(
+        crate::common::metric_sum(&text, "vizora_gateway_handshakes_unknown_client_total"),
+        Some(61.0),
+        "every hidden handshake counted, the visible ones not"
+    );
+    assert_eq!(
+        gw.logs().matches("no visible client address").count(),
+        1,
+        "one warning, not one per handshake"
+    );
+}
+
 /// The metrics exemption is for loopback clients, not loopback peers: a proxy on this host
 /// forwarding an internet client gets 403 without the token, whatever the client writes
 /// (including `127.0.0.1`) and with a wrong token; with or without `TRUSTED_PROXIES`.

@@ -893,38 +893,3 @@ async fn commands_accepted_during_the_connect_handshake_are_not_lost() {
     .await;
     scenarios::commands_during_connect_are_not_lost(&gw.api(), &gw).await;
 }
-
-/// Readiness follows the dependencies: 503 while Redis is unreachable, 200 again once it is back;
-/// liveness stays 200 and the deep health names the failing dependency.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readiness_follows_redis() {
-    let mut redis = RedisServer::start().await;
-    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
-    let gw = Gateway::start(GatewayOptions::new(db).redis(&redis.url())).await;
-    let api = gw.api();
-    let (s, h) = api.get("/api/health").await;
-    assert_eq!(s, 200);
-    assert_eq!(h["status"], "healthy", "{h}");
-    assert_eq!(api.get("/api/health/ready").await.0, 200);
-    redis.stop();
-    let (s, b) = eventually(Duration::from_secs(15), "readiness 503", || async {
-        let (s, b) = api.get("/api/health/ready").await;
-        (s == 503).then_some((s, b))
-    })
-    .await;
-    assert_eq!(s, 503);
-    assert_eq!(b["status"], "not ready", "{b}");
-    assert_eq!(b["ready"], false, "{b}");
-    let (s, h) = api.get("/api/health").await;
-    assert_eq!(s, 200, "the deep health always answers 200");
-    assert_eq!(h["status"], "unhealthy", "{h}");
-    assert_eq!(h["dependencies"]["redis"]["status"], "unhealthy", "{h}");
-    assert!(h["dependencies"]["redis"]["error"].is_string(), "{h}");
-    assert_eq!(h["dependencies"]["database"]["status"], "healthy", "{h}");
-    assert_eq!(api.get("/api/health/live").await.0, 200);
-    redis.restart().await;
-    eventually(Duration::from_secs(20), "readiness 200 again", || async {
-        (api.get("/api/health/ready").await.0 == 200).then_some(())
-    })
-    .await;
-}

@@ -24,6 +24,7 @@ mod paused;
 mod persistence;
 mod props;
 mod protocol;
+mod readiness;
 mod redis_failover;
 mod redis_faults;
 mod screenshots;

@@ -350,28 +350,28 @@ async fn handshakes_past_the_per_ip_burst_get_their_retry_after() {
     let g = EdgeGuard::new(limits);
     let ip: IpAddr = [192, 0, 2, 7].into();
     for _ in 0..limits.connect_burst_per_ip {
-        assert_eq!(g.check(ip, false), Ok(()));
+        assert_eq!(g.check(Some(ip), false), Ok(()));
     }
     let every = Duration::from_secs(1) / limits.connect_rate_per_ip;
     assert_eq!(
-        g.check(ip, false),
+        g.check(Some(ip), false),
         Err(Refusal::RateLimited { retry_after: every })
     );
     // Retrying before Retry-After is refused again (with what is left); at it, admitted.
     advance(every / 2).await;
     assert_eq!(
-        g.check(ip, false),
+        g.check(Some(ip), false),
         Err(Refusal::RateLimited {
             retry_after: every - every / 2
         })
     );
     advance(every - every / 2).await;
-    assert_eq!(g.check(ip, false), Ok(()));
+    assert_eq!(g.check(Some(ip), false), Ok(()));
     assert!(matches!(
-        g.check(ip, false),
+        g.check(Some(ip), false),
         Err(Refusal::RateLimited { .. })
     ));
-    assert_eq!(g.check([192, 0, 2, 8].into(), false), Ok(()));
+    assert_eq!(g.check(Some([192, 0, 2, 8].into()), false), Ok(()));
 }
 
 /// The per-device pace through a real handshake (`app::run`, shipped limits): past the burst,

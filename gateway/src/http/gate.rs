@@ -85,15 +85,25 @@ async fn admit(st: EdgeState, peer: &crate::net::Peer, mut req: Request, next: N
         )
             .into_response();
     }
-    let ip = st
+    let client = st
         .guard
         .trusted_proxies
         .client_ip_of(peer.addr.ip(), req.headers());
+    let ip = client.known();
+    if ip.is_none() {
+        st.gw.count_unknown_client();
+        if st.guard.warn_unknown_client() {
+            tracing::warn!(
+                nearest = %client.nearest(),
+                "Handshake with no visible client address: the peer and every X-Forwarded-For hop are trusted proxies, so per-IP connect limits are skipped (global, per-device and cap limits still apply). Make client addresses visible: externalTrafficPolicy: Local, or forwarded headers / PROXY protocol at the ingress (docs/operations.md, \"Client addresses behind your ingress\"). Logged at most once a minute."
+            );
+        }
+    }
     match st.guard.check(ip, st.gw.is_draining()) {
         Ok(()) => {
             // The socket this handshake opens counts itself in and out (`socket::connect`).
             req.extensions_mut().insert(st.guard.live().clone());
-            next.run(req).await
+            super::affinity::handshake(&st.gw.cfg().replica_id, req, next).await
         }
         Err(r) => {
             let (status, cause, message, retry) = match r {

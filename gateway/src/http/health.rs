@@ -1,5 +1,14 @@
-//! Health routes: deep `/api/health`, `/live` (the process runs), `/ready` (503 while draining or
-//! while Redis or the database is unreachable), `/api/status`.
+//! Health routes: deep `/api/health`, `/live` (the process runs), `/ready` (503 only while
+//! draining), `/api/status`.
+//!
+//! Readiness says whether this replica should receive traffic, not whether its dependencies
+//! answer (contract §7). Routes are served only once the replica reached its database and Redis
+//! at start (`app::run`); after that an outage of either is everyone's outage: taking every pod
+//! out of the Service gains nothing, kills long-polling sessions and stops what a replica still
+//! serves by itself (connected screens, heartbeats, cached handshakes, the impression outbox),
+//! while each replica refuses transiently what it cannot serve. So readiness answers from memory
+//! at once, and the dependencies' state goes to `/api/health`, `vizora_gateway_dependency_up`
+//! and the alerts.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -97,24 +106,15 @@ pub async fn live() -> Json<Value> {
 }
 
 pub async fn ready(State(gw): State<Arc<Gateway>>) -> (StatusCode, Json<Value>) {
-    let (redis, database) = dependencies(&gw).await;
-    let ok = !gw.is_draining() && redis["status"] == "healthy" && database["status"] == "healthy";
-    if ok {
+    if gw.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "ready": false, "reason": "draining"})),
+        )
+    } else {
         (
             StatusCode::OK,
             Json(json!({"status": "ready", "ready": true})),
-        )
-    } else {
-        let reason = if gw.is_draining() {
-            "draining"
-        } else if redis["status"] != "healthy" {
-            "redis unreachable"
-        } else {
-            "database unreachable"
-        };
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "ready": false, "reason": reason})),
         )
     }
 }

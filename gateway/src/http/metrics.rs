@@ -23,7 +23,9 @@ fn local_client(trusted: &TrustedProxies, peer: IpAddr, headers: &HeaderMap) -> 
     if forwarded && !trusted.contains(peer) {
         return false;
     }
-    trusted.client_ip_of(peer, headers).is_loopback()
+    // An unknown client behind trusted proxies ends on the last proxy's address: loopback only
+    // when that proxy is this host and forwarded nothing from outside.
+    trusted.client_ip_of(peer, headers).nearest().is_loopback()
 }
 
 pub async fn metrics(

@@ -1,6 +1,8 @@
-//! The HTTP side on the same port as Socket.IO: the internal API (pushes, commands, presence),
-//! health, metrics, signed screenshot links, and the edge gate in front of Engine.IO handshakes.
+//! The HTTP side: the internal API (pushes, commands, presence), health, metrics, signed
+//! screenshot links, and the edge gate in front of Engine.IO handshakes. All on the Socket.IO
+//! port, or the operator routes on `INTERNAL_PORT` (see [`Routes`]).
 
+mod affinity;
 mod error;
 mod gate;
 mod health;
@@ -26,8 +28,38 @@ pub use health::mark_started;
 
 use crate::service::Gateway;
 
-/// The API routes (without the Socket.IO layer, which the caller adds).
-pub fn routes(gw: Arc<Gateway>) -> Router {
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything on one port (`INTERNAL_PORT` unset, as the original).
+    All,
+    /// The public port beside an internal one: only what screens and browsers need (the
+    /// Socket.IO layer, which the caller adds, and signed screenshot links); the operator routes
+    /// answer 404 here, as unknown routes do.
+    Public,
+    /// The internal port: health, metrics and the internal API.
+    Internal,
+}
+
+/// The API routes of one listener (without the Socket.IO layer, which the caller adds).
+pub fn routes(gw: Arc<Gateway>, which: Routes) -> Router {
+    let mut router = Router::new();
+    if which != Routes::Internal {
+        router = router.route("/api/screenshots/{*key}", get(screenshots::serve));
+    }
+    if which != Routes::Public {
+        router = router.merge(operator_routes(gw.clone()));
+    }
+    router
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::not_found)
+        .layer(DefaultBodyLimit::max(gw.cfg().http_body_limit))
+        .layer(middleware::from_fn_with_state(gw.clone(), count_requests))
+        .with_state(gw)
+}
+
+/// Health, metrics and the internal API: what `INTERNAL_PORT` moves off the public port.
+fn operator_routes(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
     let internal = Router::new()
         .route("/api/push/playlist", post(internal::push_playlist))
         .route("/api/push/content", post(internal::push_content))
@@ -53,10 +85,7 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
         )
         // Only for matched routes: a known path with another method is an unknown route (404
         // like Express), not a 401 and not axum's bare 405.
-        .route_layer(middleware::from_fn_with_state(
-            gw.clone(),
-            internal::require_key,
-        ));
+        .route_layer(middleware::from_fn_with_state(gw, internal::require_key));
     Router::new()
         .route("/api/health", get(health::health))
         .route("/api/health/live", get(health::live))
@@ -64,13 +93,7 @@ pub fn routes(gw: Arc<Gateway>) -> Router {
         .route("/api/status", get(health::status))
         .route("/api/internal/metrics", get(metrics::metrics))
         .route("/metrics", get(metrics::metrics))
-        .route("/api/screenshots/{*key}", get(screenshots::serve))
         .merge(internal)
-        .fallback(error::not_found)
-        .method_not_allowed_fallback(error::not_found)
-        .layer(DefaultBodyLimit::max(gw.cfg().http_body_limit))
-        .layer(middleware::from_fn_with_state(gw.clone(), count_requests))
-        .with_state(gw)
 }
 
 /// CORS for the polling transport and the API, from `CORS_ORIGIN`.

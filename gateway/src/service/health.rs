@@ -1,6 +1,7 @@
 //! What the health routes ask about the dependencies: one probe each, bounded, with the same
 //! answer shape for the store and the database. The routes (`http/health.rs`) only format it.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -38,6 +39,20 @@ impl Gateway {
     /// The shared store and the database, probed together.
     pub async fn probe_dependencies(&self) -> (Probe, Probe) {
         tokio::join!(probe(self.state.ping()), probe(self.db.ping()))
+    }
+
+    /// Probes both dependencies and records the answer in `vizora_gateway_dependency_up`
+    /// (periodic): the outage shows in metrics and alerts, while readiness stays with the
+    /// replica's own state (contract §7).
+    pub async fn record_dependencies(&self) {
+        let (store, database) = self.probe_dependencies().await;
+        let g = &self.metrics.gauges;
+        if self.cfg.redis.is_some() {
+            g.redis_up
+                .store(i64::from(store.is_healthy()), Ordering::Relaxed);
+        }
+        g.database_up
+            .store(i64::from(database.is_healthy()), Ordering::Relaxed);
     }
 
     /// Whether uploads can be attempted (S3 storage is set up in the background until it works).

@@ -121,6 +121,12 @@ impl Gateway {
             storage,
             metrics,
         } = b;
+        // Both dependencies were reached before the gateway is built (`app::run`); the periodic
+        // probe (`record_dependencies`) keeps the gauges current from here.
+        let g = &metrics.gauges;
+        g.redis_up
+            .store(if cfg.redis.is_some() { 1 } else { -1 }, Ordering::Relaxed);
+        g.database_up.store(1, Ordering::Relaxed);
         Arc::new(Gateway {
             verifier: TokenVerifier::new(&cfg.device_jwt_secret, &cfg.jwt_secret),
             device_limiter: crate::limits::DeviceLimiter::new(&cfg.limits),

@@ -22,6 +22,20 @@ impl Gateway {
         self.metrics.refusal(reason);
     }
 
+    /// A handshake whose client address the trusted proxies hid.
+    pub fn count_unknown_client(&self) {
+        self.metrics.unknown_client();
+    }
+
+    /// The connection cap in force, for the capacity alert's ratio.
+    pub fn set_connection_cap(&self, cap: usize) {
+        let cap = i64::try_from(cap).unwrap_or(i64::MAX);
+        self.metrics
+            .gauges
+            .connection_cap
+            .store(cap, Ordering::Relaxed);
+    }
+
     /// A command the internal API could not hand over.
     pub fn count_command(&self, delivery: &'static str) {
         self.metrics.command(delivery);
