@@ -31,11 +31,13 @@ pub async fn connect(opts: ClientOptions) -> Result<Client, ConnectError> {
 async fn connect_inner(opts: ClientOptions) -> Result<Client, ConnectError> {
     let endpoint = Endpoint::new(&opts)?;
     let nsp = normalize_nsp(&opts.namespace);
+    let jar = crate::cookies::Jar::new(&opts).map(Arc::new);
     let (in_tx, mut in_rx) = mpsc::unbounded_channel();
 
     let (open, conn) = match opts.transport {
         Transport::Websocket => {
-            let mut socket = ws::open(&endpoint.websocket(None), &opts.headers).await?;
+            let mut socket =
+                ws::open(&endpoint.websocket(None), &opts.headers, jar.as_deref()).await?;
             let first = ws::next_text(&mut socket)
                 .await
                 .map_err(ConnectError::TransportClosed)?;
@@ -51,7 +53,7 @@ async fn connect_inner(opts: ClientOptions) -> Result<Client, ConnectError> {
             (open, ws::spawn(socket, 0, in_tx.clone()))
         }
         Transport::Polling | Transport::PollingUpgrade => {
-            let http = polling::Http::new(&opts.headers)?;
+            let http = polling::Http::new(&opts.headers, jar.clone())?;
             let (open, rest) = polling::handshake(&http, endpoint.polling(None)).await?;
             for text in rest {
                 let _ = in_tx.send(Inbound::Packet { text });
@@ -80,7 +82,15 @@ async fn connect_inner(opts: ClientOptions) -> Result<Client, ConnectError> {
     let conn = if opts.transport == Transport::PollingUpgrade
         && open.upgrades.iter().any(|u| u == "websocket")
     {
-        upgrade(conn, &endpoint, &opts.headers, &open.sid, in_tx.clone()).await
+        upgrade(
+            conn,
+            &endpoint,
+            &opts.headers,
+            jar.as_deref(),
+            &open.sid,
+            in_tx.clone(),
+        )
+        .await
     } else {
         conn
     };
@@ -210,21 +220,22 @@ async fn upgrade(
     polling: TransportConn,
     endpoint: &Endpoint,
     headers: &[(String, String)],
+    jar: Option<&crate::cookies::Jar>,
     sid: &str,
     in_tx: mpsc::UnboundedSender<Inbound>,
 ) -> TransportConn {
-    let mut socket = match tokio::time::timeout(PROBE_TIMEOUT, probe(endpoint, headers, sid)).await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "websocket upgrade probe failed; staying on polling");
-            return polling;
-        }
-        Err(_) => {
-            tracing::warn!("websocket upgrade probe timed out; staying on polling");
-            return polling;
-        }
-    };
+    let mut socket =
+        match tokio::time::timeout(PROBE_TIMEOUT, probe(endpoint, headers, jar, sid)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "websocket upgrade probe failed; staying on polling");
+                return polling;
+            }
+            Err(_) => {
+                tracing::warn!("websocket upgrade probe timed out; staying on polling");
+                return polling;
+            }
+        };
     let generation = polling.generation + 1;
     // The server releases the pending GET with a noop once it answered the probe.
     polling.pause(PAUSE_GRACE).await;
@@ -244,9 +255,10 @@ async fn upgrade(
 async fn probe(
     endpoint: &Endpoint,
     headers: &[(String, String)],
+    jar: Option<&crate::cookies::Jar>,
     sid: &str,
 ) -> Result<ws::WsStream, String> {
-    let mut socket = ws::open(&endpoint.websocket(Some(sid)), headers)
+    let mut socket = ws::open(&endpoint.websocket(Some(sid)), headers, jar)
         .await
         .map_err(|e| e.to_string())?;
     socket

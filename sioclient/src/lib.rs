@@ -24,6 +24,7 @@
 
 mod client;
 mod connect;
+mod cookies;
 mod driver;
 mod error;
 mod options;

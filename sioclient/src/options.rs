@@ -45,6 +45,11 @@ pub struct ClientOptions {
     /// test answers (or deliberately does not) with [`crate::Client::ack`], using
     /// [`crate::Event::ack_id`].
     pub manual_acks: bool,
+    /// Keep the cookies the server sets and send them back on every later request of the
+    /// connection, like a browser (off by default, like socket.io-client outside a browser).
+    pub keep_cookies: bool,
+    /// Cookies the jar starts with (only with [`Self::keep_cookies`]).
+    pub cookies: Vec<(String, String)>,
 }
 
 impl ClientOptions {
@@ -62,6 +67,8 @@ impl ClientOptions {
             namespace: "/".to_owned(),
             auto_ack: Vec::new(),
             manual_acks: false,
+            keep_cookies: false,
+            cookies: Vec::new(),
         }
     }
 
@@ -110,6 +117,19 @@ impl ClientOptions {
     /// Leaves acks of server events to the caller ([`crate::Client::ack`]).
     pub fn manual_acks(mut self) -> Self {
         self.manual_acks = true;
+        self
+    }
+
+    /// Keeps cookies (see [`Self::keep_cookies`](ClientOptions#structfield.keep_cookies)).
+    pub fn keep_cookies(mut self) -> Self {
+        self.keep_cookies = true;
+        self
+    }
+
+    /// Keeps cookies, starting with this one (a cookie the server may later replace).
+    pub fn cookie(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.keep_cookies = true;
+        self.cookies.push((name.into(), value.into()));
         self
     }
 

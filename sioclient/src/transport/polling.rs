@@ -5,24 +5,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    CONTENT_TYPE, COOKIE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, SET_COOKIE,
+};
 use tokio::sync::mpsc;
 use url::Url;
 
 use super::{Done, Inbound, Out, TransportConn};
+use crate::cookies::{Jar, is_cookie_header};
 use crate::packet::{EnginePacket, OpenInfo, RECORD_SEPARATOR, split_payload};
 use crate::{ConnectError, Transport};
 
-/// HTTP client carrying the user's extra headers on every request.
+/// HTTP client carrying the user's extra headers, and the jar's cookies if any, on every request.
 #[derive(Clone)]
 pub(crate) struct Http {
     client: reqwest::Client,
+    jar: Option<Arc<Jar>>,
 }
 
 impl Http {
-    pub(crate) fn new(headers: &[(String, String)]) -> Result<Self, ConnectError> {
+    pub(crate) fn new(
+        headers: &[(String, String)],
+        jar: Option<Arc<Jar>>,
+    ) -> Result<Self, ConnectError> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
+            if jar.is_some() && is_cookie_header(k) {
+                continue; // sent by the jar
+            }
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| ConnectError::Other(format!("bad header name {k:?}: {e}")))?;
             let value = HeaderValue::from_str(v)
@@ -35,7 +45,26 @@ impl Http {
             .no_proxy()
             .build()
             .map_err(|e| ConnectError::Other(format!("http client: {e}")))?;
-        Ok(Self { client })
+        Ok(Self { client, jar })
+    }
+
+    fn request(&self, method: reqwest::Method, url: Url) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, url);
+        match self.jar.as_ref().and_then(|j| j.header()) {
+            Some(c) => req.header(COOKIE, c),
+            None => req,
+        }
+    }
+
+    fn keep_cookies(&self, resp: &reqwest::Response) {
+        if let Some(jar) = &self.jar {
+            jar.store(
+                resp.headers()
+                    .get_all(SET_COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            );
+        }
     }
 }
 
@@ -45,11 +74,11 @@ pub(crate) async fn handshake(
     url: Url,
 ) -> Result<(OpenInfo, Vec<String>), ConnectError> {
     let resp = http
-        .client
-        .get(url)
+        .request(reqwest::Method::GET, url)
         .send()
         .await
         .map_err(|e| ConnectError::Other(format!("polling handshake failed: {e}")))?;
+    http.keep_cookies(&resp);
     let status = resp.status();
     let retry_after = resp
         .headers()
@@ -135,8 +164,7 @@ async fn poll_loop(
     // releases the pending GET with a noop, and we must read what it carries.
     while !stop.load(Ordering::SeqCst) {
         let resp = match http
-            .client
-            .get(session.url.clone())
+            .request(reqwest::Method::GET, session.url.clone())
             .timeout(session.poll_timeout)
             .send()
             .await
@@ -144,6 +172,7 @@ async fn poll_loop(
             Ok(r) => r,
             Err(e) => return closed(format!("poll failed: {e}")),
         };
+        http.keep_cookies(&resp);
         let status = resp.status();
         let body = match resp.text().await {
             Ok(b) => b,
@@ -214,13 +243,13 @@ async fn write_loop(
 
 async fn post(http: &Http, url: &Url, body: String) -> Result<(), String> {
     let resp = http
-        .client
-        .post(url.clone())
+        .request(reqwest::Method::POST, url.clone())
         .header(CONTENT_TYPE, "text/plain;charset=UTF-8")
         .body(body)
         .send()
         .await
         .map_err(|e| format!("post failed: {e}"))?;
+    http.keep_cookies(&resp);
     let status = resp.status();
     if status.is_success() {
         Ok(())

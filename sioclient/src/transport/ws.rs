@@ -10,29 +10,50 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use url::Url;
 
 use super::{Inbound, Out, TransportConn};
+use crate::cookies::{Jar, is_cookie_header};
 use crate::{ConnectError, Transport};
 
 pub(crate) type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Opens the websocket; a non-101 answer becomes [`ConnectError::Http`].
+/// Opens the websocket (sending the jar's cookies, keeping what the 101 sets); a non-101 answer
+/// becomes [`ConnectError::Http`].
 pub(crate) async fn open(
     url: &Url,
     headers: &[(String, String)],
+    jar: Option<&Jar>,
 ) -> Result<WsStream, ConnectError> {
     let mut req = url
         .as_str()
         .into_client_request()
         .map_err(|e| ConnectError::Other(format!("bad websocket url: {e}")))?;
     for (k, v) in headers {
+        if jar.is_some() && is_cookie_header(k) {
+            continue; // sent by the jar
+        }
         let name = HeaderName::from_bytes(k.as_bytes())
             .map_err(|e| ConnectError::Other(format!("bad header name {k:?}: {e}")))?;
         let value = HeaderValue::from_str(v)
             .map_err(|e| ConnectError::Other(format!("bad header value for {k:?}: {e}")))?;
         req.headers_mut().append(name, value);
     }
+    if let Some(c) = jar.and_then(Jar::header) {
+        let value = HeaderValue::from_str(&c)
+            .map_err(|e| ConnectError::Other(format!("bad cookie header: {e}")))?;
+        req.headers_mut().append("cookie", value);
+    }
     // Nagle off: small frames (acks, pongs) must not wait for the peer's delayed ACK.
     match tokio_tungstenite::connect_async_with_config(req, None, true).await {
-        Ok((ws, _)) => Ok(ws),
+        Ok((ws, resp)) => {
+            if let Some(jar) = jar {
+                jar.store(
+                    resp.headers()
+                        .get_all("set-cookie")
+                        .iter()
+                        .filter_map(|v| v.to_str().ok()),
+                );
+            }
+            Ok(ws)
+        }
         Err(WsError::Http(resp)) => Err(http_error(&resp)),
         Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => Err(
             ConnectError::TransportClosed("websocket closed during handshake".to_owned()),
