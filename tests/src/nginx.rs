@@ -1,6 +1,7 @@
 //! The load balancer as a real process: Debian's `nginx` running the compose cluster's own
-//! `deploy/nginx/nginx.conf`, rendered for loopback (upstreams on the given ports, a free listen
-//! port (see `ports`), its `/tmp/` paths in a temp dir). Killed on drop.
+//! `deploy/nginx/nginx.conf`, rendered for loopback (upstreams on the given replicas' ports, the
+//! `vizora_replica` map keyed on their replica ids, a free listen port (see `ports`), its `/tmp/`
+//! paths in a temp dir). Killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,14 +26,34 @@ fn nginx_bin() -> PathBuf {
         .unwrap_or_else(|| "nginx".into())
 }
 
-/// `conf` with `gateway-N:3002` → `127.0.0.1:upstreams[N-1]`, the listen port and `/tmp/` → `dir`.
-pub fn render(conf: &str, upstreams: &[u16], listen: u16, dir: &Path) -> String {
+/// `conf` with `gateway-N:3002` → `127.0.0.1:upstreams[N-1].0`, the `gateway-N` key of the
+/// `vizora_replica` map (a line starting with it) → `upstreams[N-1].1` (compose's REPLICA_IDs are
+/// the service names; the tests' are `r0`..), the listen port and `/tmp/` → `dir`.
+pub fn render(conf: &str, upstreams: &[(u16, &str)], listen: u16, dir: &Path) -> String {
     let mut out = conf.replace("/tmp/", &format!("{}/", dir.display()));
     out = out.replace("listen 3002;", &format!("listen 127.0.0.1:{listen};"));
-    for (i, port) in upstreams.iter().enumerate() {
+    for (i, (port, id)) in upstreams.iter().enumerate() {
         out = out.replace(
             &format!("server gateway-{}:3002", i + 1),
             &format!("server 127.0.0.1:{port}"),
+        );
+        let key = format!("gateway-{} ", i + 1);
+        let mut keyed = false;
+        out = out
+            .lines()
+            .map(|l| match l.trim_start().strip_prefix(&key) {
+                Some(rest) => {
+                    keyed = true;
+                    let indent = &l[..l.len() - l.trim_start().len()];
+                    format!("{indent}{id} {rest}\n")
+                }
+                None => format!("{l}\n"),
+            })
+            .collect();
+        assert!(
+            keyed,
+            "nginx.conf's vizora_replica map names no gateway-{}",
+            i + 1
         );
     }
     assert!(
@@ -43,12 +64,17 @@ pub fn render(conf: &str, upstreams: &[u16], listen: u16, dir: &Path) -> String 
 }
 
 impl Nginx {
-    pub async fn start(upstreams: &[u16]) -> Nginx {
+    /// nginx in front of `replicas` (in order: the first is compose's `gateway-1`).
+    pub async fn start(replicas: &[crate::Gateway]) -> Nginx {
+        let upstreams: Vec<(u16, &str)> = replicas
+            .iter()
+            .map(|g| (g.port, g.opts.replica_id.as_str()))
+            .collect();
         let dir = tempfile::tempdir().unwrap();
         let conf = std::fs::read_to_string(config_path()).expect("deploy/nginx/nginx.conf");
         let conf_path = dir.path().join("nginx.conf");
         let (ports, child) = crate::ports::start_on_free_ports(1, "nginx", |p| {
-            std::fs::write(&conf_path, render(&conf, upstreams, p[0], dir.path())).unwrap();
+            std::fs::write(&conf_path, render(&conf, &upstreams, p[0], dir.path())).unwrap();
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
