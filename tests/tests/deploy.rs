@@ -179,6 +179,61 @@ async fn probe_paths_and_hook_commands_exist_on_the_binary() {
     );
 }
 
+/// With `config.internalPort` (ci/internal-port-values.yaml) the probes and the ServiceMonitor
+/// use the internal port, and on a real gateway started with that `INTERNAL_PORT` their paths
+/// answer there and not on the public port the Ingress reaches.
+#[tokio::test]
+async fn internal_port_carries_probes_and_metrics_on_the_binary() {
+    let values = repo()
+        .join("helm/vizora-gateway/ci/internal-port-values.yaml")
+        .display()
+        .to_string();
+    let objs = render(&["-f", &values]);
+    let deploy = one(&objs, "Deployment");
+    let c = container(deploy);
+    let internal = int(&one(&objs, "ConfigMap")["data"]["INTERNAL_PORT"]);
+    let port = |name: &str| {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| int(&p["containerPort"]))
+    };
+    assert_eq!(port("internal"), Some(internal));
+    assert_ne!(port("http"), Some(internal));
+    let sm = &one(&objs, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(sm["port"], "internal");
+    let ing = one(&objs, "Ingress");
+    for p in ing["spec"]["rules"][0]["http"]["paths"].as_array().unwrap() {
+        assert_eq!(p["backend"]["service"]["port"]["name"], "http");
+    }
+
+    let (db, _pg, _dir) = gateway::seeded_db("sqlite", 0).await;
+    let gw = Gateway::start(GatewayOptions::new(db).internal_port()).await;
+    let http = reqwest::Client::new();
+    let mut paths: Vec<String> = ["livenessProbe", "readinessProbe", "startupProbe"]
+        .iter()
+        .map(|probe| {
+            assert_eq!(c[probe]["httpGet"]["port"], "internal", "{probe}");
+            c[probe]["httpGet"]["path"].as_str().unwrap().to_string()
+        })
+        .collect();
+    paths.push(sm["path"].as_str().unwrap().to_string());
+    // 200 on the internal port, 404 on the public one.
+    for path in paths {
+        for (base, want) in [(gw.api_url(), 200), (gw.url(), 404)] {
+            let status = http
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status.as_u16(), want, "{path} on {base}");
+        }
+    }
+}
+
 #[test]
 fn hpa_pdb_and_spread_follow_the_values() {
     let objs = render(&[
