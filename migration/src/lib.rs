@@ -14,6 +14,7 @@ pub use sea_orm_migration::prelude::*;
 pub mod inspect;
 mod m20260101_000001_vizora_subset;
 mod m20260101_000002_realtime_tables;
+mod m20260101_000003_realtime_replicas;
 mod schema_check;
 mod vizora;
 
@@ -33,8 +34,8 @@ pub const VIZORA_TABLES: [&str; 7] = [
     "notifications",
 ];
 
-/// The gateway's own tables (created and dropped by migration 2).
-pub const REALTIME_TABLES: [&str; 1] = ["realtime_presence"];
+/// The gateway's own tables (created and dropped by migrations 2 and 3).
+pub const REALTIME_TABLES: [&str; 2] = ["realtime_presence", "realtime_replicas"];
 
 /// The gateway's migrator.
 pub struct Migrator;
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20260101_000001_vizora_subset::Migration),
             Box::new(m20260101_000002_realtime_tables::Migration),
+            Box::new(m20260101_000003_realtime_replicas::Migration),
         ]
     }
 

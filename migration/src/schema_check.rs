@@ -79,6 +79,10 @@ pub const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
         "realtime_presence",
         &["deviceId", "epoch", "status", "replicaId", "updatedAt"],
     ),
+    (
+        "realtime_replicas",
+        &["replicaId", "seenAt", "redisOkAt", "redisOkSince"],
+    ),
 ];
 
 /// Human-readable names of what the gateway needs but the database lacks, e.g.

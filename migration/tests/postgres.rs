@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use migration::sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
 };
-use migration::{MIGRATION_TABLE, Migrator, MigratorTrait, VIZORA_TABLES};
+use migration::{MIGRATION_TABLE, Migrator, MigratorTrait, REALTIME_TABLES, VIZORA_TABLES};
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -190,7 +190,7 @@ fn sorted(mut v: Vec<&str>) -> Vec<String> {
 
 fn all_tables_with_presence() -> Vec<&'static str> {
     let mut t = VIZORA_TABLES.to_vec();
-    t.push("realtime_presence");
+    t.extend(REALTIME_TABLES);
     t
 }
 
@@ -198,7 +198,7 @@ fn all_tables_with_presence() -> Vec<&'static str> {
 async fn pg_fresh_database_gets_subset_with_prisma_names() {
     with_temp_dbs(1, |urls| async move {
         let db = connect(&urls[0]).await;
-        assert_eq!(migration::missing_schema(&db).await.unwrap().len(), 8);
+        assert_eq!(migration::missing_schema(&db).await.unwrap().len(), 9);
 
         Migrator::up(&db, None).await.unwrap();
 
@@ -231,6 +231,7 @@ async fn pg_fresh_database_gets_subset_with_prisma_names() {
                 "notifications_pkey",
                 "notifications_organizationId_fkey",
                 "realtime_presence_pkey",
+                "realtime_replicas_pkey",
             ])
         );
         assert_eq!(
@@ -252,6 +253,7 @@ async fn pg_fresh_database_gets_subset_with_prisma_names() {
                 "notifications_organizationId_createdAt_idx",
                 "notifications_userId_idx",
                 "realtime_presence_pkey",
+                "realtime_replicas_pkey",
             ])
         );
         assert!(migration::missing_schema(&db).await.unwrap().is_empty());
@@ -273,7 +275,8 @@ async fn pg_fresh_database_gets_subset_with_prisma_names() {
             .await,
             vec![
                 "m20260101_000001_vizora_subset",
-                "m20260101_000002_realtime_tables"
+                "m20260101_000002_realtime_tables",
+                "m20260101_000003_realtime_replicas"
             ]
         );
         db.close().await.unwrap();
@@ -298,7 +301,7 @@ async fn pg_existing_vizora_database_is_left_untouched() {
         );
         assert_eq!(
             migration::missing_schema(&db).await.unwrap(),
-            vec!["table realtime_presence"]
+            vec!["table realtime_presence", "table realtime_replicas"]
         );
 
         Migrator::up(&db, None).await.unwrap();
@@ -396,7 +399,9 @@ async fn pg_down_drops_only_realtime_tables() {
         for t in VIZORA_TABLES {
             assert!(tables.contains(&t.to_owned()), "{t} dropped: {tables:?}");
         }
-        assert!(!tables.contains(&"realtime_presence".to_owned()));
+        for t in REALTIME_TABLES {
+            assert!(!tables.contains(&t.to_owned()), "{t} survived: {tables:?}");
+        }
         Migrator::up(&db, None).await.unwrap();
         assert!(migration::missing_schema(&db).await.unwrap().is_empty());
         db.close().await.unwrap();

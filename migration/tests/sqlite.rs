@@ -101,6 +101,7 @@ async fn sqlite_up_creates_all_tables_and_indexes() {
     assert_eq!(content_fks.len(), 3, "{content_fks:?}");
     assert!(!content_fks.iter().any(|(_, t)| t == "content_folders"));
     assert_eq!(fks(&db, "realtime_presence").await, vec![]);
+    assert_eq!(fks(&db, "realtime_replicas").await, vec![]);
 }
 
 #[tokio::test]
@@ -142,7 +143,11 @@ async fn sqlite_missing_schema_before_and_after() {
         before.contains(&"table realtime_presence".to_owned()),
         "{before:?}"
     );
-    assert_eq!(before.len(), 8, "{before:?}");
+    assert!(
+        before.contains(&"table realtime_replicas".to_owned()),
+        "{before:?}"
+    );
+    assert_eq!(before.len(), 9, "{before:?}");
 
     Migrator::up(&db, None).await.unwrap();
     assert_eq!(
@@ -230,7 +235,9 @@ async fn sqlite_down_drops_only_realtime_tables() {
     for t in VIZORA_TABLES {
         assert!(have.iter().any(|h| h == t), "{t} was dropped: {have:?}");
     }
-    assert!(!have.iter().any(|h| h == "realtime_presence"), "{have:?}");
+    for t in REALTIME_TABLES {
+        assert!(!have.iter().any(|h| h == t), "{t} survived: {have:?}");
+    }
     // And back up again.
     Migrator::up(&db, None).await.unwrap();
     assert!(migration::missing_schema(&db).await.unwrap().is_empty());

@@ -227,6 +227,7 @@ async fn serve_without_migration_refuses_an_empty_or_incomplete_database() {
         "Playlist",
         "content_impressions",
         "realtime_presence",
+        "realtime_replicas",
     ] {
         assert!(
             err.contains(&format!("table {table}")),
@@ -272,11 +273,11 @@ async fn sqlite_default_migrates_itself() {
     let conn = db_conn(&db).await;
     let n = count(
         &conn,
-        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('devices', 'realtime_presence', 'realtime_migrations')",
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('devices', 'realtime_presence', 'realtime_replicas', 'realtime_migrations')",
         vec![],
     )
     .await;
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
     // No devices yet: a device token is refused as not found, not as a server error.
     let r = vizora_sioclient::connect(
         gw.client()

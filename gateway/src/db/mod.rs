@@ -5,6 +5,7 @@
 //! understands natively. Every write sets `"updatedAt"` and inserts generate cuid ids, because the
 //! Vizora schema leaves both to its writers.
 
+pub mod replicas;
 pub mod rows;
 
 use std::time::Duration;
@@ -661,7 +662,8 @@ mod tests {
 
     use super::*;
 
-    async fn db_with_device() -> Db {
+    /// An in-memory SQLite database with the gateway's schema.
+    pub(super) async fn memory_db() -> Db {
         let db = Db::connect(&DatabaseConfig::Sqlite {
             url: "sqlite::memory:".into(),
         })
@@ -670,6 +672,11 @@ mod tests {
         migration::Migrator::up(db.connection(), None)
             .await
             .unwrap();
+        db
+    }
+
+    async fn db_with_device() -> Db {
+        let db = memory_db().await;
         db.connection()
             .execute_unprepared(
                 r#"INSERT INTO organizations ("id","name","updatedAt") VALUES ('o','O',CURRENT_TIMESTAMP);
