@@ -243,6 +243,7 @@ async fn serve<A: Adapter>(
     let guard = Arc::new(EdgeGuard::new(&cfg.limits));
     gw.set_connection_cap(guard.max_connections);
     spawn_background(&tasks, &gw, &guard);
+    spawn_fencing(&tasks, &gw, &io);
     if let Some(rx) = adapter_reconnects {
         tasks.spawn(resync_after_reconnects(gw.clone(), rx, tasks.stop_token()));
     }
@@ -408,11 +409,10 @@ async fn resync_after_reconnects(
 
 /// The drain: readiness goes 503 and new handshakes get 503 `draining` at once; after
 /// `DRAIN_SETTLE_MS` for the load balancer to notice, live sockets' transports are closed in
-/// batches spread over the rest of 80 % of `DRAIN_SECONDS` (a transport close, not a Socket.IO
-/// disconnect: clients reconnect elsewhere, without a storm); whatever is left (polling
-/// sessions) is closed at the end. Leases are handed over, not released, so no offline status or
-/// notification is produced for a screen that reconnects. `io.close()` skips disconnect
-/// handlers, which is fine: nothing is released anyway.
+/// batches spread over the rest of 80 % of `DRAIN_SECONDS` (see `close_in_batches`); whatever is
+/// left (polling sessions) is closed at the end. Leases are handed over, not released, so no
+/// offline status or notification is produced for a screen that reconnects. `io.close()` skips
+/// disconnect handlers, which is fine: nothing is released anyway.
 async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
     gw.start_draining();
     let window = gw.cfg().drain.mul_f32(DRAIN_SOCKET_SHARE);
@@ -422,26 +422,87 @@ async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
         window_s = window.as_secs_f32(),
         "Draining."
     );
-    tokio::time::sleep(settle).await;
-    let kills: Vec<Arc<crate::net::Kill>> = io
-        .sockets()
-        .iter()
-        .filter_map(|s| s.extensions.get::<Arc<crate::socket::SocketCtx>>())
-        .filter_map(|ctx| ctx.kill.clone())
-        .collect();
-    let per = kills.len().div_ceil(DRAIN_BATCHES as usize).max(1);
-    let pause = window.saturating_sub(settle) / DRAIN_BATCHES;
-    for chunk in kills.chunks(per) {
-        // Counted before the kill, so a scrape never shows fewer than the clients saw.
-        gw.count_drain_closed(chunk.len());
-        for k in chunk {
-            k.kill();
-        }
-        tokio::time::sleep(pause).await;
-    }
+    close_in_batches(
+        io,
+        settle,
+        window.saturating_sub(settle),
+        || true,
+        |n| gw.count_drain_closed(n),
+    )
+    .await;
     // What is left (long-polling sessions have no connection to kill) ends with the server.
     gw.count_drain_closed(io.sockets().len());
     io.close().await;
+}
+
+/// The close path the drain and the fence share: after `settle`, the transports of the live
+/// sockets are closed in `DRAIN_BATCHES` groups, one group every `spread / DRAIN_BATCHES`, so
+/// screens move to other replicas a tenth at a time instead of in one reconnect storm. Each
+/// socket is marked leaving before its transport closes (a frame handed to it is not called
+/// delivered, and its disconnect hands its lease over instead of releasing it). A transport
+/// close, never a Socket.IO disconnect: clients reconnect with their own backoff. Stops as soon
+/// as `go_on` says so; `closing` counts each group before it closes (a scrape never shows fewer
+/// closes than the clients saw).
+async fn close_in_batches<A: Adapter>(
+    io: &SocketIo<A>,
+    settle: Duration,
+    spread: Duration,
+    go_on: impl Fn() -> bool,
+    closing: impl Fn(usize),
+) {
+    tokio::time::sleep(settle).await;
+    let leaving: Vec<Arc<crate::socket::SocketCtx>> = io
+        .sockets()
+        .iter()
+        .filter_map(|s| s.extensions.get::<Arc<crate::socket::SocketCtx>>())
+        .filter(|ctx| ctx.kill.is_some() && !ctx.is_leaving())
+        .collect();
+    let per = leaving.len().div_ceil(DRAIN_BATCHES as usize).max(1);
+    let pause = spread / DRAIN_BATCHES;
+    for chunk in leaving.chunks(per) {
+        if !go_on() {
+            return;
+        }
+        closing(chunk.len());
+        for ctx in chunk {
+            ctx.mark_leaving();
+            if let Some(k) = &ctx.kill {
+                k.kill();
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Self-fencing, in cluster mode only (`service::fence`): Redis is probed and this replica's
+/// witness row written every `FenceTimings::tick`; when the check fences the replica, its
+/// sockets' transports (screens and dashboards) are closed in batches over
+/// `FenceTimings::window`, as long as it stays fenced. Sockets that connected while the batches
+/// ran (admitted just before the fence) are closed in a last round. Leases are handed over: the
+/// reconnecting socket supersedes its lease on a healthy replica.
+fn spawn_fencing<A: Adapter>(tasks: &Tasks, gw: &Arc<Gateway>, io: &SocketIo<A>) {
+    if gw.cfg().redis.is_none() {
+        return;
+    }
+    let t = gw.fence_timings();
+    every(tasks, t.tick, gw.clone(), |gw| async move {
+        gw.probe_redis_once().await
+    });
+    let (io, closer) = (io.clone(), tasks.clone());
+    every(tasks, t.tick, gw.clone(), move |gw| {
+        let (io, closer) = (io.clone(), closer.clone());
+        async move {
+            if !gw.fence_check_once().await {
+                return;
+            }
+            let batch = t.window / DRAIN_BATCHES;
+            closer.spawn(async move {
+                let fenced = || gw.is_fenced() && !gw.is_draining();
+                close_in_batches(&io, batch, t.window, fenced, |_| {}).await;
+                close_in_batches(&io, Duration::ZERO, Duration::ZERO, fenced, |_| {}).await;
+            });
+        }
+    });
 }
 
 /// Periodic work: lease refresh, sweep, offline notices, the bulk flush, limiter housekeeping.

@@ -1,7 +1,9 @@
 //! Test-only fault injection: random delays between the steps of the lease protocol and a lagging
 //! transition writer, compiled only with the `test-hooks` feature and active only when
 //! `VIZORA_TEST_LEASE_DELAY_MS`, `VIZORA_TEST_RELEASE_DELAY_MS` or
-//! `VIZORA_TEST_TRANSITION_DELAY_MS` is set.
+//! `VIZORA_TEST_TRANSITION_DELAY_MS` is set; and `VIZORA_TEST_FENCE_RULE` (`never`: the fence
+//! rule never fences; `always`: it fences without asking the witness), with which the partition
+//! tests are shown to fail.
 
 use std::time::Duration;
 
@@ -22,6 +24,8 @@ pub struct Hooks {
     release_delay: Option<Duration>,
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     transition_delay: Option<Duration>,
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    fence_rule: Option<bool>,
 }
 
 #[cfg(feature = "test-hooks")]
@@ -40,6 +44,11 @@ impl Hooks {
             max_delay: delay_from_env("VIZORA_TEST_LEASE_DELAY_MS"),
             release_delay: delay_from_env("VIZORA_TEST_RELEASE_DELAY_MS"),
             transition_delay: delay_from_env("VIZORA_TEST_TRANSITION_DELAY_MS"),
+            fence_rule: match std::env::var("VIZORA_TEST_FENCE_RULE").as_deref() {
+                Ok("never") => Some(false),
+                Ok("always") => Some(true),
+                _ => None,
+            },
         }
     }
 
@@ -64,6 +73,15 @@ impl Hooks {
         if let Some(d) = self.transition_delay {
             tokio::time::sleep(d).await;
         }
+    }
+
+    /// `VIZORA_TEST_FENCE_RULE`: Some(false) to never fence, Some(true) to fence whatever the
+    /// witness says (None in normal builds).
+    pub fn fence_rule(&self) -> Option<bool> {
+        #[cfg(feature = "test-hooks")]
+        return self.fence_rule;
+        #[cfg(not(feature = "test-hooks"))]
+        None
     }
 
     /// Sleeps a random time up to the configured maximum (no-op in normal builds).

@@ -58,6 +58,8 @@ pub enum Refusal {
     ServerBusy,
     /// Shutting down: 503 `draining`.
     Draining,
+    /// Fenced off the shared store (`service::fence`): 503 `unavailable`.
+    Unavailable,
 }
 
 /// The edge's own count of this replica's live Socket.IO sockets, which the connection cap

@@ -37,6 +37,8 @@ pub struct Gauges {
     pub impressions_buffered: AtomicI64,
     /// 1 from the moment this replica starts its SIGTERM drain.
     pub draining: AtomicI64,
+    /// 1 while this replica is fenced off (cut off from Redis while its peers reach it).
+    pub fenced: AtomicI64,
     /// The connection cap in force (`MAX_CONNECTIONS`): the capacity alert divides by it.
     pub connection_cap: AtomicI64,
     /// 1 while the last probe of Redis answered, 0 while not, -1 without Redis (not exported).
@@ -64,6 +66,8 @@ pub struct Metrics {
     impressions_written: Counter<u64>,
     impressions_dropped: Counter<u64>,
     drain_closed: Counter<u64>,
+    fence_events: Counter<u64>,
+    fence_checks: Counter<u64>,
     unknown_client: Counter<u64>,
 }
 
@@ -118,6 +122,14 @@ impl Metrics {
                 "1 while this replica drains (readiness 503, handshakes refused, sockets handed over)",
             )
             .with_callback(move |o| o.observe(g.draining.load(Ordering::Relaxed), &[]))
+            .build();
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("vizora_gateway_fenced")
+            .with_description(
+                "1 while this replica is fenced: cut off from Redis while its peers reach it (readiness 503, handshakes refused, sockets moved)",
+            )
+            .with_callback(move |o| o.observe(g.fenced.load(Ordering::Relaxed), &[]))
             .build();
         let g = gauges.clone();
         meter
@@ -188,6 +200,14 @@ impl Metrics {
             drain_closed: counter(
                 "vizora_gateway_drain_closed",
                 "Socket transports the drain closed so their clients reconnect to another replica",
+            ),
+            fence_events: counter(
+                "vizora_gateway_fence_events",
+                "This replica fenced itself off (event=fence) or served again (event=unfence)",
+            ),
+            fence_checks: counter(
+                "vizora_gateway_fence_checks",
+                "Witness checks after Redis failed for the fencing bound, by outcome (fence, shared_outage, no_witness)",
             ),
             unknown_client: counter(
                 "vizora_gateway_handshakes_unknown_client",
@@ -277,6 +297,15 @@ impl Metrics {
     }
     pub fn drain_closed(&self, n: u64) {
         self.drain_closed.add(n, &[]);
+    }
+    /// `event`: `fence` or `unfence`.
+    pub fn fence_event(&self, event: &'static str) {
+        self.fence_events.add(1, &[KeyValue::new("event", event)]);
+    }
+    /// `outcome`: `fence`, `shared_outage` or `no_witness` (`service::fence::Verdict`).
+    pub fn fence_check(&self, outcome: &'static str) {
+        self.fence_checks
+            .add(1, &[KeyValue::new("outcome", outcome)]);
     }
     pub fn unknown_client(&self) {
         self.unknown_client.add(1, &[]);

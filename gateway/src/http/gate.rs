@@ -1,6 +1,9 @@
 //! The edge gate: refuses new Engine.IO handshakes (requests to `/socket.io/` without `sid`) at the
-//! HTTP level — 429 `rate_limited` with `Retry-After`, 503 `server_busy`, 503 `draining` — so
-//! socket.io-client keeps retrying with its own backoff. It runs before any Redis or database work.
+//! HTTP level — 429 `rate_limited` with `Retry-After`, 503 `server_busy`, 503 `draining`, 503
+//! `unavailable` while fenced — so socket.io-client keeps retrying with its own backoff. It runs
+//! before any Redis or database work. While fenced it also refuses the requests of live
+//! long-polling sessions (503 `unavailable`): their clients see a transport error and reconnect
+//! elsewhere, as a websocket whose transport the fence closed does.
 //!
 //! It also refuses cross-site WebSocket hijacking: a handshake that carries the dashboard's
 //! session cookie from a browser page whose `Origin` is not in `CORS_ORIGIN` gets 403
@@ -72,6 +75,10 @@ pub async fn gate(
 
 async fn admit(st: EdgeState, peer: &crate::net::Peer, mut req: Request, next: Next) -> Response {
     if !is_handshake(&req) {
+        if st.gw.is_fenced() && req.uri().path().starts_with("/socket.io") {
+            // A live session's request, not a handshake: not counted as a refusal.
+            return refusal(Refusal::Unavailable).1;
+        }
         return next.run(req).await;
     }
     if cookie_from_foreign_origin(&req, &st.gw.cfg().cors_origins) {
@@ -99,40 +106,61 @@ async fn admit(st: EdgeState, peer: &crate::net::Peer, mut req: Request, next: N
             );
         }
     }
-    match st.guard.check(ip, st.gw.is_draining()) {
+    let verdict = if st.gw.is_fenced() && !st.gw.is_draining() {
+        Err(Refusal::Unavailable)
+    } else {
+        st.guard.check(ip, st.gw.is_draining())
+    };
+    match verdict {
         Ok(()) => {
             // The socket this handshake opens counts itself in and out (`socket::connect`).
             req.extensions_mut().insert(st.guard.live().clone());
             super::affinity::handshake(&st.gw.cfg().replica_id, req, next).await
         }
-        Err(r) => {
-            let (status, cause, message, retry) = match r {
-                Refusal::RateLimited { retry_after } => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "Too many connection attempts from this address",
-                    retry_after.as_secs().max(1),
-                ),
-                Refusal::ServerBusy => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_busy",
-                    "This replica is at capacity",
-                    2,
-                ),
-                Refusal::Draining => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "draining",
-                    "This replica is shutting down",
-                    1,
-                ),
-            };
-            st.gw.count_refusal(cause);
-            (
-                status,
-                [(header::RETRY_AFTER, retry.to_string())],
-                Json(json!({"error": cause, "message": message})),
-            )
-                .into_response()
-        }
+        Err(r) => refuse(&st, r),
     }
+}
+
+/// A refused handshake, counted by cause.
+fn refuse(st: &EdgeState, r: Refusal) -> Response {
+    let (cause, resp) = refusal(r);
+    st.gw.count_refusal(cause);
+    resp
+}
+
+/// The cause and the response of a refusal: a JSON body naming the cause, and `Retry-After`.
+fn refusal(r: Refusal) -> (&'static str, Response) {
+    let (status, cause, message, retry) = match r {
+        Refusal::RateLimited { retry_after } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many connection attempts from this address",
+            retry_after.as_secs().max(1),
+        ),
+        Refusal::ServerBusy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            "This replica is at capacity",
+            2,
+        ),
+        Refusal::Draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "This replica is shutting down",
+            1,
+        ),
+        Refusal::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "This replica is cut off from the shared store; another replica serves",
+            1,
+        ),
+    };
+    let resp = (
+        status,
+        [(header::RETRY_AFTER, retry.to_string())],
+        Json(json!({"error": cause, "message": message})),
+    )
+        .into_response();
+    (cause, resp)
 }

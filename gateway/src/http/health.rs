@@ -1,5 +1,5 @@
 //! Health routes: deep `/api/health`, `/live` (the process runs), `/ready` (503 only while
-//! draining), `/api/status`.
+//! draining or fenced), `/api/status`.
 //!
 //! Readiness says whether this replica should receive traffic, not whether its dependencies
 //! answer (contract §7). Routes are served only once the replica reached its database and Redis
@@ -8,7 +8,9 @@
 //! serves by itself (connected screens, heartbeats, cached handshakes, the impression outbox),
 //! while each replica refuses transiently what it cannot serve. So readiness answers from memory
 //! at once, and the dependencies' state goes to `/api/health`, `vizora_gateway_dependency_up`
-//! and the alerts.
+//! and the alerts. The one dependency state readiness does follow is a partition: a replica
+//! fenced off Redis while its peers reach it (`service::fence`) is 503 `fenced` until Redis
+//! answers it again.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -78,6 +80,8 @@ pub async fn health(State(gw): State<Arc<Gateway>>) -> Json<Value> {
     };
     let ws = if gw.is_draining() {
         json!({"status": "unhealthy", "error": "draining"})
+    } else if gw.is_fenced() {
+        json!({"status": "unhealthy", "error": "fenced"})
     } else {
         json!({"status": "healthy"})
     };
@@ -106,10 +110,17 @@ pub async fn live() -> Json<Value> {
 }
 
 pub async fn ready(State(gw): State<Arc<Gateway>>) -> (StatusCode, Json<Value>) {
-    if gw.is_draining() {
+    let not_ready = if gw.is_draining() {
+        Some("draining")
+    } else if gw.is_fenced() {
+        Some("fenced")
+    } else {
+        None
+    };
+    if let Some(reason) = not_ready {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "ready": false, "reason": "draining"})),
+            Json(json!({"status": "not ready", "ready": false, "reason": reason})),
         )
     } else {
         (

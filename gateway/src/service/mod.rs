@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod delivery;
 pub mod device_auth;
 pub mod device_events;
+pub mod fence;
 pub mod health;
 pub mod impressions;
 pub mod live;
@@ -98,6 +99,8 @@ pub struct Gateway {
     /// Organisations suspended through the internal API, as this replica last read them.
     suspended: sessions::SuspendedOrgs,
     draining: AtomicBool,
+    /// Self-fencing: the Redis probe record and whether this replica fenced itself off.
+    fence: fence::Fence,
     redis_healthy: AtomicBool,
     /// Test-only delays between lease steps (feature `test-hooks`).
     hooks: crate::hooks::Hooks,
@@ -145,6 +148,7 @@ impl Gateway {
             emitter,
             persister,
             draining: AtomicBool::new(false),
+            fence: fence::Fence::new(),
             redis_healthy: AtomicBool::new(true),
             tasks: crate::shutdown::Tasks::default(),
         })

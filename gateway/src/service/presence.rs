@@ -88,15 +88,24 @@ impl Gateway {
         let Some(e) = self.live.remove(sid) else {
             return;
         };
-        if self.is_draining() {
+        if self.is_draining() || self.is_fenced() {
             // Handed over, not released: the reconnecting socket supersedes the lease, or the
-            // sweep expires it if the device never comes back.
+            // sweep expires it if the device never comes back. (A fenced replica cannot reach
+            // Redis anyway, and a release retried later would be judged against the epoch of
+            // the device's new socket: see `release.lua`.)
             return;
         }
         self.hooks.pause().await;
         self.hooks.before_release().await;
         self.release_lease(&e.device_id, &e.org, e.epoch, "disconnect")
             .await;
+    }
+
+    /// A device socket whose transport a close path (drain, fencing) closed: its lease is
+    /// handed over, never released, whatever this replica's state when the disconnect handler
+    /// runs (a fence may have lifted meanwhile).
+    pub fn hand_over_device(&self, sid: &str) {
+        self.live.remove(sid);
     }
 
     /// One release attempt. A failure is remembered and retried by the refresh tick: if Redis

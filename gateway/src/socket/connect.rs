@@ -151,6 +151,7 @@ async fn admit<A: Adapter>(
         live: handshake.get::<Arc<LiveSockets>>().cloned(),
         device: session,
         phase: std::sync::atomic::AtomicU8::new(0),
+        leaving: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
@@ -276,7 +277,10 @@ async fn on_disconnect<A: Adapter>(
         }
         gw.socket_closed(device);
     }
-    if device {
+    if device && ctx.is_leaving() {
+        // Closed by the drain or the fence: handed over to the reconnecting socket.
+        gw.hand_over_device(&s.id.to_string());
+    } else if device {
         gw.release_device(&s.id.to_string()).await;
     } else {
         gw.dashboard_disconnected(&s.id.to_string());

@@ -35,6 +35,21 @@ pub struct SocketCtx {
     /// middleware, so a fast client can disconnect before the (spawned) connect handler runs;
     /// the handler then does nothing, and only what it counted is uncounted.
     pub phase: std::sync::atomic::AtomicU8,
+    /// Set by every close path (drain, fencing, rebalancing) before it closes the transport: a
+    /// frame handed to a leaving socket may never be written, so it is not called delivered.
+    pub leaving: std::sync::atomic::AtomicBool,
+}
+
+impl SocketCtx {
+    /// Marks the socket as leaving; call before closing its transport.
+    pub fn mark_leaving(&self) {
+        self.leaving
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// Registers the namespace on an in-process server.
