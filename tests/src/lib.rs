@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
+pub mod balancer;
 pub mod cluster;
 pub mod endpoint;
 pub mod fixture;
@@ -45,6 +46,31 @@ pub fn status_events(
         })
         .map(|e| e.args[0].clone())
         .collect()
+}
+
+/// What a dashboard shows after `events`: `device:status` sets one device,
+/// `device:status:batch` sets all it lists. Device id → status.
+pub fn dashboard_view(
+    events: &[vizora_sioclient::Event],
+) -> std::collections::HashMap<String, String> {
+    let mut v = std::collections::HashMap::new();
+    let mut set = |d: &serde_json::Value| {
+        if let (Some(id), Some(st)) = (d["deviceId"].as_str(), d["status"].as_str()) {
+            v.insert(id.to_string(), st.to_string());
+        }
+    };
+    for e in events {
+        match e.name.as_str() {
+            "device:status" => set(&e.args[0]),
+            "device:status:batch" => e.args[0]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .for_each(&mut set),
+            _ => {}
+        }
+    }
+    v
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.

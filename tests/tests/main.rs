@@ -20,6 +20,7 @@ mod existing_db;
 mod impressions;
 mod internal_api;
 mod load_balancer;
+mod partition;
 mod paused;
 mod persistence;
 mod props;

@@ -291,7 +291,7 @@ async fn a_device_that_leaves_while_redis_is_rolled_back_goes_offline_once() {
                     .all(|e| e.args[0]["deviceId"] == leaving.as_str()),
             "dashboard {i}: one offline at most, for the departed device only: {offline:?}"
         );
-        let shown = view(&seen);
+        let shown = dashboard_view(&seen);
         for (dev, _) in &f.screens[1..] {
             assert_eq!(
                 shown.get(dev).map(String::as_str),
@@ -311,29 +311,6 @@ async fn a_device_that_leaves_while_redis_is_rolled_back_goes_offline_once() {
     }
 }
 
-/// What a dashboard shows after `events`: `device:status` sets one device, `device:status:batch`
-/// sets all it lists.
-fn view(events: &[Event]) -> std::collections::HashMap<String, String> {
-    let mut v = std::collections::HashMap::new();
-    let mut set = |d: &serde_json::Value| {
-        if let (Some(id), Some(st)) = (d["deviceId"].as_str(), d["status"].as_str()) {
-            v.insert(id.to_string(), st.to_string());
-        }
-    };
-    for e in events {
-        match e.name.as_str() {
-            "device:status" => set(&e.args[0]),
-            "device:status:batch" => e.args[0]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .for_each(&mut set),
-            _ => {}
-        }
-    }
-    v
-}
-
 /// Waits (for events, up to `T`) until the dashboard shows `device` offline, counting what it
 /// already `seen`; returns the events received meanwhile.
 async fn events_until_offline(d: &Client, device: &str, seen: &[Event]) -> Vec<Event> {
@@ -341,7 +318,7 @@ async fn events_until_offline(d: &Client, device: &str, seen: &[Event]) -> Vec<E
     let mut more = Vec::new();
     loop {
         let all: Vec<Event> = seen.iter().chain(more.iter()).cloned().collect();
-        if view(&all).get(device).map(String::as_str) == Some("offline") {
+        if dashboard_view(&all).get(device).map(String::as_str) == Some("offline") {
             return more;
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
