@@ -138,7 +138,8 @@ pub async fn run(
         Some(target) => {
             let emitter = Arc::new(IoEmitter::<crate::socket::RedisIo>::default());
             let (gw, rx, persister) = gateway(parts, emitter.clone());
-            let (ctr, reconnects) = adapter_with_retry(&target, gw.tasks(), &shutdown).await?;
+            let (ctr, reconnects, driver) =
+                adapter_with_retry(&target, gw.tasks(), &shutdown).await?;
             let (layer, io) = builder(&cfg)
                 .with_state(gw.clone())
                 .with_adapter::<crate::socket::RedisIo>(ctr)
@@ -147,6 +148,7 @@ pub async fn run(
             crate::socket::register_redis(&io)
                 .await
                 .map_err(anyhow::Error::msg)?;
+            connect_relay(&gw, driver).await?;
             let server = SocketServer {
                 io,
                 layer,
@@ -179,6 +181,7 @@ async fn adapter_with_retry(
 ) -> anyhow::Result<(
     socketioxide_redis::RedisAdapterCtr<crate::store::pubsub::ResilientDriver>,
     watch::Receiver<u64>,
+    crate::store::pubsub::ResilientDriver,
 )> {
     let mut backoff = ADAPTER_RETRY_FIRST;
     loop {
@@ -188,8 +191,9 @@ async fn adapter_with_retry(
             Ok(driver) => {
                 let reconnects = driver.reconnects();
                 return Ok((
-                    socketioxide_redis::RedisAdapterCtr::new_with_driver(driver, cfg),
+                    socketioxide_redis::RedisAdapterCtr::new_with_driver(driver.clone(), cfg),
                     reconnects,
+                    driver,
                 ));
             }
             Err(e) => {
@@ -202,6 +206,42 @@ async fn adapter_with_retry(
             }
         }
     }
+}
+
+/// Confirmed delivery (`service::relay`) over the adapter's pub/sub connection: this replica's
+/// `deliver` and `confirm` channels, resubscribed with the adapter's after every reconnect.
+async fn connect_relay(
+    gw: &Arc<Gateway>,
+    driver: crate::store::pubsub::ResilientDriver,
+) -> anyhow::Result<()> {
+    use crate::service::relay::{confirm_channel, deliver_channel};
+    use futures_util::StreamExt;
+    use socketioxide_redis::drivers::Driver;
+    /// Requests and confirmations buffered per channel before the driver drops them.
+    const RELAY_BUFFER: usize = 4096;
+    let replica = &gw.cfg().replica_id;
+    for chan in [deliver_channel(replica), confirm_channel(replica)] {
+        let mut stream = driver.subscribe(chan, RELAY_BUFFER).await?;
+        let (gw2, stop) = (gw.clone(), gw.tasks().stop_token());
+        gw.tasks().spawn(async move {
+            loop {
+                let (chan, payload) = tokio::select! {
+                    m = stream.next() => match m {
+                        Some(m) => m,
+                        None => return,
+                    },
+                    _ = stop.cancelled() => return,
+                };
+                // Each request on its own task: one waiting on a slow claim holds up no other.
+                let gw3 = gw2.clone();
+                gw2.tasks().spawn(async move {
+                    gw3.on_relay_message(&chan, &payload).await;
+                });
+            }
+        });
+    }
+    gw.set_relay_bus(Box::new(driver));
+    Ok(())
 }
 
 fn builder(cfg: &Config) -> socketioxide::SocketIoBuilder {

@@ -252,6 +252,9 @@ pub struct Config {
     /// `DELIVERY_ACK_TIMEOUT_MS` (10000): how long an acknowledged `playlist:update` or
     /// `command` waits for the client's ack before it is kept for replay.
     pub delivery_ack_timeout: Duration,
+    /// `DELIVERY_CONFIRM_TIMEOUT_MS` (1000): how long a command or playlist push for a socket on
+    /// another replica waits for that replica's word that it wrote it, before it is queued.
+    pub delivery_confirm_timeout: Duration,
     /// `SESSION_SWEEP_INTERVAL_MS` (60000): how often dashboard sessions are re-checked.
     pub session_sweep_interval: Duration,
     /// `LOG_FORMAT` (`text`; `json` for production log pipelines).
@@ -423,6 +426,7 @@ impl Config {
             command_queue_ttl: p.ms("COMMAND_QUEUE_TTL_MS", 86_400_000),
             http_body_limit: p.num("HTTP_BODY_LIMIT_BYTES", 1_048_576),
             delivery_ack_timeout: p.ms("DELIVERY_ACK_TIMEOUT_MS", 10_000),
+            delivery_confirm_timeout: p.ms("DELIVERY_CONFIRM_TIMEOUT_MS", 1_000),
             session_sweep_interval: p.ms("SESSION_SWEEP_INTERVAL_MS", 60_000),
             log_json: match p.opt("LOG_FORMAT").as_deref() {
                 None | Some("text") => false,
@@ -688,6 +692,7 @@ mod tests {
         assert_eq!(c.impression_batch_max, 500);
         assert!(c.max_payload() >= 2_796_204 && c.max_payload() < 3_000_000);
         assert_eq!(c.delivery_ack_timeout, Duration::from_millis(10_000));
+        assert_eq!(c.delivery_confirm_timeout, Duration::from_millis(1_000));
         assert_eq!(c.session_sweep_interval, Duration::from_millis(60_000));
         assert_eq!(c.drain, Duration::from_secs(30));
         assert_eq!(c.drain_settle, Duration::from_millis(1_000));

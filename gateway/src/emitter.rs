@@ -38,6 +38,9 @@ pub trait Emitter: Send + Sync + 'static {
     async fn disconnect_room(&self, room: String);
     /// Whether a socket with this sid is connected to this replica.
     fn is_local(&self, sid: &str) -> bool;
+    /// Hands `event` to socket `sid` when this replica holds it and no close path marked it
+    /// leaving: `true` is what the API may call delivered.
+    fn write_to_local_socket(&self, sid: &str, event: &Outgoing) -> bool;
 }
 
 /// The Redis adapter as socketioxide names it (over the pub/sub driver that follows the primary).
@@ -141,5 +144,19 @@ impl<A: Adapter> Emitter for IoEmitter<A> {
             return false;
         };
         io.get_socket(sid).is_some()
+    }
+
+    fn write_to_local_socket(&self, sid: &str, event: &Outgoing) -> bool {
+        let (Some(io), Ok(sid)) = (self.io.get(), sid.parse()) else {
+            return false;
+        };
+        let Some(socket) = io.get_socket(sid) else {
+            return false;
+        };
+        let leaving = socket
+            .extensions
+            .get::<std::sync::Arc<crate::socket::SocketCtx>>()
+            .is_none_or(|ctx| ctx.is_leaving());
+        !leaving && socket.emit(event.name(), event.data()).is_ok()
     }
 }

@@ -69,6 +69,8 @@ pub struct Metrics {
     fence_events: Counter<u64>,
     fence_checks: Counter<u64>,
     unknown_client: Counter<u64>,
+    delivery_confirmations: Histogram<f64>,
+    delivery_fallbacks: Counter<u64>,
 }
 
 impl Metrics {
@@ -213,6 +215,20 @@ impl Metrics {
                 "vizora_gateway_handshakes_unknown_client",
                 "Handshakes whose client address the trusted proxies hid (per-IP limits skipped)",
             ),
+            delivery_confirmations: meter
+                .f64_histogram("vizora_gateway_delivery_confirmation_duration")
+                .with_unit("s")
+                .with_description(
+                    "Time from relaying a delivery to the owning replica's answer, by outcome",
+                )
+                .with_boundaries(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+                .build(),
+            delivery_fallbacks: counter(
+                "vizora_gateway_delivery_fallbacks",
+                "Relayed deliveries the owning replica did not confirm, queued instead, by reason",
+            ),
             heartbeat_seconds: meter
                 .f64_histogram("vizora_gateway_heartbeat_duration")
                 .with_unit("s")
@@ -297,6 +313,16 @@ impl Metrics {
     }
     pub fn drain_closed(&self, n: u64) {
         self.drain_closed.add(n, &[]);
+    }
+    /// `outcome`: `written`, `queued`, `declined`, `timeout`.
+    pub fn delivery_confirmation(&self, outcome: &'static str, secs: f64) {
+        self.delivery_confirmations
+            .record(secs, &[KeyValue::new("outcome", outcome)]);
+    }
+    /// `reason`: `declined` or `timeout`.
+    pub fn delivery_fallback(&self, reason: &'static str) {
+        self.delivery_fallbacks
+            .add(1, &[KeyValue::new("reason", reason)]);
     }
     /// `event`: `fence` or `unfence`.
     pub fn fence_event(&self, event: &'static str) {

@@ -125,6 +125,10 @@ impl Emitter for Recorder {
         // Every socket a test connects through a replica is that replica's.
         true
     }
+    fn write_to_local_socket(&self, sid: &str, event: &Outgoing) -> bool {
+        self.push(format!("socket:{sid}"), event.name(), event.data().clone());
+        true
+    }
 }
 
 /// Keeps a paused clock from auto-advancing while the test waits for work outside the runtime

@@ -12,6 +12,7 @@ mod cluster_faults;
 mod compat_js;
 mod credentials;
 mod dashboard;
+mod delivery;
 mod deploy;
 mod drain;
 mod drain_deadline;

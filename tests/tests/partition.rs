@@ -152,6 +152,12 @@ impl Player {
         Player::start(json!({"token": user_token("ops", ORG_A)}), first, again).await
     }
 
+    /// The connected client, if connected.
+    fn client(&self) -> Option<Client> {
+        let s = self.seen.lock().unwrap();
+        s.client.clone().filter(Client::is_connected)
+    }
+
     /// The sid of the connected client, if connected.
     fn sid(&self) -> Option<String> {
         let s = self.seen.lock().unwrap();
@@ -217,6 +223,74 @@ fn offline_events(events: &[Event]) -> Vec<String> {
         .filter(|e| e.name == "device:status" && e.args[0]["status"] == "offline")
         .map(|e| e.args[0]["deviceId"].as_str().unwrap_or("?").to_string())
         .collect()
+}
+
+/// Sends a command through `via` once `at` has come, on its own task (the answer waits for the
+/// owner's confirmation or the bound): the command id and the answer's `delivery`.
+fn command_at(via: &Gateway, dev: &str, at: Instant) -> tokio::task::JoinHandle<(String, Value)> {
+    let (api, dev) = (via.api(), dev.to_string());
+    tokio::spawn(async move {
+        tokio::time::sleep_until(at).await;
+        let (st, body) = api.command(&dev, "reload", None).await;
+        assert_eq!(st, 201, "{body}");
+        (
+            body["commandId"].as_str().unwrap().to_string(),
+            body["delivery"].clone(),
+        )
+    })
+}
+
+/// How many times screen `p` was handed command `id`: as a `command` event on any of its
+/// connections, or in a heartbeat ack (a command queued after the screen's connect waits for
+/// its next heartbeat; these players send none by themselves, so this sends one).
+async fn executions(p: &Player, id: &str, from_acks: &mut usize) -> usize {
+    if let Some(c) = p.client()
+        && let Ok(ack) = c
+            .emit_with_ack("heartbeat", json!({}), Duration::from_secs(5))
+            .await
+    {
+        *from_acks += ack["commands"]
+            .as_array()
+            .map(|a| a.iter().filter(|c| c["id"] == id).count())
+            .unwrap_or(0);
+    }
+    let as_events = p
+        .events()
+        .iter()
+        .filter(|e| e.name == "command" && e.args.first().is_some_and(|a| a["id"] == id))
+        .count();
+    as_events + *from_acks
+}
+
+/// The command sent into the partition reaches the moved screen exactly once. The control: a
+/// second command, sent after the first was seen, arrives too (nothing in flight is left to
+/// repeat the first).
+async fn executed_exactly_once(p: &Player, id: &str, control_via: &Gateway, dev: &str) {
+    let mut from_acks = 0;
+    let deadline = Instant::now() + T;
+    while executions(p, id, &mut from_acks).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "command {id} never reached {dev}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (st, body) = control_via.api().command(dev, "reload", None).await;
+    assert_eq!(st, 201, "{body}");
+    let control = body["commandId"].as_str().unwrap().to_string();
+    let mut control_acks = 0;
+    while executions(p, &control, &mut control_acks).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the control command never reached {dev}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        executions(p, id, &mut from_acks).await,
+        1,
+        "command {id} executed once on {dev}"
+    );
 }
 
 /// Two replicas on one Redis, r1 through a proxy the test can freeze.
@@ -289,8 +363,9 @@ async fn a_replica_cut_off_from_redis_hands_its_screens_to_the_healthy_one_befor
 
     proxy.pause();
     let cut_at = Instant::now();
-    // (Confirmed delivery, issue 16: a command sent through the healthy replica 1 s into the
-    // partition is executed exactly once. Added with that part.)
+    // Confirmed delivery: a command sent through the healthy replica 1 s into the partition,
+    // for a screen whose lease still names r1, is executed exactly once (checked at the end).
+    let command = command_at(healthy, &load_device(0), cut_at + Duration::from_secs(1));
 
     // Every screen of the cut-off replica reconnects through the balancer to the healthy one
     // and supersedes its lease there, while r1's path is still frozen.
@@ -386,6 +461,9 @@ async fn a_replica_cut_off_from_redis_hands_its_screens_to_the_healthy_one_befor
         wait_lease(&c, &dev, p, &r0, T).await;
         assert_eq!(c.db_status(&dev).await, "online", "devices.status of {dev}");
     }
+    let (id, delivery) = command.await.unwrap();
+    eprintln!("the command sent into the partition was answered {delivery}");
+    executed_exactly_once(&screens[0], &id, cut, &load_device(0)).await;
     for (name, shown) in [
         ("watcher", dashboard_view(&watcher.events())),
         ("moved dashboard", dashboard_view(&moving.current_events())),
@@ -419,6 +497,11 @@ async fn without_a_balancer_the_screens_of_a_fenced_replica_get_back_in_once_it_
 
     proxy.pause();
     let cut_at = Instant::now();
+    let command = command_at(
+        &c.replicas[0],
+        &load_device(0),
+        cut_at + Duration::from_secs(1),
+    );
     // Positive control: the fence closed every screen's transport, and their retries are
     // refused with 503 `unavailable` (not left hanging on a replica that cannot serve them).
     eventually(LEASE_TTL * 2, "every screen closed and refused", || async {
@@ -456,8 +539,14 @@ async fn without_a_balancer_the_screens_of_a_fenced_replica_get_back_in_once_it_
     assert_eq!(fenced(cut).await, 0.0);
     assert_eq!(fence_events(cut, "fence").await, 1.0);
     assert_eq!(fence_events(cut, "unfence").await, 1.0);
-    // (Confirmed delivery, issue 16: the command sent 1 s into the partition is executed
-    // exactly once. Added with that part.)
+    // The command sent through r0 1 s into the partition: r1 could not confirm it, so it was
+    // queued, and it reached its screen once the screen got back in.
+    let (id, delivery) = command.await.unwrap();
+    assert_eq!(
+        delivery, "queued",
+        "r1 was cut off: nothing could confirm the write"
+    );
+    executed_exactly_once(&screens[0], &id, &c.replicas[0], &load_device(0)).await;
 }
 
 /// Whether every screen's socket holds its device's lease.

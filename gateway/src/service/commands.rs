@@ -64,42 +64,55 @@ impl Gateway {
                 .await?;
         }
         let cmd = Command::new(&id, iso_now(), cmd);
-        let delivery = self.deliver(device, cmd).await?;
+        let delivery = self.deliver(device, &id, cmd).await?;
         Ok((id, delivery))
     }
 
-    async fn deliver(&self, device: &str, cmd: Command) -> Result<Delivery, StoreError> {
+    async fn deliver(&self, device: &str, id: &str, cmd: Command) -> Result<Delivery, StoreError> {
         // Live means a lease whose socket can receive room emits. A `pending` lease names a socket
         // still in its connect middleware, in no namespace yet on whichever replica holds it: an
         // emit now would be lost, so queue it; the socket drains the queue once it is in.
         let (lease, acked) = self.state.lease_and_ack(device).await?;
-        let online = matches!(lease, Some(l) if !l.pending);
-        if online {
-            // Older sockets get it plainly ("delivered" as before); sockets that advertised
-            // `deliveryAck` must acknowledge it, else it goes back to the queue.
-            match self.deliver_live(device, Outgoing::of(&cmd), acked).await {
-                super::delivery::AckOutcome::Failed(why) => {
-                    tracing::info!(device, reason = %why, "Command not acknowledged; queued for replay.");
-                    self.requeue(device, std::slice::from_ref(&cmd)).await;
-                    Ok(Delivery::Queued)
-                }
-                _ => {
-                    self.metrics.command("delivered");
-                    Ok(Delivery::Delivered)
+        let delivery = match lease {
+            Some(l) if !l.pending && acked => {
+                // Sockets that advertised `deliveryAck` must acknowledge it (their own, stronger
+                // confirmation), else it goes back to the queue.
+                match self.deliver_live(device, Outgoing::of(&cmd), true).await {
+                    super::delivery::AckOutcome::Failed(why) => {
+                        tracing::info!(device, reason = %why, "Command not acknowledged; queued for replay.");
+                        self.requeue(device, std::slice::from_ref(&cmd)).await;
+                        Delivery::Queued
+                    }
+                    _ => Delivery::Delivered,
                 }
             }
-        } else {
-            self.state
-                .enqueue_command(
+            Some(l) if !l.pending => {
+                // "delivered" only on the word of the replica that wrote it (`relay`).
+                let target = super::relay::Target {
                     device,
-                    &cmd.to_json(),
-                    self.cfg.command_queue_max,
-                    self.cfg.command_queue_ttl.as_millis() as u64,
-                )
-                .await?;
-            self.metrics.command("queued");
-            Ok(Delivery::Queued)
-        }
+                    sid: &l.sid,
+                    claim: id,
+                };
+                let payload = super::relay::Payload::command(&cmd);
+                self.deliver_confirmed(&l, &target, &payload).await?
+            }
+            _ => {
+                self.state
+                    .enqueue_command(
+                        device,
+                        &cmd.to_json(),
+                        self.cfg.command_queue_max,
+                        self.cfg.command_queue_ttl.as_millis() as u64,
+                    )
+                    .await?;
+                Delivery::Queued
+            }
+        };
+        self.metrics.command(match delivery {
+            Delivery::Delivered => "delivered",
+            Delivery::Queued => "queued",
+        });
+        Ok(delivery)
     }
 
     /// Queued commands, oldest first (connect-time delivery).

@@ -88,17 +88,38 @@ impl Gateway {
     /// `POST /api/push/playlist`'s delivery: `Queued` when acknowledging sockets did not
     /// acknowledge it (it is then kept for replay).
     pub(super) async fn deliver_playlist(&self, device: &str, update: &PlaylistUpdate) -> Delivery {
-        let acked = match self.state.lease_and_ack(device).await {
-            Ok((Some(l), acked)) => acked && !l.pending,
-            _ => false,
+        let (lease, acked) = match self.state.lease_and_ack(device).await {
+            Ok((Some(l), acked)) if !l.pending => (Some(l), acked),
+            _ => (None, false),
         };
-        match self.deliver_live(device, Outgoing::of(update), acked).await {
-            AckOutcome::NoSocket | AckOutcome::Acked => Delivery::Delivered,
-            AckOutcome::Failed(why) => {
-                tracing::info!(device, reason = %why, "Playlist not acknowledged; kept for replay.");
-                self.keep_playlist(device, update).await;
-                Delivery::Queued
+        match lease {
+            Some(l) if !acked => {
+                // "delivered" only on the word of the replica that wrote it (`relay`).
+                let claim = uuid::Uuid::new_v4().to_string();
+                let target = super::relay::Target {
+                    device,
+                    sid: &l.sid,
+                    claim: &claim,
+                };
+                let payload = super::relay::Payload::Playlist {
+                    update: update.clone(),
+                };
+                self.deliver_confirmed(&l, &target, &payload)
+                    .await
+                    .unwrap_or_else(|e| {
+                        self.metrics.store_error("redis", "pending_playlist");
+                        tracing::warn!(device, error = %e, "Could not keep an undelivered playlist.");
+                        Delivery::Queued
+                    })
             }
+            _ => match self.deliver_live(device, Outgoing::of(update), acked).await {
+                AckOutcome::NoSocket | AckOutcome::Acked => Delivery::Delivered,
+                AckOutcome::Failed(why) => {
+                    tracing::info!(device, reason = %why, "Playlist not acknowledged; kept for replay.");
+                    self.keep_playlist(device, update).await;
+                    Delivery::Queued
+                }
+            },
         }
     }
 

@@ -22,6 +22,7 @@ pub mod persist;
 pub mod playlist;
 pub mod presence;
 pub mod reconcile;
+pub mod relay;
 pub mod rooms;
 pub mod screenshots;
 pub mod sessions;
@@ -104,6 +105,8 @@ pub struct Gateway {
     redis_healthy: AtomicBool,
     /// Test-only delays between lease steps (feature `test-hooks`).
     hooks: crate::hooks::Hooks,
+    /// Confirmed delivery to sockets on other replicas.
+    relay: relay::Relay,
     /// Every task spawned for this gateway (background loops and the services' own follow-ups),
     /// so the drain stops and awaits them all.
     tasks: crate::shutdown::Tasks,
@@ -138,6 +141,7 @@ impl Gateway {
             suspended: sessions::SuspendedOrgs::default(),
             live: live::LiveRegistry::default(),
             hooks: crate::hooks::Hooks::from_env(),
+            relay: relay::Relay::new(cfg.delivery_confirm_timeout),
             cfg,
             db,
             presence,

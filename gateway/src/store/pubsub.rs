@@ -256,21 +256,35 @@ impl ResilientDriver {
     }
 }
 
+impl ResilientDriver {
+    /// PUBLISH, answering how many subscribers received the message (the relay's requests need
+    /// to know: zero means the replica addressed is gone).
+    pub async fn publish_counted(&self, chan: String, val: Vec<u8>) -> Result<u64, RedisError> {
+        let (id, mut c) = self.conn_soon().await?;
+        redis::cmd("PUBLISH")
+            .arg(chan)
+            .arg(val)
+            .query_async::<u64>(&mut c)
+            .await
+            .inspect_err(|e| self.failed(id, e))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::service::relay::RelayBus for ResilientDriver {
+    async fn publish(&self, channel: String, payload: Vec<u8>) -> Result<u64, String> {
+        self.publish_counted(channel, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl Driver for ResilientDriver {
     type Error = RedisError;
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
         // Best effort: an error here would also stop local delivery (the adapter publishes first).
-        let res = match self.conn_soon().await {
-            Ok((id, mut c)) => redis::cmd("PUBLISH")
-                .arg(chan)
-                .arg(val)
-                .query_async::<redis::Value>(&mut c)
-                .await
-                .inspect_err(|e| self.failed(id, e)),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = res {
+        if let Err(e) = self.publish_counted(chan, val).await {
             tracing::debug!(error = %e, "Cluster publish failed; delivering locally only.");
         }
         Ok(())
