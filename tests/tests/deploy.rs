@@ -426,6 +426,17 @@ async fn exported_families() -> BTreeSet<String> {
             names.insert(format!("{name}_total"));
         }
     }
+    // Histograms appear once something was recorded (a relayed delivery needs a cluster); every
+    // one of them is in seconds (`with_unit("s")`).
+    for histogram in telemetry.split("f64_histogram(").skip(1) {
+        if let Some(name) = histogram
+            .trim_start()
+            .strip_prefix('"')
+            .and_then(|s| s.split('"').next())
+        {
+            names.insert(format!("{name}_seconds"));
+        }
+    }
     names
 }
 
