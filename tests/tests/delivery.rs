@@ -7,11 +7,16 @@
 use std::time::Duration;
 
 use crate::common::{metric_sum, metrics_text};
+use serde_json::json;
 use tokio::time::Instant;
 use vizora_gateway_tests::*;
 use vizora_sioclient::CloseReason;
 
 const T: Duration = Duration::from_secs(15);
+
+fn playlist(id: &str) -> serde_json::Value {
+    json!({"deviceId": DEV_A1, "playlist": {"id": id, "name": id, "items": []}})
+}
 
 async fn metric(gw: &Gateway, line_start: &str) -> f64 {
     metric_sum(&metrics_text(gw).await, line_start).unwrap_or(0.0)
@@ -36,6 +41,21 @@ async fn a_command_for_another_replicas_screen_is_delivered_on_its_word_or_queue
     assert_eq!(got["id"], body["commandId"]);
     let written = "vizora_gateway_delivery_confirmation_duration_seconds_count{outcome=\"written\"";
     assert_eq!(metric(sender, written).await, 1.0, "confirmed by the owner");
+    // A playlist pushed to the one device follows the same rule.
+    let (st, body) = sender
+        .api()
+        .post("/api/push/playlist", playlist("live"))
+        .await;
+    assert_eq!(
+        (st, &body["delivery"]),
+        (201, &json!("delivered")),
+        "{body}"
+    );
+    let got = screen
+        .wait_for("playlist:update", T)
+        .await
+        .expect("the playlist");
+    assert_eq!(got["playlist"]["id"], "live");
 
     // The owner freezes: no confirmation, so the sender queues it within the bound.
     owner.freeze();
@@ -51,6 +71,14 @@ async fn a_command_for_another_replicas_screen_is_delivered_on_its_word_or_queue
     let timeouts = "vizora_gateway_delivery_fallbacks_total{reason=\"timeout\"";
     assert_eq!(metric(sender, timeouts).await, 1.0);
     let queued_id = body["commandId"].clone();
+    let pending = format!("device:pending-playlist:{DEV_A1}");
+    assert!(!c.redis.exists(&pending).await);
+    let (st, body) = sender
+        .api()
+        .post("/api/push/playlist", playlist("kept"))
+        .await;
+    assert_eq!((st, &body["delivery"]), (201, &json!("queued")), "{body}");
+    assert!(c.redis.exists(&pending).await, "kept for the next connect");
 
     // The screen notices the frozen replica and moves; the queued command follows it.
     let reason = screen.closed(T).await;
