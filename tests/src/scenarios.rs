@@ -17,6 +17,10 @@ pub async fn commands_during_connect_are_not_lost(api: &Api, target: &Gateway) {
     let t = Duration::from_secs(10);
     let presence = format!("/api/internal/devices/{DEV_A1}/presence");
     let mut hit = 0;
+    // Commands answered `queued`: sent while the lease was still pending (the socket in no room
+    // yet), which is the window this scenario is about. A command sent after the socket entered
+    // the namespace, before the client saw its CONNECT answered, is `delivered` by right.
+    let mut queued = 0;
     for attempt in 0..40 {
         if hit >= 3 {
             break;
@@ -35,6 +39,11 @@ pub async fn commands_during_connect_are_not_lost(api: &Api, target: &Gateway) {
                         .command(DEV_A1, "reload", Some(json!({"attempt": attempt})))
                         .await;
                     assert_eq!(st, 201, "{r}");
+                    match r["delivery"].as_str() {
+                        Some("queued") => queued += 1,
+                        Some("delivered") => {}
+                        other => panic!("attempt {attempt}: delivery {other:?}: {r}"),
+                    }
                     id = Some(r["commandId"].as_str().unwrap().to_string());
                 }
                 break;
@@ -69,4 +78,8 @@ pub async fn commands_during_connect_are_not_lost(api: &Api, target: &Gateway) {
         .await;
     }
     assert!(hit >= 3, "the connect window was hit only {hit} times");
+    assert!(
+        queued >= 1,
+        "no command was sent while the lease was pending ({hit} sent during connects)"
+    );
 }

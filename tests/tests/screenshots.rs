@@ -463,6 +463,19 @@ async fn request_ids_expire() {
     let gw = Gateway::start(GatewayOptions::new(db).env("SCREENSHOT_REQUEST_TTL_MS", 1000)).await;
     let c = device(&gw, DEV_A1, ORG_A, Transport::Websocket).await;
     expect_event(&c, "config", "expiry").await;
+    // The positive control: the same response to a request within its lifetime is stored, so the
+    // refusal below is the expiry's doing, not the response's.
+    let fresh = request_screenshot(&gw, &c, DEV_A1, None).await;
+    let ack = c
+        .emit_with_ack(
+            "screenshot:response",
+            response(&fresh, &png(4, 4, None), 4, 4),
+            T,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack["data"]["saved"], true, "{ack}");
+    assert_eq!(stored_files(&gw).len(), 1);
     let rid = request_screenshot(&gw, &c, DEV_A1, None).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let ack = c
@@ -477,7 +490,7 @@ async fn request_ids_expire() {
         assert_err_ack(&ack, "expired"),
         "Unknown or expired screenshot request"
     );
-    assert!(stored_files(&gw).is_empty());
+    assert_eq!(stored_files(&gw).len(), 1, "nothing stored for the expired one");
 }
 
 /// The engine's max payload fits the largest legal screenshot (SCREENSHOT_MAX_BYTES decoded,
