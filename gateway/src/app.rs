@@ -284,6 +284,7 @@ async fn serve<A: Adapter>(
     gw.set_connection_cap(guard.max_connections);
     spawn_background(&tasks, &gw, &guard);
     spawn_fencing(&tasks, &gw, &io);
+    spawn_rebalancing(&tasks, &gw, &io);
     if let Some(rx) = adapter_reconnects {
         tasks.spawn(resync_after_reconnects(gw.clone(), rx, tasks.stop_token()));
     }
@@ -543,6 +544,66 @@ fn spawn_fencing<A: Adapter>(tasks: &Tasks, gw: &Arc<Gateway>, io: &SocketIo<A>)
             });
         }
     });
+}
+
+/// Rebalancing, in cluster mode only (`service::rebalance`): every tick (about a second, with
+/// jitter) this replica publishes its load and reads everyone's (the load gauges follow even with
+/// `REBALANCE=off`); while it sheds, the transports of the device sockets it was told to close
+/// are closed one at a time, evenly over the tick, oldest connection first. Each socket is marked
+/// leaving first, so its lease is handed over (no offline status, no notification) and a frame
+/// handed to it meanwhile is queued instead of called delivered; a transport close, never a
+/// Socket.IO disconnect, so the screen reconnects by itself (the gate answers 503 `server_busy`
+/// meanwhile, so it lands on another replica).
+fn spawn_rebalancing<A: Adapter>(tasks: &Tasks, gw: &Arc<Gateway>, io: &SocketIo<A>) {
+    if gw.cfg().redis.is_none() {
+        return;
+    }
+    let (gw, io, stop) = (gw.clone(), io.clone(), tasks.stop_token());
+    tasks.spawn(async move {
+        loop {
+            let period = crate::service::rebalance::jittered(crate::service::rebalance::TICK);
+            let next = Instant::now() + period;
+            let mut devices = sheddable(&io);
+            let shed = gw.rebalance_once(devices.len(), period).await;
+            if shed > 0 {
+                devices.sort_by_key(|(sid, _)| gw.device_connected_since(sid));
+                let pause = period / u32::try_from(shed).unwrap_or(u32::MAX);
+                for (_, ctx) in devices.into_iter().take(shed) {
+                    if !gw.is_shedding() || gw.is_draining() || gw.is_fenced() || ctx.is_leaving() {
+                        break;
+                    }
+                    gw.count_rebalance_closed(1);
+                    ctx.mark_leaving();
+                    if let Some(k) = &ctx.kill {
+                        k.kill();
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+/// This replica's device sockets that rebalancing may move: connected (the connect handler
+/// ran), with a transport it can close, and not already leaving.
+fn sheddable<A: Adapter>(io: &SocketIo<A>) -> Vec<(String, Arc<crate::socket::SocketCtx>)> {
+    io.sockets()
+        .iter()
+        .filter_map(|s| {
+            let ctx = s.extensions.get::<Arc<crate::socket::SocketCtx>>()?;
+            let device = matches!(ctx.principal, crate::auth::Principal::Device(_));
+            let connected = ctx.phase.load(std::sync::atomic::Ordering::SeqCst) == 1;
+            (device && connected && ctx.kill.is_some() && !ctx.is_leaving())
+                .then(|| (s.id.to_string(), ctx))
+        })
+        .collect()
 }
 
 /// Periodic work: lease refresh, sweep, offline notices, the bulk flush, limiter housekeeping.

@@ -255,6 +255,15 @@ pub struct Config {
     /// `DELIVERY_CONFIRM_TIMEOUT_MS` (1000): how long a command or playlist push for a socket on
     /// another replica waits for that replica's word that it wrote it, before it is queued.
     pub delivery_confirm_timeout: Duration,
+    /// `REBALANCE` (`on`; `off` disables it): in cluster mode, a replica whose device sockets
+    /// exceed the mean of the ready replicas by more than the tolerance closes some of their
+    /// transports so they reconnect elsewhere (ARCHITECTURE.md, "Rebalancing").
+    pub rebalance: bool,
+    /// `REBALANCE_TOLERANCE` (0.10): how far above the mean (a fraction of it) a replica may be
+    /// before it sheds; it sheds down to half of it above the mean.
+    pub rebalance_tolerance: f64,
+    /// `REBALANCE_MAX_PER_S` (20): transports one replica closes per second while it sheds.
+    pub rebalance_max_per_s: u32,
     /// `SESSION_SWEEP_INTERVAL_MS` (60000): how often dashboard sessions are re-checked.
     pub session_sweep_interval: Duration,
     /// `LOG_FORMAT` (`text`; `json` for production log pipelines).
@@ -427,6 +436,16 @@ impl Config {
             http_body_limit: p.num("HTTP_BODY_LIMIT_BYTES", 1_048_576),
             delivery_ack_timeout: p.ms("DELIVERY_ACK_TIMEOUT_MS", 10_000),
             delivery_confirm_timeout: p.ms("DELIVERY_CONFIRM_TIMEOUT_MS", 1_000),
+            rebalance: match p.opt("REBALANCE").as_deref() {
+                None | Some("on" | "true" | "1") => true,
+                Some("off" | "false" | "0") => false,
+                Some(v) => {
+                    p.err("REBALANCE", &format!("`{v}` is not on or off"));
+                    true
+                }
+            },
+            rebalance_tolerance: p.fraction("REBALANCE_TOLERANCE", 0.10),
+            rebalance_max_per_s: p.positive("REBALANCE_MAX_PER_S", 20),
             session_sweep_interval: p.ms("SESSION_SWEEP_INTERVAL_MS", 60_000),
             log_json: match p.opt("LOG_FORMAT").as_deref() {
                 None | Some("text") => false,
@@ -526,6 +545,19 @@ impl<F: Fn(&str) -> Option<String>> Parser<'_, F> {
             return default;
         }
         v
+    }
+    /// A fraction strictly between 0 and 1.
+    fn fraction(&mut self, var: &str, default: f64) -> f64 {
+        match self.opt(var) {
+            None => default,
+            Some(v) => match v.parse::<f64>() {
+                Ok(f) if f > 0.0 && f < 1.0 => f,
+                _ => {
+                    self.err(var, &format!("`{v}` is not a fraction between 0 and 1"));
+                    default
+                }
+            },
+        }
     }
     fn ms(&mut self, var: &str, default: u64) -> Duration {
         let v = self.num(var, default);
@@ -693,6 +725,9 @@ mod tests {
         assert!(c.max_payload() >= 2_796_204 && c.max_payload() < 3_000_000);
         assert_eq!(c.delivery_ack_timeout, Duration::from_millis(10_000));
         assert_eq!(c.delivery_confirm_timeout, Duration::from_millis(1_000));
+        assert!(c.rebalance);
+        assert_eq!(c.rebalance_tolerance, 0.10);
+        assert_eq!(c.rebalance_max_per_s, 20);
         assert_eq!(c.session_sweep_interval, Duration::from_millis(60_000));
         assert_eq!(c.drain, Duration::from_secs(30));
         assert_eq!(c.drain_settle, Duration::from_millis(1_000));

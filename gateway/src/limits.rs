@@ -60,6 +60,9 @@ pub enum Refusal {
     Draining,
     /// Fenced off the shared store (`service::fence`): 503 `unavailable`.
     Unavailable,
+    /// Shedding load to rebalance the cluster (`service::rebalance`): 503 `server_busy`,
+    /// counted as `rebalancing`.
+    Rebalancing,
 }
 
 /// The edge's own count of this replica's live Socket.IO sockets, which the connection cap

@@ -39,6 +39,11 @@ pub struct Gauges {
     pub draining: AtomicI64,
     /// 1 while this replica is fenced off (cut off from Redis while its peers reach it).
     pub fenced: AtomicI64,
+    /// 1 while this replica sheds device sockets to rebalance the cluster.
+    pub rebalancing: AtomicI64,
+    /// This replica's device sockets over the mean of the ready replicas, in millionths (0: no
+    /// mean known: alone, embedded mode, or the store unreachable).
+    pub rebalance_load_ratio_micros: AtomicI64,
     /// The connection cap in force (`MAX_CONNECTIONS`): the capacity alert divides by it.
     pub connection_cap: AtomicI64,
     /// 1 while the last probe of Redis answered, 0 while not, -1 without Redis (not exported).
@@ -66,6 +71,7 @@ pub struct Metrics {
     impressions_written: Counter<u64>,
     impressions_dropped: Counter<u64>,
     drain_closed: Counter<u64>,
+    rebalance_closed: Counter<u64>,
     fence_events: Counter<u64>,
     fence_checks: Counter<u64>,
     unknown_client: Counter<u64>,
@@ -132,6 +138,25 @@ impl Metrics {
                 "1 while this replica is fenced: cut off from Redis while its peers reach it (readiness 503, handshakes refused, sockets moved)",
             )
             .with_callback(move |o| o.observe(g.fenced.load(Ordering::Relaxed), &[]))
+            .build();
+        let g = gauges.clone();
+        meter
+            .i64_observable_gauge("vizora_gateway_rebalancing")
+            .with_description(
+                "1 while this replica sheds device sockets to rebalance the cluster (handshakes answered 503 server_busy)",
+            )
+            .with_callback(move |o| o.observe(g.rebalancing.load(Ordering::Relaxed), &[]))
+            .build();
+        let g = gauges.clone();
+        meter
+            .f64_observable_gauge("vizora_gateway_rebalance_load_ratio")
+            .with_description(
+                "This replica's device sockets over the mean of the ready replicas (0 while unknown)",
+            )
+            .with_callback(move |o| {
+                let micros = g.rebalance_load_ratio_micros.load(Ordering::Relaxed);
+                o.observe(micros as f64 / 1e6, &[])
+            })
             .build();
         let g = gauges.clone();
         meter
@@ -202,6 +227,10 @@ impl Metrics {
             drain_closed: counter(
                 "vizora_gateway_drain_closed",
                 "Socket transports the drain closed so their clients reconnect to another replica",
+            ),
+            rebalance_closed: counter(
+                "vizora_gateway_rebalance_closed",
+                "Device socket transports closed to rebalance the cluster (their clients reconnect to another replica)",
             ),
             fence_events: counter(
                 "vizora_gateway_fence_events",
@@ -313,6 +342,9 @@ impl Metrics {
     }
     pub fn drain_closed(&self, n: u64) {
         self.drain_closed.add(n, &[]);
+    }
+    pub fn rebalance_closed(&self, n: u64) {
+        self.rebalance_closed.add(n, &[]);
     }
     /// `outcome`: `written`, `queued`, `declined`, `timeout`.
     pub fn delivery_confirmation(&self, outcome: &'static str, secs: f64) {

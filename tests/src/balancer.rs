@@ -2,10 +2,11 @@
 //! round-robin to the backends whose `/api/health/ready` answered 200 at the last poll (every
 //! 100 ms); a connection already open stays where it is. Websockets are plain TCP once
 //! upgraded, so this is enough for websocket clients (long-polling would need stickiness).
-//! With no ready backend, a new connection is closed at once (the client retries).
+//! With no ready backend, a new connection is closed at once (the client retries). A backend can
+//! join later ([`Balancer::add`]), as a new pod joins a Service's endpoints.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -30,30 +31,55 @@ impl Backend {
     }
 }
 
+/// One backend and what the balancer knows of it.
+struct Slot {
+    backend: Backend,
+    ready: AtomicBool,
+    /// Connections handed to it so far.
+    routed: AtomicUsize,
+}
+
 struct Shared {
-    backends: Vec<Backend>,
-    ready: Vec<AtomicBool>,
+    /// Backends in the order they were given or added (their index in [`Balancer::ready`]).
+    slots: RwLock<Vec<Arc<Slot>>>,
     next: AtomicUsize,
-    /// Connections handed to each backend so far.
-    routed: Vec<AtomicUsize>,
     /// Each backend's readiness changes as the poller saw them: (backend, ready).
     changes: Mutex<Vec<(usize, bool)>>,
+    http: reqwest::Client,
 }
 
 impl Shared {
-    fn pick(&self) -> Option<usize> {
-        let n = self.backends.len();
+    fn pick(&self) -> Option<Arc<Slot>> {
+        let slots = self.slots.read().unwrap();
+        let n = slots.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| self.ready[i].load(Ordering::SeqCst))
+            .map(|k| &slots[(start + k) % n])
+            .find(|s| s.ready.load(Ordering::SeqCst))
+            .cloned()
+    }
+
+    /// Polls backend `i`'s readiness until the balancer is dropped.
+    fn poll(self: &Arc<Self>, i: usize) -> tokio::task::JoinHandle<()> {
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let slot = shared.slots.read().unwrap()[i].clone();
+            let url = slot.backend.ready_url.clone();
+            loop {
+                let ok = matches!(shared.http.get(&url).send().await, Ok(r) if r.status() == 200);
+                if slot.ready.swap(ok, Ordering::SeqCst) != ok {
+                    shared.changes.lock().unwrap().push((i, ok));
+                }
+                tokio::time::sleep(POLL_EVERY).await;
+            }
+        })
     }
 }
 
 pub struct Balancer {
     pub port: u16,
     shared: Arc<Shared>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Balancer {
@@ -63,42 +89,26 @@ impl Balancer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
-            ready: backends.iter().map(|_| AtomicBool::new(false)).collect(),
-            routed: backends.iter().map(|_| AtomicUsize::new(0)).collect(),
-            backends,
+            slots: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
             changes: Mutex::new(Vec::new()),
+            http: reqwest::Client::builder()
+                .timeout(POLL_EVERY * 5)
+                .build()
+                .unwrap(),
         });
-        let mut tasks = Vec::new();
-        let http = reqwest::Client::builder()
-            .timeout(POLL_EVERY * 5)
-            .build()
-            .unwrap();
-        for i in 0..shared.backends.len() {
-            let (shared, http) = (shared.clone(), http.clone());
-            tasks.push(tokio::spawn(async move {
-                let url = shared.backends[i].ready_url.clone();
-                loop {
-                    let ok = matches!(http.get(&url).send().await, Ok(r) if r.status() == 200);
-                    if shared.ready[i].swap(ok, Ordering::SeqCst) != ok {
-                        shared.changes.lock().unwrap().push((i, ok));
-                    }
-                    tokio::time::sleep(POLL_EVERY).await;
-                }
-            }));
-        }
         let s = shared.clone();
-        tasks.push(tokio::spawn(async move {
+        let accept = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                let Some(i) = s.pick() else {
+                let Some(slot) = s.pick() else {
                     drop(client);
                     continue;
                 };
-                s.routed[i].fetch_add(1, Ordering::Relaxed);
-                let addr = s.backends[i].addr.clone();
+                slot.routed.fetch_add(1, Ordering::Relaxed);
+                let addr = slot.backend.addr.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&addr).await else {
                         return;
@@ -109,17 +119,48 @@ impl Balancer {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                 });
             }
-        }));
+        });
         let b = Balancer {
             port,
             shared,
-            tasks,
+            tasks: Mutex::new(vec![accept]),
         };
+        for backend in backends {
+            b.add_backend(backend);
+        }
+        b.wait_all_ready().await;
+        b
+    }
+
+    /// Adds a backend (a replica joining, as a new pod enters a Service's endpoints): it gets
+    /// connections once a poll found it ready. Returns its index.
+    pub fn add_backend(&self, backend: Backend) -> usize {
+        let i = {
+            let mut slots = self.shared.slots.write().unwrap();
+            slots.push(Arc::new(Slot {
+                backend,
+                ready: AtomicBool::new(false),
+                routed: AtomicUsize::new(0),
+            }));
+            slots.len() - 1
+        };
+        let poller = self.shared.poll(i);
+        self.tasks.lock().unwrap().push(poller);
+        i
+    }
+
+    /// Adds a backend and waits until the balancer sends it connections.
+    pub async fn add(&self, backend: Backend) -> usize {
+        let i = self.add_backend(backend);
+        self.wait_all_ready().await;
+        i
+    }
+
+    async fn wait_all_ready(&self) {
         crate::eventually(Duration::from_secs(15), "every backend ready", || async {
-            b.ready().iter().all(|r| *r).then_some(())
+            self.ready().iter().all(|r| *r).then_some(())
         })
         .await;
-        b
     }
 
     pub fn url(&self) -> String {
@@ -134,18 +175,22 @@ impl Balancer {
     /// Each backend's readiness as last polled.
     pub fn ready(&self) -> Vec<bool> {
         self.shared
-            .ready
+            .slots
+            .read()
+            .unwrap()
             .iter()
-            .map(|r| r.load(Ordering::SeqCst))
+            .map(|s| s.ready.load(Ordering::SeqCst))
             .collect()
     }
 
     /// Connections handed to each backend so far.
     pub fn routed(&self) -> Vec<usize> {
         self.shared
-            .routed
+            .slots
+            .read()
+            .unwrap()
             .iter()
-            .map(|r| r.load(Ordering::Relaxed))
+            .map(|s| s.routed.load(Ordering::Relaxed))
             .collect()
     }
 
@@ -157,7 +202,7 @@ impl Balancer {
 
 impl Drop for Balancer {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.lock().unwrap().iter() {
             t.abort();
         }
     }

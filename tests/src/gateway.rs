@@ -116,6 +116,9 @@ fn default_env() -> Vec<(&'static str, String)> {
         ("MESSAGE_BURST_PER_SOCKET", "1000".into()),
         ("MAX_TCP_CONNECTIONS", "100000".into()),
         ("MAX_TCP_CONNECTIONS_PER_IP", "100000".into()),
+        // Most tests place screens on chosen replicas and hold them with clients that do not
+        // reconnect: rebalancing would move them. `tests/tests/rebalance.rs` turns it on.
+        ("REBALANCE", "off".into()),
         (
             "RUST_LOG",
             "info,vizora_gateway=debug,sqlx=warn,socketioxide=warn,engineioxide=warn".into(),

@@ -14,6 +14,7 @@ pub mod fixture;
 pub mod gateway;
 pub mod inproc;
 pub mod nginx;
+pub mod player;
 pub mod ports;
 pub mod postgres;
 pub mod proxy;
@@ -45,6 +46,15 @@ pub fn status_events(
                 && e.args[0]["status"] == status
         })
         .map(|e| e.args[0].clone())
+        .collect()
+}
+
+/// The devices of every `device:status` offline among recorded events, in order.
+pub fn offline_events(events: &[vizora_sioclient::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.name == "device:status" && e.args[0]["status"] == "offline")
+        .map(|e| e.args[0]["deviceId"].as_str().unwrap_or("?").to_string())
         .collect()
 }
 

@@ -27,6 +27,7 @@ mod persistence;
 mod props;
 mod protocol;
 mod readiness;
+mod rebalance;
 mod redis_failover;
 mod redis_faults;
 mod screenshots;

@@ -15,17 +15,17 @@
 //! `always` (they fence without asking the witness) test 3 fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use vizora_gateway_tests::balancer::{Backend, Balancer};
+use vizora_gateway_tests::player::{Player, executed_exactly_once};
 use vizora_gateway_tests::proxy::PausableProxy;
 use vizora_gateway_tests::*;
-use vizora_sioclient::{Client, ClientOptions, CloseReason, ConnectError, Event, Transport};
+use vizora_sioclient::{Client, CloseReason, ConnectError, Event, Transport};
 
-use crate::common::metrics_text;
+use crate::common::metric;
 
 /// These tests time the fence against the lease TTL, on a machine shared with other tests: one
 /// at a time.
@@ -51,16 +51,6 @@ fn timings(o: GatewayOptions) -> GatewayOptions {
     }
 }
 
-/// The sum of a metric's samples whose line carries `label` (e.g. `event="fence"`).
-async fn metric(gw: &Gateway, name: &str, label: &str) -> f64 {
-    metrics_text(gw)
-        .await
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn fenced(gw: &Gateway) -> f64 {
     metric(gw, "vizora_gateway_fenced{", "").await
 }
@@ -83,123 +73,6 @@ async fn readiness(gw: &Gateway) -> (u16, Value) {
     gw.api().get("/api/health/ready").await
 }
 
-/// What happened to one client that reconnects by itself, as a player does.
-#[derive(Default)]
-struct Seen {
-    client: Option<Client>,
-    closes: Vec<CloseReason>,
-    /// Refused connect attempts: the HTTP status and body, or the error.
-    refusals: Vec<String>,
-    /// Events of the clients closed so far (the current client keeps its own).
-    events: Vec<Event>,
-}
-
-/// A screen or a dashboard that reconnects with `again` (every 100 ms until it gets in) each
-/// time its connection closes, whatever the reason: the test asserts the reasons.
-struct Player {
-    seen: Arc<Mutex<Seen>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Player {
-    async fn start(auth: Value, first: ClientOptions, again: ClientOptions) -> Player {
-        let ws = |o: ClientOptions| o.transport(Transport::Websocket).auth(auth.clone());
-        let client = vizora_sioclient::connect(ws(first)).await.unwrap();
-        let seen = Arc::new(Mutex::new(Seen {
-            client: Some(client.clone()),
-            ..Seen::default()
-        }));
-        let s = seen.clone();
-        let again = ws(again);
-        let task = tokio::spawn(async move {
-            let mut current = client;
-            loop {
-                let Some(reason) = current.closed(Duration::from_secs(3600)).await else {
-                    continue;
-                };
-                {
-                    let mut s = s.lock().unwrap();
-                    s.closes.push(reason);
-                    s.events.extend(current.drain_events());
-                    s.client = None;
-                }
-                current = loop {
-                    match vizora_sioclient::connect(again.clone()).await {
-                        Ok(c) => break c,
-                        Err(e) => {
-                            let why = match e {
-                                ConnectError::Http { status, body, .. } => {
-                                    format!("{status} {body}")
-                                }
-                                e => e.to_string(),
-                            };
-                            s.lock().unwrap().refusals.push(why);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                };
-                s.lock().unwrap().client = Some(current.clone());
-            }
-        });
-        Player { seen, task }
-    }
-
-    async fn device(dev: &str, first: ClientOptions, again: ClientOptions) -> Player {
-        Player::start(json!({"token": device_token(dev, ORG_A)}), first, again).await
-    }
-
-    async fn dashboard(first: ClientOptions, again: ClientOptions) -> Player {
-        Player::start(json!({"token": user_token("ops", ORG_A)}), first, again).await
-    }
-
-    /// The connected client, if connected.
-    fn client(&self) -> Option<Client> {
-        let s = self.seen.lock().unwrap();
-        s.client.clone().filter(Client::is_connected)
-    }
-
-    /// The sid of the connected client, if connected.
-    fn sid(&self) -> Option<String> {
-        let s = self.seen.lock().unwrap();
-        s.client
-            .as_ref()
-            .filter(|c| c.is_connected())
-            .map(|c| c.sid().to_string())
-    }
-
-    fn closes(&self) -> Vec<CloseReason> {
-        self.seen.lock().unwrap().closes.clone()
-    }
-
-    fn refusals(&self) -> Vec<String> {
-        self.seen.lock().unwrap().refusals.clone()
-    }
-
-    /// Every event received so far, over every connection, in order.
-    fn events(&self) -> Vec<Event> {
-        let mut s = self.seen.lock().unwrap();
-        let more = s.client.as_ref().map(Client::drain_events);
-        s.events.extend(more.into_iter().flatten());
-        s.events.clone()
-    }
-
-    /// Events received on the current connection only (since its status batch).
-    fn current_events(&self) -> Vec<Event> {
-        let all = self.events();
-        let from = all
-            .iter()
-            .rposition(|e| e.name == "device:status:batch")
-            .unwrap_or(0);
-        all[from..].to_vec()
-    }
-}
-
-impl Drop for Player {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Waits until the confirmed lease of `dev` names `replica` and the player's current socket.
 async fn wait_lease(c: &Cluster, dev: &str, p: &Player, replica: &str, within: Duration) {
     eventually(
@@ -217,14 +90,6 @@ async fn wait_lease(c: &Cluster, dev: &str, p: &Player, replica: &str, within: D
     .await;
 }
 
-fn offline_events(events: &[Event]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.name == "device:status" && e.args[0]["status"] == "offline")
-        .map(|e| e.args[0]["deviceId"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
-
 /// Sends a command through `via` once `at` has come, on its own task (the answer waits for the
 /// owner's confirmation or the bound): the command id and the answer's `delivery`.
 fn command_at(via: &Gateway, dev: &str, at: Instant) -> tokio::task::JoinHandle<(String, Value)> {
@@ -238,59 +103,6 @@ fn command_at(via: &Gateway, dev: &str, at: Instant) -> tokio::task::JoinHandle<
             body["delivery"].clone(),
         )
     })
-}
-
-/// How many times screen `p` was handed command `id`: as a `command` event on any of its
-/// connections, or in a heartbeat ack (a command queued after the screen's connect waits for
-/// its next heartbeat; these players send none by themselves, so this sends one).
-async fn executions(p: &Player, id: &str, from_acks: &mut usize) -> usize {
-    if let Some(c) = p.client()
-        && let Ok(ack) = c
-            .emit_with_ack("heartbeat", json!({}), Duration::from_secs(5))
-            .await
-    {
-        *from_acks += ack["commands"]
-            .as_array()
-            .map(|a| a.iter().filter(|c| c["id"] == id).count())
-            .unwrap_or(0);
-    }
-    let as_events = p
-        .events()
-        .iter()
-        .filter(|e| e.name == "command" && e.args.first().is_some_and(|a| a["id"] == id))
-        .count();
-    as_events + *from_acks
-}
-
-/// The command sent into the partition reaches the moved screen exactly once. The control: a
-/// second command, sent after the first was seen, arrives too (nothing in flight is left to
-/// repeat the first).
-async fn executed_exactly_once(p: &Player, id: &str, control_via: &Gateway, dev: &str) {
-    let mut from_acks = 0;
-    let deadline = Instant::now() + T;
-    while executions(p, id, &mut from_acks).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "command {id} never reached {dev}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let (st, body) = control_via.api().command(dev, "reload", None).await;
-    assert_eq!(st, 201, "{body}");
-    let control = body["commandId"].as_str().unwrap().to_string();
-    let mut control_acks = 0;
-    while executions(p, &control, &mut control_acks).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the control command never reached {dev}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(
-        executions(p, id, &mut from_acks).await,
-        1,
-        "command {id} executed once on {dev}"
-    );
 }
 
 /// Two replicas on one Redis, r1 through a proxy the test can freeze.

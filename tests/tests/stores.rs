@@ -79,6 +79,7 @@ on_both_stores!(
     a_due_heartbeat_reports_a_held_refresh_cooldown,
     pending_deliveries_are_taken_once,
     suspended_organisations_are_shared,
+    load_records_are_exchanged_and_forgotten,
 );
 
 fn live(device: &str, sid: &str, epoch: u64) -> LiveLease {
@@ -714,4 +715,33 @@ async fn suspended_organisations_are_shared(s: &dyn Store) {
     s.set_suspended("o2", true).await.unwrap();
     s.set_suspended("o2", false).await.unwrap();
     assert_eq!(s.suspended_orgs().await.unwrap(), vec!["o1".to_string()]);
+}
+
+async fn load_records_are_exchanged_and_forgotten(s: &dyn Store) {
+    let sorted = |mut v: Vec<(String, String)>| {
+        v.sort();
+        v
+    };
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        s.exchange_load("r1", "{\"devices\":1}").await.unwrap(),
+        vec![pair("r1", "{\"devices\":1}")]
+    );
+    let all = sorted(s.exchange_load("r2", "{\"devices\":2}").await.unwrap());
+    assert_eq!(
+        all,
+        vec![pair("r1", "{\"devices\":1}"), pair("r2", "{\"devices\":2}")]
+    );
+    // A replica's record is replaced, not added to.
+    let all = sorted(s.exchange_load("r1", "{\"devices\":3}").await.unwrap());
+    assert_eq!(
+        all,
+        vec![pair("r1", "{\"devices\":3}"), pair("r2", "{\"devices\":2}")]
+    );
+    s.forget_loads(&["r1".to_string()]).await.unwrap();
+    s.forget_loads(&[]).await.unwrap();
+    assert_eq!(
+        s.exchange_load("r2", "{\"devices\":4}").await.unwrap(),
+        vec![pair("r2", "{\"devices\":4}")]
+    );
 }

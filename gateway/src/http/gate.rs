@@ -1,6 +1,6 @@
 //! The edge gate: refuses new Engine.IO handshakes (requests to `/socket.io/` without `sid`) at the
-//! HTTP level — 429 `rate_limited` with `Retry-After`, 503 `server_busy`, 503 `draining`, 503
-//! `unavailable` while fenced — so socket.io-client keeps retrying with its own backoff. It runs
+//! HTTP level — 429 `rate_limited` with `Retry-After`, 503 `server_busy` (at capacity, or
+//! shedding load to rebalance), 503 `draining`, 503 `unavailable` while fenced — so socket.io-client keeps retrying with its own backoff. It runs
 //! before any Redis or database work. While fenced it also refuses the requests of live
 //! long-polling sessions (503 `unavailable`): their clients see a transport error and reconnect
 //! elsewhere, as a websocket whose transport the fence closed does.
@@ -108,6 +108,8 @@ async fn admit(st: EdgeState, peer: &crate::net::Peer, mut req: Request, next: N
     }
     let verdict = if st.gw.is_fenced() && !st.gw.is_draining() {
         Err(Refusal::Unavailable)
+    } else if !st.gw.is_draining() && st.gw.refuses_for_rebalancing() {
+        Err(Refusal::Rebalancing)
     } else {
         st.guard.check(ip, st.gw.is_draining())
     };
@@ -128,7 +130,9 @@ fn refuse(st: &EdgeState, r: Refusal) -> Response {
     resp
 }
 
-/// The cause and the response of a refusal: a JSON body naming the cause, and `Retry-After`.
+/// The counted cause and the response of a refusal: a JSON body naming the cause, and
+/// `Retry-After`. A replica shedding load to rebalance answers the contract's `server_busy`,
+/// counted apart as `rebalancing`.
 fn refusal(r: Refusal) -> (&'static str, Response) {
     let (status, cause, message, retry) = match r {
         Refusal::RateLimited { retry_after } => (
@@ -143,6 +147,12 @@ fn refusal(r: Refusal) -> (&'static str, Response) {
             "This replica is at capacity",
             2,
         ),
+        Refusal::Rebalancing => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            "This replica is rebalancing its load; another replica serves",
+            1,
+        ),
         Refusal::Draining => (
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
@@ -156,11 +166,20 @@ fn refusal(r: Refusal) -> (&'static str, Response) {
             1,
         ),
     };
-    let resp = (
+    let resp = answer(status, cause, message, retry);
+    let counted = if r == Refusal::Rebalancing {
+        "rebalancing"
+    } else {
+        cause
+    };
+    (counted, resp)
+}
+
+fn answer(status: StatusCode, cause: &'static str, message: &'static str, retry: u64) -> Response {
+    (
         status,
         [(header::RETRY_AFTER, retry.to_string())],
         Json(json!({"error": cause, "message": message})),
     )
-        .into_response();
-    (cause, resp)
+        .into_response()
 }

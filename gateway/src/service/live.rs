@@ -46,6 +46,10 @@ impl LiveRegistry {
     pub fn epoch(&self, sid: &str) -> Option<u64> {
         self.lock().get(sid).map(|e| e.epoch)
     }
+    /// When socket `sid` acquired its lease here, while it is live here.
+    pub fn since(&self, sid: &str) -> Option<Instant> {
+        self.lock().get(sid).map(|e| e.since)
+    }
     pub fn remove(&self, sid: &str) -> Option<LiveEntry> {
         self.lock().remove(sid)
     }

@@ -21,6 +21,7 @@ pub mod observe;
 pub mod persist;
 pub mod playlist;
 pub mod presence;
+pub mod rebalance;
 pub mod reconcile;
 pub mod relay;
 pub mod rooms;
@@ -107,6 +108,8 @@ pub struct Gateway {
     hooks: crate::hooks::Hooks,
     /// Confirmed delivery to sockets on other replicas.
     relay: relay::Relay,
+    /// Rebalancing: whether this replica sheds, and when it refuses handshakes for it.
+    rebalance: rebalance::Rebalance,
     /// Every task spawned for this gateway (background loops and the services' own follow-ups),
     /// so the drain stops and awaits them all.
     tasks: crate::shutdown::Tasks,
@@ -142,6 +145,7 @@ impl Gateway {
             live: live::LiveRegistry::default(),
             hooks: crate::hooks::Hooks::from_env(),
             relay: relay::Relay::new(cfg.delivery_confirm_timeout),
+            rebalance: rebalance::Rebalance::new(),
             cfg,
             db,
             presence,

@@ -30,6 +30,8 @@ struct Inner {
     sweep_tick: Option<i64>,
     grace_until: i64,
     suspended: HashSet<String>,
+    /// `replicas:load`: each replica's load record.
+    loads: HashMap<String, String>,
 }
 
 impl Inner {
@@ -698,6 +700,27 @@ impl StateStore for MemoryStore {
             g.suspended.insert(org.into());
         } else {
             g.suspended.remove(org);
+        }
+        Ok(())
+    }
+
+    async fn exchange_load(
+        &self,
+        replica: &str,
+        record: &str,
+    ) -> StoreResult<Vec<(String, String)>> {
+        let mut g = self.lock();
+        g.loads.insert(replica.into(), record.into());
+        Ok(g.loads
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    async fn forget_loads(&self, replicas: &[String]) -> StoreResult<()> {
+        let mut g = self.lock();
+        for r in replicas {
+            g.loads.remove(r);
         }
         Ok(())
     }

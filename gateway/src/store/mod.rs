@@ -395,7 +395,21 @@ pub trait StateStore: Send + Sync + 'static {
     /// Organisations suspended through the internal API (`tenant:suspended`, a set).
     async fn suspended_orgs(&self) -> StoreResult<Vec<String>>;
     async fn set_suspended(&self, org: &str, suspended: bool) -> StoreResult<()>;
+
+    /// Rebalancing's shared view of load: writes this replica's record (field `replica` of the
+    /// hash `replicas:load`) and reads every replica's, in one round trip. Records carry their
+    /// own time; readers ignore old ones (a hash field has no TTL of its own).
+    async fn exchange_load(
+        &self,
+        replica: &str,
+        record: &str,
+    ) -> StoreResult<Vec<(String, String)>>;
+    /// Removes the records of replicas gone for good.
+    async fn forget_loads(&self, replicas: &[String]) -> StoreResult<()>;
 }
+
+/// The hash of every replica's load record (see [`StateStore::exchange_load`]).
+pub const REPLICAS_LOAD_KEY: &str = "replicas:load";
 
 pub fn pending_playlist_key(device: &str) -> String {
     format!("device:pending-playlist:{device}")

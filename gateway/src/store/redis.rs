@@ -801,4 +801,30 @@ impl StateStore for RedisStore {
             .await
             .map(|_| ())
     }
+
+    async fn exchange_load(
+        &self,
+        replica: &str,
+        record: &str,
+    ) -> StoreResult<Vec<(String, String)>> {
+        let mut p = ::redis::pipe();
+        p.cmd("HSET")
+            .arg(REPLICAS_LOAD_KEY)
+            .arg(replica)
+            .arg(record)
+            .ignore()
+            .cmd("HGETALL")
+            .arg(REPLICAS_LOAD_KEY);
+        let (all,): (std::collections::HashMap<String, String>,) = self.pipeline(&p).await?;
+        Ok(all.into_iter().collect())
+    }
+
+    async fn forget_loads(&self, replicas: &[String]) -> StoreResult<()> {
+        if replicas.is_empty() {
+            return Ok(());
+        }
+        self.query::<i64>(::redis::cmd("HDEL").arg(REPLICAS_LOAD_KEY).arg(replicas))
+            .await
+            .map(|_| ())
+    }
 }

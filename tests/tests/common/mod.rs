@@ -191,3 +191,14 @@ pub async fn metrics_text(gw: &Gateway) -> String {
     assert_eq!(status, 200, "/metrics: {text}");
     text
 }
+
+/// The sum of a metric's samples whose line starts with `name` and carries `label` (e.g.
+/// `event="fence"`, or `""` for all).
+pub async fn metric(gw: &Gateway, name: &str, label: &str) -> f64 {
+    metrics_text(gw)
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
