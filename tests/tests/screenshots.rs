@@ -490,7 +490,11 @@ async fn request_ids_expire() {
         assert_err_ack(&ack, "expired"),
         "Unknown or expired screenshot request"
     );
-    assert_eq!(stored_files(&gw).len(), 1, "nothing stored for the expired one");
+    assert_eq!(
+        stored_files(&gw).len(),
+        1,
+        "nothing stored for the expired one"
+    );
 }
 
 /// The engine's max payload fits the largest legal screenshot (SCREENSHOT_MAX_BYTES decoded,
