@@ -19,6 +19,8 @@
 #             the time until each is connected again is reported
 #   churn     one replica, cluster mode: CHURN_CYCLES × CHURN_DEVICES connect, heartbeat, all close;
 #             RSS after each cycle (leak or plateau)
+#   scale-up  loadtest/scaleup.sh: SCALE_DEVICES on two replicas, a third joins; time to balance
+#             and transports closed per screen moved (its own section of the file)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -47,50 +49,8 @@ FAILOVER_DEVICES=${FAILOVER_DEVICES:-4000}
 PROFILE=${PROFILE:-release}
 SOURCES=${SOURCES:-8}
 
-log() { printf '\n==> %s\n' "$*" >&2; }
-if [ "$PROFILE" = release ]; then
-  cargo build -q --release -p vizora-gateway -p vizora-swarm
-else
-  cargo build -q -p vizora-gateway -p vizora-swarm
-fi
-bin=$root/target/$PROFILE
-ulimit -n "$(ulimit -Hn)" || true
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${pgdb:-}" ] && psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $pgdb" >/dev/null 2>&1
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-export DEVICE_JWT_SECRET=$(secret) JWT_SECRET=$(secret) INTERNAL_API_SECRET=$(secret)
-export RUST_LOG=warn CONNECT_RATE_GLOBAL=100000 CONNECT_BURST_GLOBAL=100000 \
-  CONNECT_RATE_PER_IP=100000 CONNECT_BURST_PER_IP=100000 MAX_CONNECTIONS=1000000 \
-  MAX_TCP_CONNECTIONS=1000000 MAX_TCP_CONNECTIONS_PER_IP=1000000
-
-# start_gateway NAME PORT [VAR=VALUE…] → pid in $gw_pid
-start_gateway() {
-  local name=$1 port=$2; shift 2
-  env PORT="$port" HOST=127.0.0.1 REPLICA_ID="$name" STORAGE_DIR="$work/storage-$name" "$@" \
-    "$bin/vizora-gateway" serve >"$work/$name.log" 2>&1 &
-  gw_pid=$!
-  pids+=("$gw_pid")
-  for _ in $(seq 1 300); do
-    curl -fsS "http://127.0.0.1:$port/api/health/ready" >/dev/null 2>&1 && return 0
-    kill -0 "$gw_pid" 2>/dev/null || { cat "$work/$name.log" >&2; return 1; }
-    sleep 0.1
-  done
-  return 1
-}
-stop_gateway() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-
-swarm() { "$bin/vizora-swarm" --sources "$SOURCES" "$@"; }
-grab() { grep -oE "$1" | head -n1; }
+# shellcheck source=loadtest/lib.sh
+source "$root/loadtest/lib.sh"
 
 # ---- idle: embedded mode --------------------------------------------------------------------
 log "idle: $IDLE_DEVICES sockets on one embedded replica"
@@ -104,15 +64,7 @@ idle_out=$(swarm --addr "127.0.0.1:$port" --devices "$IDLE_DEVICES" --orgs 100 -
 stop_gateway "$gw_pid"
 
 # ---- cluster services ------------------------------------------------------------------------
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
-  --dir "$work" >"$work/redis.log" 2>&1 &
-pids+=($!)
-export REDIS_URL=redis://127.0.0.1:$rport/
-pgdb=vizora_bench_$$
-psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE $pgdb" >/dev/null
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$pgdb
-DB_MIGRATE=true "$bin/vizora-gateway" migrate >&2
+start_cluster_services bench
 max=$(( HB_DEVICES > FANOUT_DEVICES ? HB_DEVICES : FANOUT_DEVICES ))
 max=$(( max > CHURN_DEVICES ? max : CHURN_DEVICES ))
 max=$(( max > FAILOVER_DEVICES ? max : FAILOVER_DEVICES ))
@@ -243,3 +195,7 @@ $churn_out
 MD
 [ -n "$changes" ] && printf '\n%s\n' "$changes" >>"$out"
 log "wrote $out"
+
+# The scale-up scenario writes its own section of the same file (it needs three replicas and a
+# late join; see loadtest/scaleup.sh).
+OUT="$out" PROFILE="$PROFILE" bash "$root/loadtest/scaleup.sh"

@@ -62,6 +62,11 @@ pub struct Args {
     /// recovery figure.
     #[arg(long)]
     pub reconnect: bool,
+    /// With `--reconnect`: addresses that take part only in reconnects (a replica that joins the
+    /// balancer after the ramp). A device that lost its connection, or whose handshake was
+    /// refused, goes on round-robin over `--addr` and these, as a balancer would send it.
+    #[arg(long, value_delimiter = ',')]
+    pub join_addr: Vec<SocketAddr>,
 }
 
 /// Shared counters; latencies are collected per task and merged at the end of a cycle.
@@ -140,6 +145,7 @@ async fn run_cycle(
         let token = session::token(secret, &dev)?;
         let target = session::Target {
             addrs: args.addr.clone(),
+            again: args.addr.iter().chain(&args.join_addr).copied().collect(),
             first: k % args.addr.len(),
             source,
             reconnect: args.reconnect,

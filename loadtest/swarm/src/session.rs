@@ -68,6 +68,9 @@ pub struct Target {
     /// The gateway addresses; the device starts at `first` and, with `reconnect`, moves to the
     /// next one when its connection is lost (what a load balancer does when a replica dies).
     pub addrs: Vec<SocketAddr>,
+    /// Where it goes after the first connection was lost or refused: `addrs` and the replicas
+    /// that joined (`--join-addr`).
+    pub again: Vec<SocketAddr>,
     pub first: usize,
     pub source: IpAddr,
     pub reconnect: bool,
@@ -87,8 +90,12 @@ pub async fn run(
     let mut at = target.first;
     let mut lost_at: Option<Instant> = None;
     let mut attempt = 0u32;
+    // Once the first connection was lost (or a handshake refused), the balancer's view grows to
+    // the replicas that joined since.
+    let mut moved = false;
     while attempt < 10 {
-        let addr = target.addrs[at % target.addrs.len()];
+        let addrs = if moved { &target.again } else { &target.addrs };
+        let addr = addrs[at % addrs.len()];
         match session(
             addr,
             target.source,
@@ -105,12 +112,18 @@ pub async fn run(
             Ok(()) => return out,
             Err(End::Refused) => {
                 c.refused.fetch_add(1, Ordering::Relaxed);
+                if target.reconnect {
+                    // A balancer picks the next replica for the retried connection.
+                    moved = true;
+                    at += 1;
+                }
                 tokio::time::sleep(reconnect_delay(dev.index, attempt)).await;
                 attempt += 1;
             }
             Err(End::Lost) if target.reconnect && !stop.is_cancelled() => {
                 c.lost.fetch_add(1, Ordering::Relaxed);
                 lost_at = Some(Instant::now());
+                moved = true;
                 at += 1;
                 attempt = 0;
                 tokio::select! {
