@@ -349,13 +349,17 @@ async fn a_replica_killed_or_restarted_causes_no_storm() {
     })
     .await;
     eprintln!("absorbed {:?} after the kill", killed.elapsed());
-    // Past the hold-down (the dead replica's record is stale by then): nobody sheds.
+    // Past the hold-down (the dead replica's record is stale by then): no storm. The survivors
+    // may still even out between themselves (round-robin reconnects can leave one above the
+    // tolerance), but only at the shipped rate: the acceptance is "shedding afterwards stays
+    // within REBALANCE_MAX_PER_S", not "nothing moves".
     tokio::time::sleep(Duration::from_secs(8)).await;
+    let since_kill = killed.elapsed().as_secs_f64();
     for r in &c.replicas[..2] {
-        assert_eq!(
-            closed(r).await,
-            0.0,
-            "{} shed after the kill",
+        let shed = closed(r).await;
+        assert!(
+            shed <= MAX_PER_S * since_kill + 2.0,
+            "{} shed {shed} in the {since_kill:.1} s after the kill",
             r.opts.replica_id
         );
     }
