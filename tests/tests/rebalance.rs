@@ -175,6 +175,7 @@ async fn two_replicas_full(
 /// server disconnect, every screen connected at the end, and each command sent while screens
 /// moved executed exactly once. The control: screens did move (this is what test 4 lacks).
 #[tokio::test]
+#[ignore = "run alone by scripts/test (its screens would load the machine under the other tests)"]
 async fn a_replica_joining_gets_its_share_of_the_screens_and_nobody_notices() {
     let _serial = SERIAL.lock().await;
     let (mut c, lb, watcher, players) = two_replicas_full(|o| o).await;
@@ -278,6 +279,7 @@ async fn a_replica_joining_gets_its_share_of_the_screens_and_nobody_notices() {
 /// Acceptance 2: a balanced cluster left alone for a minute closes nothing and refuses nothing.
 /// The control, in the same run: screens piled onto one replica are then shed from it.
 #[tokio::test]
+#[ignore = "run alone by scripts/test (its screens would load the machine under the other tests)"]
 async fn a_balanced_cluster_left_alone_for_a_minute_closes_nothing() {
     let _serial = SERIAL.lock().await;
     let per = 30;
@@ -325,6 +327,7 @@ async fn a_balanced_cluster_left_alone_for_a_minute_closes_nothing() {
 /// moment, and a replica sheds only after being above the mark for as long). Then the restarted
 /// replica gets its share back, each replica shedding within `REBALANCE_MAX_PER_S`.
 #[tokio::test]
+#[ignore = "run alone by scripts/test (its screens would load the machine under the other tests)"]
 async fn a_replica_killed_or_restarted_causes_no_storm() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::start(3, N, knobs).await;
@@ -422,6 +425,7 @@ async fn a_replica_killed_or_restarted_causes_no_storm() {
 /// Acceptance 4: `REBALANCE=off`, from the imbalance of test 1, closes nothing in 60 s. The
 /// control: the replicas saw the imbalance (load ratio 1.5 on the full ones).
 #[tokio::test]
+#[ignore = "run alone by scripts/test (its screens would load the machine under the other tests)"]
 async fn with_rebalancing_off_the_same_imbalance_closes_nothing() {
     let _serial = SERIAL.lock().await;
     let off = |o: GatewayOptions| o.env("REBALANCE", "off");
