@@ -417,24 +417,18 @@ async fn exported_families() -> BTreeSet<String> {
         .map(String::from)
         .collect();
     let telemetry = std::fs::read_to_string(repo().join("gateway/src/telemetry.rs")).unwrap();
-    for counter in telemetry.split("counter(").skip(1) {
-        if let Some(name) = counter
-            .trim_start()
-            .strip_prefix('"')
-            .and_then(|s| s.split('"').next())
-        {
-            names.insert(format!("{name}_total"));
-        }
-    }
-    // Histograms appear once something was recorded (a relayed delivery needs a cluster); every
-    // one of them is in seconds (`with_unit("s")`).
-    for histogram in telemetry.split("f64_histogram(").skip(1) {
-        if let Some(name) = histogram
-            .trim_start()
-            .strip_prefix('"')
-            .and_then(|s| s.split('"').next())
-        {
-            names.insert(format!("{name}_seconds"));
+    // Counters (exported with `_total`) and histograms (all in seconds, `with_unit("s")`): both
+    // appear only once something was recorded (a relayed delivery needs a cluster), so their
+    // names are read from the instruments' definitions.
+    for (opener, suffix) in [("counter(", "_total"), ("f64_histogram(", "_seconds")] {
+        for rest in telemetry.split(opener).skip(1) {
+            if let Some(name) = rest
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|s| s.split('"').next())
+            {
+                names.insert(format!("{name}{suffix}"));
+            }
         }
     }
     names
