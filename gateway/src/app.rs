@@ -506,10 +506,7 @@ async fn close_in_batches<A: Adapter>(
         }
         closing(chunk.len());
         for ctx in chunk {
-            ctx.mark_leaving();
-            if let Some(k) = &ctx.kill {
-                k.kill();
-            }
+            ctx.leave();
         }
         tokio::time::sleep(pause).await;
     }
@@ -573,10 +570,7 @@ fn spawn_rebalancing<A: Adapter>(tasks: &Tasks, gw: &Arc<Gateway>, io: &SocketIo
                         break;
                     }
                     gw.count_rebalance_closed(1);
-                    ctx.mark_leaving();
-                    if let Some(k) = &ctx.kill {
-                        k.kill();
-                    }
+                    ctx.leave();
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
                         _ = stop.cancelled() => return,

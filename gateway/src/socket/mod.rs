@@ -47,6 +47,16 @@ impl SocketCtx {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Every close path's step for one socket: marked leaving first (nothing written to it
+    /// from now on is called delivered), then its transport closed, never a Socket.IO
+    /// disconnect, so the client reconnects elsewhere.
+    pub fn leave(&self) {
+        self.mark_leaving();
+        if let Some(k) = &self.kill {
+            k.kill();
+        }
+    }
+
     pub fn is_leaving(&self) -> bool {
         self.leaving.load(std::sync::atomic::Ordering::SeqCst)
     }
