@@ -400,7 +400,7 @@ async fn idle_readers_are_forgotten_only_when_they_hold_nothing() {
     let redis = RedisServer::start().await;
     let store = vizora_gateway::store::redis::RedisStore::new(&redis.url()).unwrap();
     let outbox = RedisOutbox::new(store.pool());
-    let row = vizora_gateway::db::NewImpression {
+    let row = vizora_gateway::store::outbox::OutboxImpression {
         id: "imp-1".into(),
         organization_id: ORG_A.into(),
         content_id: "c-img".into(),

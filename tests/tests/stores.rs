@@ -517,7 +517,7 @@ async fn an_outbox_whose_group_vanished_creates_it_again() {
     let redis = RedisServer::start().await;
     let s = RedisStore::new(&redis.url()).unwrap();
     let outbox = RedisOutbox::new(s.pool());
-    let row = vizora_gateway::db::NewImpression {
+    let row = vizora_gateway::store::outbox::OutboxImpression {
         id: "i1".into(),
         organization_id: "o".into(),
         content_id: "c".into(),

@@ -57,7 +57,7 @@ pub struct PlaylistRows {
 
 /// One proof-of-play row. The id is minted when the event is accepted, so a row that is written
 /// twice (a retried batch, two replicas draining the same outbox entry) is stored once.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NewImpression {
     pub id: String,
     pub organization_id: String,

@@ -6,8 +6,9 @@ use serde_json::{Map, Value, json};
 
 use super::credentials::DeviceSession;
 use super::{Gateway, commands::parse_commands, playlist};
-use crate::db::{DbError, NewImpression, now};
-use crate::store::{HeartbeatOutcome, HeartbeatWrite, StoreError, now_ms};
+use crate::db::{DbError, now};
+use crate::store::outbox::{OutboxError, OutboxImpression};
+use crate::store::{HeartbeatOutcome, HeartbeatWrite, now_ms};
 use crate::wire::ack::HeartbeatAck;
 use crate::wire::events::{ContentError, Heartbeat, Impression};
 use crate::wire::outgoing::{Command, DeviceConfig, PlaylistUpdate};
@@ -158,10 +159,10 @@ impl Gateway {
         device: &str,
         org: &str,
         imp: Impression,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), OutboxError> {
         let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
         let positive = |v: Option<f64>| v.map(|x| x.round() as i64).filter(|x| *x != 0);
-        let row = NewImpression {
+        let row = OutboxImpression {
             id: cuid2::create_id(),
             organization_id: org.into(),
             content_id: imp.content_id,

@@ -17,9 +17,29 @@ use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
 use crate::db::{Db, NewImpression, WriteError};
-use crate::store::outbox::{Claimed, ImpressionOutbox};
-use crate::store::{StateStore, StoreError, StoreResult};
+use crate::store::StateStore;
+use crate::store::outbox::{
+    Claimed, ImpressionOutbox, OutboxError, OutboxImpression, OutboxResult,
+};
 use crate::telemetry::Metrics;
+
+/// The database's row for an outbox entry (the outbox keeps its own type, so the stream's format
+/// and the table's columns change apart).
+impl From<&OutboxImpression> for NewImpression {
+    fn from(i: &OutboxImpression) -> NewImpression {
+        NewImpression {
+            id: i.id.clone(),
+            organization_id: i.organization_id.clone(),
+            content_id: i.content_id.clone(),
+            device_id: i.device_id.clone(),
+            playlist_id: i.playlist_id.clone(),
+            duration: i.duration,
+            completion_percentage: i.completion_percentage,
+            timestamp: i.timestamp,
+            hour: i.hour,
+        }
+    }
+}
 
 /// Embedded mode (no Redis): the database is local, so the row is written before the ack and
 /// there is nothing to drain. A refused row is dropped and counted as in cluster mode; a database
@@ -38,7 +58,7 @@ impl DirectOutbox {
 
 #[async_trait]
 impl ImpressionOutbox for DirectOutbox {
-    async fn append(&self, row: &NewImpression, date: &str) -> StoreResult<()> {
+    async fn append(&self, row: &OutboxImpression, date: &str) -> OutboxResult<()> {
         if self
             .state
             .count_impression(&row.device_id, date)
@@ -47,7 +67,7 @@ impl ImpressionOutbox for DirectOutbox {
         {
             self.metrics.store_error("memory", "impression");
         }
-        match self.db.insert_impressions(std::slice::from_ref(row)).await {
+        match self.db.insert_impressions(&[row.into()]).await {
             Ok(inserted) => {
                 self.metrics.impressions_written(inserted);
                 Ok(())
@@ -57,23 +77,23 @@ impl ImpressionOutbox for DirectOutbox {
                 tracing::info!(device = %row.device_id, content = %row.content_id, error = %source, "Impression refused by the database; dropped.");
                 Ok(())
             }
-            Err(WriteError::Unavailable(e)) => Err(StoreError::Database(e)),
+            Err(WriteError::Unavailable(e)) => Err(OutboxError::Write(Box::new(e))),
         }
     }
 
-    async fn claim(&self, _: &str, _: usize, _: Duration) -> StoreResult<Vec<Claimed>> {
+    async fn claim(&self, _: &str, _: usize, _: Duration) -> OutboxResult<Vec<Claimed>> {
         Ok(Vec::new())
     }
 
-    async fn ack(&self, _: &[String]) -> StoreResult<()> {
+    async fn ack(&self, _: &[String]) -> OutboxResult<()> {
         Ok(())
     }
 
-    async fn backlog(&self) -> StoreResult<u64> {
+    async fn backlog(&self) -> OutboxResult<u64> {
         Ok(0)
     }
 
-    async fn forget_idle_readers(&self, _: Duration) -> StoreResult<u64> {
+    async fn forget_idle_readers(&self, _: Duration) -> OutboxResult<u64> {
         Ok(0)
     }
 }
@@ -82,7 +102,7 @@ impl ImpressionOutbox for DirectOutbox {
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {
     #[error("outbox: {0}")]
-    Outbox(#[from] StoreError),
+    Outbox(#[from] OutboxError),
     #[error("{0}")]
     Database(#[source] sea_orm::DbErr),
 }
@@ -140,7 +160,7 @@ impl Gateway {
         for c in batch {
             match &c.row {
                 Some(r) => {
-                    rows.push(r.clone());
+                    rows.push(NewImpression::from(r));
                     entries.push(c.entry.clone());
                 }
                 None => {

@@ -55,9 +55,6 @@ pub enum StoreError {
     /// A value could not be encoded for Redis.
     #[error("store unavailable: {0}")]
     Encode(#[from] serde_json::Error),
-    /// The embedded outbox's own database write failed (worth retrying).
-    #[error("store unavailable: {0}")]
-    Database(#[source] sea_orm::DbErr),
 }
 
 impl StoreError {

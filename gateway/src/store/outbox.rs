@@ -13,15 +13,34 @@ use std::time::Duration;
 use super::pool::{Conn, Pool};
 use ::redis::Value;
 use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use serde::{Deserialize, Serialize};
 
 use super::redis::timed;
-use super::{STATS_TTL_S, StoreResult};
-use crate::db::NewImpression;
+use super::{STATS_TTL_S, StoreError, StoreResult};
 
 pub const OUTBOX_KEY: &str = "impressions:outbox";
 pub const OUTBOX_GROUP: &str = "writers";
 /// Field of each stream entry holding the row as JSON.
 const FIELD: &str = "row";
+
+/// One accepted impression as the outbox keeps it (a stream entry's `row` field, as JSON). The
+/// outbox's own type, so the stream's format changes only here; the impression drain turns it
+/// into the database's row. The id is minted when the event is accepted, so an entry written
+/// twice (a retried batch, two replicas draining it) is stored once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxImpression {
+    pub id: String,
+    pub organization_id: String,
+    pub content_id: String,
+    pub device_id: String,
+    pub playlist_id: Option<String>,
+    pub duration: Option<i64>,
+    pub completion_percentage: Option<i64>,
+    pub timestamp: NaiveDateTime,
+    /// Server-local hour, as the original computes it.
+    pub hour: u32,
+}
 
 /// An entry handed to one drainer.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,14 +48,30 @@ pub struct Claimed {
     /// The outbox's own id of the entry (what [`ImpressionOutbox::ack`] takes).
     pub entry: String,
     /// The row, or `None` when the entry cannot be read back (never written by this gateway).
-    pub row: Option<NewImpression>,
+    pub row: Option<OutboxImpression>,
 }
+
+/// Why the outbox could not take or hand out impressions. Either way nothing was promised:
+/// the impression is not acknowledged, so the player sends it again.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The store holding the stream failed (Redis, its pool, a timeout, encoding).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The embedded outbox's own write of the row could not be made (its database did not
+    /// answer): worth retrying. A row the database refuses for good is no error: it is dropped
+    /// and counted.
+    #[error("impression write failed: {0}")]
+    Write(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type OutboxResult<T> = Result<T, OutboxError>;
 
 #[async_trait]
 pub trait ImpressionOutbox: Send + Sync + 'static {
     /// Makes the impression durable and bumps `stats:device:{id}:impressions:{date}`, in one
     /// round trip. `Ok` means the row will reach the database.
-    async fn append(&self, row: &NewImpression, date: &str) -> StoreResult<()>;
+    async fn append(&self, row: &OutboxImpression, date: &str) -> OutboxResult<()>;
     /// Up to `limit` entries for `consumer` to write: first those it already holds and has not
     /// acknowledged (a failed write, or a restart under the same replica id), then those other
     /// consumers have held for longer than `stale` (a dead replica), then new ones in order.
@@ -45,14 +80,14 @@ pub trait ImpressionOutbox: Send + Sync + 'static {
         consumer: &str,
         limit: usize,
         stale: Duration,
-    ) -> StoreResult<Vec<Claimed>>;
+    ) -> OutboxResult<Vec<Claimed>>;
     /// Forgets entries whose rows are committed (or dropped for good).
-    async fn ack(&self, entries: &[String]) -> StoreResult<()>;
+    async fn ack(&self, entries: &[String]) -> OutboxResult<()>;
     /// Entries not yet acknowledged, cluster-wide.
-    async fn backlog(&self) -> StoreResult<u64>;
+    async fn backlog(&self) -> OutboxResult<u64>;
     /// Forgets readers that hold nothing and have not read for `idle` (replicas that are gone;
     /// pod names change with every rollout). Returns how many were forgotten.
-    async fn forget_idle_readers(&self, idle: Duration) -> StoreResult<u64>;
+    async fn forget_idle_readers(&self, idle: Duration) -> OutboxResult<u64>;
 }
 
 /// Atomic, so a reader cannot take entries between the check and the removal (which would
@@ -83,9 +118,9 @@ impl RedisOutbox {
         RedisOutbox { pool }
     }
 
-    /// One checkout from the shared pool; every outbox command goes through it.
+    /// One of the stores' shared connections; every outbox command goes through it.
     async fn conn(&self) -> StoreResult<Conn> {
-        Ok(Conn(self.pool.get().await?))
+        self.pool.get().await
     }
 
     async fn query<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> StoreResult<T> {
@@ -221,8 +256,8 @@ fn entries_of_read(v: &Value) -> Vec<Claimed> {
 
 #[async_trait]
 impl ImpressionOutbox for RedisOutbox {
-    async fn append(&self, row: &NewImpression, date: &str) -> StoreResult<()> {
-        let json = serde_json::to_string(row)?;
+    async fn append(&self, row: &OutboxImpression, date: &str) -> OutboxResult<()> {
+        let json = serde_json::to_string(row).map_err(StoreError::from)?;
         let stats = format!("stats:device:{}:impressions:{date}", row.device_id);
         let mut p = ::redis::pipe();
         p.atomic()
@@ -239,7 +274,7 @@ impl ImpressionOutbox for RedisOutbox {
             .arg(&stats)
             .arg(STATS_TTL_S)
             .ignore();
-        self.pipeline::<()>(&p).await
+        Ok(self.pipeline::<()>(&p).await?)
     }
 
     async fn claim(
@@ -247,17 +282,17 @@ impl ImpressionOutbox for RedisOutbox {
         consumer: &str,
         limit: usize,
         stale: Duration,
-    ) -> StoreResult<Vec<Claimed>> {
+    ) -> OutboxResult<Vec<Claimed>> {
         match self.claim_once(consumer, limit, stale).await {
             Err(e) if e.redis_code() == Some("NOGROUP") => {
                 self.ensure_group().await?;
-                self.claim_once(consumer, limit, stale).await
+                Ok(self.claim_once(consumer, limit, stale).await?)
             }
-            other => other,
+            other => Ok(other?),
         }
     }
 
-    async fn ack(&self, ids: &[String]) -> StoreResult<()> {
+    async fn ack(&self, ids: &[String]) -> OutboxResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -272,20 +307,20 @@ impl ImpressionOutbox for RedisOutbox {
             .arg(OUTBOX_KEY)
             .arg(ids)
             .ignore();
-        self.pipeline::<()>(&p).await
+        Ok(self.pipeline::<()>(&p).await?)
     }
 
-    async fn backlog(&self) -> StoreResult<u64> {
-        self.query(::redis::cmd("XLEN").arg(OUTBOX_KEY)).await
+    async fn backlog(&self) -> OutboxResult<u64> {
+        Ok(self.query(::redis::cmd("XLEN").arg(OUTBOX_KEY)).await?)
     }
 
-    async fn forget_idle_readers(&self, idle: Duration) -> StoreResult<u64> {
+    async fn forget_idle_readers(&self, idle: Duration) -> OutboxResult<u64> {
         let script = ::redis::Script::new(FORGET_IDLE);
         let mut inv = script.prepare_invoke();
         inv.key(OUTBOX_KEY)
             .arg(OUTBOX_GROUP)
             .arg(idle.as_millis() as u64);
         let mut c = self.conn().await?;
-        timed(inv.invoke_async(&mut c)).await
+        Ok(timed(inv.invoke_async(&mut c)).await?)
     }
 }
