@@ -16,7 +16,8 @@ use subtle::ConstantTimeEq;
 use super::ApiError;
 use crate::auth::valid_id;
 use crate::service::Gateway;
-use crate::service::commands::{CommandError, Delivery};
+use crate::service::commands::CommandError;
+use crate::service::pending::Delivery;
 
 /// Most device ids one broadcast command may name.
 const BROADCAST_MAX: usize = 1000;

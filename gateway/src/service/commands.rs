@@ -6,17 +6,13 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::delivery::AckOutcome;
+use super::pending::{Delivery, parse_commands};
 use super::{Gateway, playlist, room};
 use crate::store::StoreError;
 use crate::wire::iso_now;
 use crate::wire::outgoing::{Command, Outgoing, PlaylistUpdate, QrOverlayUpdate};
 use crate::wire::validate::is_request_id;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    Delivered,
-    Queued,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -78,7 +74,7 @@ impl Gateway {
                 // Sockets that advertised `deliveryAck` must acknowledge it (their own, stronger
                 // confirmation), else it goes back to the queue.
                 match self.deliver_live(device, Outgoing::of(&cmd), true).await {
-                    super::delivery::AckOutcome::Failed(why) => {
+                    AckOutcome::Failed(why) => {
                         tracing::info!(device, reason = %why, "Command not acknowledged; queued for replay.");
                         self.requeue(device, std::slice::from_ref(&cmd)).await;
                         Delivery::Queued
@@ -208,8 +204,4 @@ impl Gateway {
             })
             .collect()
     }
-}
-
-pub fn parse_commands(raw: Vec<String>) -> Vec<Command> {
-    raw.iter().filter_map(|c| Command::parse(c)).collect()
 }

@@ -9,13 +9,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::commands::Delivery;
+use super::pending::{Delivery, PENDING_PLAYLIST_TTL_S, parse_commands};
 use super::{Gateway, room};
 use crate::wire::iso_now;
 use crate::wire::outgoing::{Command, Outgoing, PlaylistUpdate};
-
-/// Lifetime of `device:pending-playlist:{id}` (the original's 1800 s).
-pub const PENDING_PLAYLIST_TTL_S: u64 = 1_800;
 
 /// What an acknowledged emit found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +162,7 @@ impl Gateway {
     ) -> (Vec<Command>, Option<PlaylistUpdate>) {
         match self.state.take_pending(device, ack_sid).await {
             Ok((raw, pending)) => (
-                super::commands::parse_commands(raw),
+                parse_commands(raw),
                 pending.and_then(|p| serde_json::from_str(&p).ok()),
             ),
             Err(e) => {

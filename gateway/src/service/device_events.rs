@@ -5,7 +5,8 @@ use chrono::Timelike;
 use serde_json::{Map, Value, json};
 
 use super::credentials::DeviceSession;
-use super::{Gateway, commands::parse_commands, playlist};
+use super::pending::parse_commands;
+use super::{Gateway, playlist};
 use crate::db::{DbError, now};
 use crate::store::outbox::{OutboxError, OutboxImpression};
 use crate::store::{HeartbeatOutcome, HeartbeatWrite, now_ms};

@@ -18,6 +18,7 @@ pub mod impressions;
 pub mod live;
 pub mod notifications;
 pub mod observe;
+pub mod pending;
 pub mod persist;
 pub mod playlist;
 pub mod presence;

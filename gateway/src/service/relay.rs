@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::Gateway;
-use super::commands::Delivery;
+use super::pending::{Delivery, PENDING_PLAYLIST_TTL_S};
 use crate::store::StoreError;
 use crate::wire::outgoing::{Command, Outgoing, PlaylistUpdate};
 
@@ -261,7 +261,7 @@ impl Gateway {
             Payload::Playlist { update } => {
                 let kept = Outgoing::of(update).data().to_string();
                 self.state
-                    .set_pending_playlist(device, &kept, super::delivery::PENDING_PLAYLIST_TTL_S)
+                    .set_pending_playlist(device, &kept, PENDING_PLAYLIST_TTL_S)
                     .await
             }
         }
