@@ -3,7 +3,7 @@
 //! See ARCHITECTURE.md for the bird's-eye view. `cli::main` is the binary's entry point and
 //! `app::run` the testable server.
 
-// deadpool's checkout future nested in the stores' async fns is deeper than the default limit.
+// The stores' connect futures nested in their async fns are deeper than the default limit.
 #![recursion_limit = "256"]
 
 pub mod app;

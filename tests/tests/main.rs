@@ -18,6 +18,7 @@ mod drain;
 mod drain_deadline;
 mod edge;
 mod existing_db;
+mod hot_path;
 mod impressions;
 mod internal_api;
 mod load_balancer;

@@ -11,7 +11,7 @@ use vizora_gateway::store::memory::MemoryStore;
 use vizora_gateway::store::redis::RedisStore;
 use vizora_gateway::store::{
     HeartbeatOutcome, HeartbeatWrite, LiveLease, OfflineNotice, PresenceStore, RefreshOutcome,
-    StateStore, SweepGuard, now_ms,
+    StateStore, StoreResult, SweepGuard, now_ms,
 };
 use vizora_gateway_tests::{RedisServer, eventually};
 
@@ -169,7 +169,7 @@ async fn commands_are_fifo_bounded_and_drained_once(s: &dyn Store) {
             .unwrap();
     }
     assert_eq!(
-        s.heartbeat("d", 1, "{}", "{}").await.unwrap(),
+        beat(s, "d", 1, "{}", "{}").await.unwrap(),
         HeartbeatOutcome::Live(vec!["2".into(), "3".into(), "4".into()]),
         "the oldest beyond the bound are dropped; the rest come oldest first"
     );
@@ -184,14 +184,14 @@ async fn a_superseded_socket_heartbeat_writes_and_drains_nothing(s: &dyn Store) 
     s.enqueue_command("d", "cmd", 10, 60_000).await.unwrap();
     let before = s.status("d").await.unwrap();
     assert_eq!(
-        s.heartbeat("d", old.epoch, r#"{"socketId":"old"}"#, "{}")
+        beat(s, "d", old.epoch, r#"{"socketId":"old"}"#, "{}")
             .await
             .unwrap(),
         HeartbeatOutcome::Superseded
     );
     assert_eq!(s.status("d").await.unwrap(), before, "status untouched");
     assert_eq!(
-        s.heartbeat("d", new.epoch, r#"{"socketId":"new"}"#, "{}")
+        beat(s, "d", new.epoch, r#"{"socketId":"new"}"#, "{}")
             .await
             .unwrap(),
         HeartbeatOutcome::Live(vec!["cmd".into()]),
@@ -203,7 +203,7 @@ async fn a_superseded_socket_heartbeat_writes_and_drains_nothing(s: &dyn Store) 
     );
     // Without any lease (Redis restarted and lost it) a heartbeat counts as live.
     assert_eq!(
-        s.heartbeat("nolease", 1, "{}", "{}").await.unwrap(),
+        beat(s, "nolease", 1, "{}", "{}").await.unwrap(),
         HeartbeatOutcome::Live(vec![])
     );
 }
@@ -328,7 +328,7 @@ async fn an_older_stored_epoch_never_supersedes_a_heartbeat(s: &dyn Store) {
     let (older, mine) = rolled_back(s).await;
     s.enqueue_command("d", "cmd", 10, 60_000).await.unwrap();
     assert_eq!(
-        s.heartbeat("d", mine, r#"{"socketId":"new"}"#, "{}")
+        beat(s, "d", mine, r#"{"socketId":"new"}"#, "{}")
             .await
             .unwrap(),
         HeartbeatOutcome::Live(vec!["cmd".into()]),
@@ -343,7 +343,7 @@ async fn an_older_stored_epoch_never_supersedes_a_heartbeat(s: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(
-        s.heartbeat("d", older, "{}", "{}").await.unwrap(),
+        beat(s, "d", older, "{}", "{}").await.unwrap(),
         HeartbeatOutcome::Superseded
     );
 }
@@ -575,6 +575,20 @@ async fn a_refresh_claim_is_won_once_and_the_grace_dropped_only_by_its_owner(s: 
         s.claim_token_refresh("d", g1, 600, 3600).await.unwrap(),
         "cooldown released"
     );
+}
+
+/// A heartbeat through the production step, `device_heartbeat.lua` on Redis: only its outcome.
+async fn beat(
+    s: &dyn Store,
+    device: &str,
+    epoch: u64,
+    status_json: &str,
+    latest_json: &str,
+) -> StoreResult<HeartbeatOutcome> {
+    let mut w = hb_at(device, "s", epoch, None, false);
+    w.status_json = status_json;
+    w.latest_json = latest_json;
+    Ok(s.device_heartbeat(&w).await?.outcome)
 }
 
 fn hb<'a>(device: &'a str, sid: &'a str, bound: Option<&'a str>, take: bool) -> HeartbeatWrite<'a> {

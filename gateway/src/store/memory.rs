@@ -339,41 +339,6 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn heartbeat(
-        &self,
-        device: &str,
-        epoch: u64,
-        status_json: &str,
-        latest_json: &str,
-    ) -> StoreResult<HeartbeatOutcome> {
-        let now = now_ms();
-        let mut g = self.lock();
-        // Same rule as heartbeat.lua: only a strictly newer epoch supersedes the socket.
-        let newer = g.epochs.get(device).is_some_and(|e| *e > epoch)
-            || g.leases.get(device).is_some_and(|(l, _)| l.epoch() > epoch);
-        if newer {
-            return Ok(HeartbeatOutcome::Superseded);
-        }
-        g.set(
-            status_key(device),
-            status_json.into(),
-            STATUS_ONLINE_TTL_S as i64 * 1000,
-            now,
-        );
-        g.set(
-            format!("heartbeat:{device}:latest"),
-            latest_json.into(),
-            LATEST_TTL_S as i64 * 1000,
-            now,
-        );
-        Ok(HeartbeatOutcome::Live(
-            match g.commands.remove(&commands_key(device)) {
-                Some((q, exp)) if exp > now => q.into_iter().collect(),
-                _ => Vec::new(),
-            },
-        ))
-    }
-
     async fn status(&self, device: &str) -> StoreResult<Option<String>> {
         Ok(self.lock().get(&status_key(device), now_ms()))
     }

@@ -40,12 +40,6 @@ pub enum StoreError {
     /// Redis answered with an error, or the connection to it failed.
     #[error("store unavailable: {0}")]
     Redis(#[from] ::redis::RedisError),
-    /// No pooled connection could be had (Redis unreachable, or the pool's wait ran out).
-    #[error("store unavailable: {0}")]
-    Pool(#[from] deadpool::managed::PoolError<::redis::RedisError>),
-    /// The connection pool could not be built.
-    #[error("store unavailable: {0}")]
-    PoolBuild(#[from] deadpool::managed::BuildError),
     /// One Redis operation outlived its bound (a stalled or vanished node).
     #[error("store unavailable: redis operation timed out")]
     Timeout,
@@ -160,7 +154,7 @@ pub enum HeartbeatOutcome {
 pub struct HeartbeatWrite<'a> {
     pub device: &'a str,
     pub sid: &'a str,
-    /// The socket's epoch: only a strictly newer one supersedes it (as `heartbeat`).
+    /// The socket's epoch: only a strictly newer one supersedes it.
     pub epoch: u64,
     pub status_json: &'a str,
     pub latest_json: &'a str,
@@ -296,16 +290,6 @@ pub trait PresenceStore: Send + Sync + 'static {
 #[async_trait]
 pub trait StateStore: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
-    /// Writes the status JSON and latest sample, and drains queued commands: one round trip.
-    /// Writes and drains nothing when a strictly newer epoch than the socket's `epoch` owns the
-    /// device; an older or missing one counts as the socket's (Redis lost or rolled back state).
-    async fn heartbeat(
-        &self,
-        device: &str,
-        epoch: u64,
-        status_json: &str,
-        latest_json: &str,
-    ) -> StoreResult<HeartbeatOutcome>;
     async fn status(&self, device: &str) -> StoreResult<Option<String>>;
     /// The status JSON of many devices in one round trip, in the order asked.
     async fn statuses(&self, devices: &[String]) -> StoreResult<Vec<Option<String>>>;
@@ -335,6 +319,8 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// The whole Redis side of a heartbeat in one round trip: lease check, stale-token check,
     /// status and latest sample, queued commands drained, the pending playlist taken if asked.
+    /// Writes and drains nothing when a strictly newer epoch than the socket's owns the device;
+    /// an older or missing one counts as the socket's (Redis lost or rolled back state).
     async fn device_heartbeat(&self, hb: &HeartbeatWrite<'_>) -> StoreResult<HeartbeatFound>;
     /// Queued commands and the pending playlist, both taken, in one round trip (connect); with
     /// `ack_sid`, `device:delivery-ack:{id}` is set to it in the same round trip.

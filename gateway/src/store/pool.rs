@@ -1,79 +1,176 @@
-//! The stores' connection pool: deadpool over connections made through a [`RedisTarget`], so a
-//! new connection always goes to the current primary (Sentinel lookup or a fresh resolution of
-//! the managed endpoint).
+//! The stores' Redis connections: a few shared multiplexed connections to the current primary,
+//! each reconnected on demand.
 //!
-//! deadpool-redis's own managers were not enough: its plain manager cannot follow Sentinel, and
-//! both keep a connection as long as it answers PING, which a primary demoted to replica still
-//! does. Here the per-checkout check is `ROLE` (the same one round trip as PING), and
-//! connections made before [`RedisTarget::primary_lost`] are retired.
+//! redis-rs's multiplexed connection already pipelines concurrent requests over one socket, so
+//! there is nothing to check out: a call clones a handle to one of [`SHARED`] connections (round
+//! robin) and sends its command. A store step is then exactly its own round trip.
+//!
+//! Nothing is checked per call. Whether the node is still the primary is learned from:
+//! - a new connection, which asks `ROLE` once (a managed endpoint may briefly resolve to the old
+//!   primary, now a replica);
+//! - a `READONLY` answer (every hot-path script writes), after which the caller reports
+//!   [`RedisTarget::primary_lost`];
+//! - the adapter's driver (`store/pubsub.rs`), which asks `ROLE` on its own connection every few
+//!   seconds and reports a demotion the same way, and a Sentinel switch it sees.
+//!
+//! Every report bumps the target's generation, and a connection made in an older generation is
+//! not handed out again. A connection that failed or hung is discarded by the caller
+//! ([`Conn::discard`]); the next call on its slot connects anew.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
 
-use super::target::RedisTarget;
+use super::target::{CONNECT_TIMEOUT, RedisTarget};
+use super::{StoreError, StoreResult};
 
-pub struct Manager {
-    target: Arc<RedisTarget>,
+/// How many connections the stores share. Two cores drive one connection's socket easily; a few
+/// keep one slow reply (a large sweep) from delaying every heartbeat behind it.
+pub const SHARED: usize = 4;
+
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
 }
 
-/// A connection and the target generation it was made in.
-pub struct PooledConn {
+struct Inner {
+    target: Arc<RedisTarget>,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+    ids: AtomicU64,
+}
+
+#[derive(Default)]
+struct Slot {
+    live: Mutex<Option<Live>>,
+    /// One connect at a time per slot; callers that waited behind a failed connect fail too
+    /// instead of queueing one connect timeout each.
+    connecting: tokio::sync::Mutex<()>,
+    failures: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Live {
     conn: MultiplexedConnection,
     generation: u64,
+    id: u64,
 }
 
-impl managed::Manager for Manager {
-    type Type = PooledConn;
-    type Error = RedisError;
-
-    async fn create(&self) -> Result<PooledConn, RedisError> {
-        let generation = self.target.generation();
-        let conn = self.target.connect(AsyncConnectionConfig::new()).await?;
-        Ok(PooledConn { conn, generation })
-    }
-
-    async fn recycle(&self, c: &mut PooledConn, _: &Metrics) -> RecycleResult<RedisError> {
-        if c.generation != self.target.generation() {
-            return Err(RecycleError::message("made before a failover"));
-        }
-        if RedisTarget::is_primary(&mut c.conn).await? {
-            Ok(())
-        } else {
-            self.target.primary_lost();
-            Err(RecycleError::message("the node is a replica now"))
-        }
+impl Slot {
+    fn current(&self, generation: u64) -> Option<Live> {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.as_ref()
+            .filter(|l| l.generation == generation)
+            .cloned()
     }
 }
 
-pub type Pool = managed::Pool<Manager>;
-
-pub fn pool(target: Arc<RedisTarget>, max_size: usize) -> Result<Pool, managed::BuildError> {
-    let mut cfg = deadpool::managed::PoolConfig::new(max_size);
-    cfg.timeouts.wait = Some(super::target::CONNECT_TIMEOUT);
-    cfg.timeouts.create = Some(super::target::CONNECT_TIMEOUT * 2);
-    cfg.timeouts.recycle = Some(super::target::CONNECT_TIMEOUT);
-    managed::Pool::builder(Manager { target })
-        .config(cfg)
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
+pub fn pool(target: Arc<RedisTarget>, shared: usize) -> Pool {
+    let slots = (0..shared.max(1)).map(|_| Slot::default()).collect();
+    Pool {
+        inner: Arc::new(Inner {
+            target,
+            slots,
+            next: AtomicUsize::new(0),
+            ids: AtomicU64::new(0),
+        }),
+    }
 }
 
-/// A checked-out connection.
-pub struct Conn(pub Object<Manager>);
+impl Pool {
+    /// A handle to one of the shared connections, connecting it first if it is not live.
+    pub async fn get(&self) -> StoreResult<Conn> {
+        let inner = &self.inner;
+        let slot = inner.next.fetch_add(1, Ordering::Relaxed) % inner.slots.len();
+        let s = &inner.slots[slot];
+        let generation = inner.target.generation();
+        if let Some(l) = s.current(generation) {
+            return Ok(self.handle(slot, l));
+        }
+        let failures = s.failures.load(Ordering::SeqCst);
+        let _connecting = s.connecting.lock().await;
+        let generation = inner.target.generation();
+        if let Some(l) = s.current(generation) {
+            return Ok(self.handle(slot, l));
+        }
+        if s.failures.load(Ordering::SeqCst) != failures {
+            return Err(StoreError::Redis(RedisError::from((
+                ErrorKind::Io,
+                "Redis unreachable (a connect just failed)",
+            ))));
+        }
+        match self.connect().await {
+            Ok(conn) => {
+                let live = Live {
+                    conn,
+                    generation,
+                    id: inner.ids.fetch_add(1, Ordering::Relaxed) + 1,
+                };
+                *s.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(live.clone());
+                Ok(self.handle(slot, live))
+            }
+            Err(e) => {
+                s.failures.fetch_add(1, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    async fn connect(&self) -> StoreResult<MultiplexedConnection> {
+        let target = &self.inner.target;
+        let connect = async {
+            let mut conn = target.connect(AsyncConnectionConfig::new()).await?;
+            if RedisTarget::is_primary(&mut conn).await? {
+                Ok(conn)
+            } else {
+                target.primary_lost();
+                Err(RedisError::from((
+                    ErrorKind::Io,
+                    "the node is a replica now",
+                )))
+            }
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT * 2, connect).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    fn handle(&self, slot: usize, live: Live) -> Conn {
+        Conn {
+            conn: live.conn,
+            slot,
+            id: live.id,
+            pool: self.clone(),
+        }
+    }
+}
+
+/// A handle to one shared connection.
+pub struct Conn {
+    conn: MultiplexedConnection,
+    slot: usize,
+    id: u64,
+    pool: Pool,
+}
 
 impl Conn {
-    /// Drops the connection instead of returning it to the pool.
+    /// The connection failed or hung: the next call on its slot connects anew. Other handles to
+    /// it see their own errors; a connection already replaced is left alone.
     pub fn discard(self) {
-        drop(Object::take(self.0));
+        let s = &self.pool.inner.slots[self.slot];
+        let mut live = s.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if live.as_ref().is_some_and(|l| l.id == self.id) {
+            *live = None;
+        }
     }
 }
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        self.0.conn.req_packed_command(cmd)
+        self.conn.req_packed_command(cmd)
     }
 
     fn req_packed_commands<'a>(
@@ -82,10 +179,10 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        self.0.conn.req_packed_commands(cmd, offset, count)
+        self.conn.req_packed_commands(cmd, offset, count)
     }
 
     fn get_db(&self) -> i64 {
-        self.0.conn.get_db()
+        self.conn.get_db()
     }
 }

@@ -22,7 +22,6 @@ struct Scripts {
     confirm: Script,
     sweep: Script,
     claim_notices: Script,
-    heartbeat: Script,
     device_heartbeat: Script,
     token_refresh: Script,
     drop_if_equal: Script,
@@ -55,10 +54,10 @@ impl RedisStore {
         Self::with_target(Arc::new(target))
     }
 
-    /// Builds the pool (connections are made lazily, so a Redis that is down at start-up does
+    /// Builds the shared connections (made lazily, so a Redis that is down at start-up does
     /// not stop the gateway from starting; readiness reports it).
     pub fn with_target(target: Arc<RedisTarget>) -> Result<Self, StoreError> {
-        let pool = pool::pool(target.clone(), 16)?;
+        let pool = pool::pool(target.clone(), pool::SHARED);
         Ok(RedisStore {
             pool,
             target,
@@ -69,7 +68,6 @@ impl RedisStore {
                 confirm: Script::new(include_str!("lua/confirm.lua")),
                 sweep: Script::new(include_str!("lua/sweep.lua")),
                 claim_notices: Script::new(include_str!("lua/claim_notices.lua")),
-                heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
                 device_heartbeat: Script::new(include_str!("lua/device_heartbeat.lua")),
                 token_refresh: Script::new(include_str!("lua/token_refresh.lua")),
                 drop_if_equal: Script::new(include_str!("lua/drop_if_equal.lua")),
@@ -85,7 +83,7 @@ impl RedisStore {
     }
 
     async fn conn(&self) -> StoreResult<Conn> {
-        Ok(Conn(self.pool.get().await?))
+        self.pool.get().await
     }
 
     /// Classifies one attempt's outcome, dropping the connection when it must not be reused.
@@ -427,32 +425,6 @@ impl StateStore for RedisStore {
         } else {
             Err(StoreError::Reply(format!("unexpected PING reply {pong}")))
         }
-    }
-
-    async fn heartbeat(
-        &self,
-        device: &str,
-        epoch: u64,
-        status_json: &str,
-        latest_json: &str,
-    ) -> StoreResult<HeartbeatOutcome> {
-        let mut inv = self.scripts.heartbeat.prepare_invoke();
-        inv.key(status_key(device))
-            .key(format!("heartbeat:{device}:latest"))
-            .key(commands_key(device))
-            .key(format!("device:lease:{device}"))
-            .key(format!("device:epoch:{device}"))
-            .arg(status_json)
-            .arg(STATUS_ONLINE_TTL_S)
-            .arg(latest_json)
-            .arg(LATEST_TTL_S)
-            .arg(epoch.to_string());
-        let (live, cmds): (i64, Vec<String>) = self.run(inv).await?;
-        Ok(if live == 1 {
-            HeartbeatOutcome::Live(cmds)
-        } else {
-            HeartbeatOutcome::Superseded
-        })
     }
 
     async fn status(&self, device: &str) -> StoreResult<Option<String>> {

@@ -1,4 +1,5 @@
--- device_heartbeat: heartbeat.lua plus the credential and delivery checks, one round trip.
+-- device_heartbeat: the whole Redis side of a heartbeat (lease check, credential and delivery
+-- checks, status, latest sample, queued commands), one round trip.
 -- KEYS: 1 device:status:{id} 2 heartbeat:{id}:latest 3 device:commands:{id} 4 device:lease:{id}
 --       5 device:token:current:{id} 6 device:pending-playlist:{id} 7 device:delivery-ack:{id}
 -- ARGV: 1 status_json 2 status_ttl_s 3 latest_json 4 latest_ttl_s 5 sid
@@ -10,8 +11,8 @@
 --          trip per heartbeat while another connection's refresh holds the cooldown)
 -- Returns {code, commands, pending_playlist_or_empty, cooldown_held}: code 1 live,
 -- 0 superseded, 2 stale.
--- Superseded exactly as heartbeat.lua decides it: only a strictly newer epoch (stored, or in
--- the lease) supersedes the socket; none, or an older one, counts as the socket's.
+-- Superseded: only a strictly newer epoch (stored, or in the lease) supersedes the socket;
+-- none, or an older one, counts as the socket's.
 -- A socket whose bound token is no longer the device's (the marker, written by the revocation
 -- and rotation paths, says otherwise) writes nothing and takes nothing: it is about to go.
 local mine = tonumber(ARGV[9])
