@@ -125,4 +125,40 @@ impl Cluster {
             .await
             .and_then(|s| serde_json::from_str(&s).ok())
     }
+
+    /// The positive control of a test that asserts the sweep did nothing to some devices: a
+    /// lease for `device` (of `org`) that no replica holds, as if its replica had just died,
+    /// due when the latest lease now in Redis is due (at once if there is none). Nobody
+    /// refreshes it, so a sweep expires it with a full offline transition: `device:status`
+    /// offline to the organisation's dashboards, the row, an offline notice after the grace
+    /// delay. Once that offline is seen, a sweep has run past the deadline of every lease that
+    /// was not refreshed since this call, and past the sweep grace (which holds back every
+    /// expiry). Same keys and epoch rule as `acquire.lua`.
+    pub async fn abandon_lease(&self, device: &str, org: &str) {
+        const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local due = math.floor(now_us / 1000)
+local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+if last[2] then due = math.max(due, tonumber(last[2])) end
+local stored = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local epoch = string.format('%.0f', math.max(stored + 1, now_us))
+redis.call('SET', KEYS[1], epoch)
+redis.call('SET', KEYS[2], cjson.encode({epoch = epoch, replica = 'abandoned', sid = 'abandoned', org = ARGV[2]}))
+redis.call('ZADD', KEYS[3], due, ARGV[1])
+return due"#;
+        let _due: i64 = self
+            .redis
+            .cmd(&[
+                "EVAL",
+                SCRIPT,
+                "3",
+                &format!("device:epoch:{device}"),
+                &format!("device:lease:{device}"),
+                "presence:deadlines",
+                device,
+                org,
+            ])
+            .await;
+    }
 }

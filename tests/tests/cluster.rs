@@ -158,13 +158,29 @@ async fn fifty_simultaneous_connections_leave_one_live_socket_and_no_offline() {
     let c = Cluster::start(3, 0, |o| o).await;
     let dash = ws_dashboard(c.replicas[1].client(), ORG_A).await;
     let live = race_one_token(&c, DEV_A1, 50).await;
-    // Longer than the offline grace delay (1.5 s): a spurious offline would have produced a row.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Positive control: a device whose replica "died" now. Its offline shows a sweep ran past
+    // the deadline of any lease the race left unrefreshed; its notification, that the notices
+    // ran past the grace delay of any offline before it.
+    c.abandon_lease(DEV_A2, ORG_A).await;
+    let mut seen = Vec::new();
+    record_until(
+        &dash,
+        &mut seen,
+        2 * T,
+        "the control device offline",
+        |evs| offline_events(evs, DEV_A2) > 0,
+    )
+    .await;
+    eventually(T, "the control device's offline notification", || async {
+        (c.notifications(DEV_A2, "device_offline").await > 0).then_some(())
+    })
+    .await;
+    seen.extend(dash.drain_events());
     assert!(live.is_connected());
     assert_eq!(
-        offline_events(&dash.drain_events(), DEV_A1),
+        offline_events(&seen, DEV_A1),
         0,
-        "no offline status event"
+        "no offline status event: {seen:?}"
     );
     assert_eq!(c.notifications(DEV_A1, "device_offline").await, 0);
     assert_eq!(c.notifications(DEV_A1, "device_online").await, 0);

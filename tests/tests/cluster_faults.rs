@@ -3,11 +3,14 @@
 
 use std::time::Duration;
 
+use crate::common::metric;
 use serde_json::json;
 use vizora_gateway_tests::*;
 use vizora_sioclient::{Client, CloseReason, Event};
 
 const T: Duration = Duration::from_secs(15);
+const FENCE_CHECKS: &str = "vizora_gateway_fence_checks_total";
+const STORE_ERRORS: &str = "vizora_gateway_store_errors_total";
 
 fn statuses(events: &[Event], dev: &str, status: &str) -> usize {
     status_events(events, dev, status).len()
@@ -93,18 +96,26 @@ async fn killed_replica_devices_move_and_the_missing_one_goes_offline_once() {
     )
     .await;
     c.wait_db_status(DEV_A2, "offline").await;
-    // Past the notification grace delay (1.5 s) and several sweeps.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let events = dash.drain_events();
+    // Positive control: a device whose replica "died" now. Its offline shows a sweep ran past
+    // the deadline of every lease left behind (a second expiry of the lost device's, the moved
+    // device's old one); its notification, that the notices ran past the lost device's.
+    c.abandon_lease(DEV_A3, ORG_A).await;
+    let mut events = Vec::new();
+    until_offline(&dash, &mut events, DEV_A3).await;
+    eventually(T, "the control device's offline notification", || async {
+        (c.notifications(DEV_A3, "device_offline").await > 0).then_some(())
+    })
+    .await;
+    events.extend(dash.drain_events());
     assert_eq!(
         statuses(&events, DEV_A2, "offline"),
         1,
-        "exactly one offline transition"
+        "exactly one offline transition: {events:?}"
     );
     assert_eq!(
         statuses(&events, DEV_A1, "offline"),
         0,
-        "the moved device never went offline"
+        "the moved device never went offline: {events:?}"
     );
     assert!(moved.is_connected());
     assert_eq!(c.db_status(DEV_A1).await, "online");
@@ -171,15 +182,20 @@ async fn redis_restart_under_load_reports_nobody_offline_and_recovers() {
         (a.is_some() && b.is_some()).then_some(())
     })
     .await;
-    // Give sweeps several lease TTLs to do damage if they were going to.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let events = dash.drain_events();
-    let offline = events
-        .iter()
-        .filter(|e| e.name == "device:status" && e.args[0]["status"] == "offline")
-        .count();
+    // Positive control: a device whose replica "died" now. Its offline shows a sweep ran,
+    // past the grace the restart started, past the deadline of every lease not refreshed since
+    // the replicas re-asserted them: the sweeps had their chance to do damage.
+    c.abandon_lease(DEV_A1, ORG_A).await;
+    let mut events = Vec::new();
+    until_offline(&dash, &mut events, DEV_A1).await;
+    events.extend(dash.drain_events());
+    let offline: Vec<String> = offline_events(&events)
+        .into_iter()
+        .filter(|d| d != DEV_A1)
+        .collect();
     assert_eq!(
-        offline, 0,
+        offline,
+        Vec::<String>::new(),
         "no device reported offline after the Redis restart"
     );
     assert!(
@@ -288,6 +304,8 @@ async fn during_a_redis_outage_live_sockets_are_served_and_health_reports_it() {
     let mut c = Cluster::start(2, 0, |o| o).await;
     let screen = ws_device(c.replicas[0].client(), DEV_A1).await;
     let api = c.replicas[0].api();
+    let judged_before = metric(&c.replicas[0], FENCE_CHECKS, "").await;
+    let refreshes_before = metric(&c.replicas[0], STORE_ERRORS, r#"op="refresh""#).await;
     c.redis.stop();
     // Heartbeats are still answered (presence follows the socket); the deep health reports the
     // outage, readiness does not (contract §7: the replica stays in the Service).
@@ -303,7 +321,20 @@ async fn during_a_redis_outage_live_sockets_are_served_and_health_reports_it() {
     .await;
     let (st, body) = api.get_text("/api/health/ready", &[]).await;
     assert_eq!(st, 200, "readiness does not follow Redis: {body}");
-    tokio::time::sleep(Duration::from_secs(4)).await; // longer than the lease TTL
+    // Positive control: the periodic steps that could drop the socket did run in the outage.
+    // The fence judged it (not fencing), and the lease refresh failed five times: every TTL/3,
+    // so over more than a lease TTL.
+    eventually(T, "a fence check and five failed refreshes", || async {
+        let judged = metric(&c.replicas[0], FENCE_CHECKS, "").await;
+        let refreshes = metric(&c.replicas[0], STORE_ERRORS, r#"op="refresh""#).await;
+        (judged > judged_before && refreshes >= refreshes_before + 5.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&c.replicas[0], FENCE_CHECKS, r#"outcome="fence""#).await,
+        0.0,
+        "an outage every replica sees fences nobody"
+    );
     assert!(screen.is_connected(), "the socket outlives the outage");
 
     c.redis.start_again().await;

@@ -371,14 +371,22 @@ async fn sigterm_drains_in_batches_to_the_other_replica_without_offline_reports(
         );
     }
 
-    tokio::time::sleep(Duration::from_secs(4)).await; // past lease TTL + sweep: nothing expires
-    let offline = dash
-        .drain_events()
-        .iter()
-        .filter(|e| e.name == "device:status" && e.args[0]["status"] == "offline")
-        .count();
+    // Positive control: a device whose replica "died" now. Its offline shows a sweep ran past
+    // the deadline of every lease the drained replica left behind: nothing else expired.
+    c.abandon_lease(DEV_A2, ORG_A).await;
+    let mut events = Vec::new();
+    record_until(&dash, &mut events, T, "the control device offline", |evs| {
+        offline_events(evs).iter().any(|d| d == DEV_A2)
+    })
+    .await;
+    events.extend(dash.drain_events());
+    let offline: Vec<String> = offline_events(&events)
+        .into_iter()
+        .filter(|d| d != DEV_A2)
+        .collect();
     assert_eq!(
-        offline, 0,
+        offline,
+        Vec::<String>::new(),
         "drained screens are handed over, never reported offline"
     );
     for (dev, m) in &moved {

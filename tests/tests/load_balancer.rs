@@ -44,7 +44,8 @@ async fn replica_of(c: &Cluster, dev: &str) -> usize {
 #[tokio::test]
 async fn screens_through_nginx_get_commands_and_survive_a_drain() {
     let n = 9;
-    let c = Cluster::start(3, n, |o| o.env("DRAIN_SECONDS", 2)).await;
+    // One more load device than screens: the control of the end.
+    let c = Cluster::start(3, n + 1, |o| o.env("DRAIN_SECONDS", 2)).await;
     let lb = Nginx::start(&c.replicas).await;
 
     // Long-polling is pinned to one replica for the whole session, though the handshake has no
@@ -135,9 +136,17 @@ async fn screens_through_nginx_get_commands_and_survive_a_drain() {
         assert_eq!(st, 201, "{body}");
         assert!(client.wait_for("command", T).await.is_some(), "{dev}");
     }
-    tokio::time::sleep(Duration::from_secs(4)).await; // past lease TTL + sweep: nothing expires
-    let offline: Vec<_> = dash
-        .drain_events()
+    // Positive control: a device whose replica "died" now (one no screen uses). Its offline
+    // shows a sweep ran past the deadline of every lease the drained replica left behind.
+    let control = load_device(n);
+    c.abandon_lease(&control, ORG_A).await;
+    let mut events = Vec::new();
+    record_until(&dash, &mut events, T, "the control device offline", |evs| {
+        offline_events(evs).contains(&control)
+    })
+    .await;
+    events.extend(dash.drain_events());
+    let offline: Vec<_> = events
         .into_iter()
         .filter(|e| {
             e.name == "device:status"

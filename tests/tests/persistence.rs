@@ -57,6 +57,11 @@ async fn updates_counted(conn: &DatabaseConnection) -> i64 {
 async fn a_thousand_heartbeats_write_nothing_to_devices() {
     let n = 10;
     let c = Cluster::start(2, n, |o| o.env("LAST_SEEN_FLUSH_MS", 600_000)).await;
+    let conn = c.pg().await;
+    // PostgreSQL's own log of every UPDATE of `devices` from here on (the seed only inserted):
+    // the count the statistics must reach before they are compared.
+    log_device_updates(&conn).await;
+    let counted_at_start = updates_counted(&conn).await;
     let mut screens = Vec::new();
     for i in 0..n {
         screens.push(ws_device(c.replicas[i % 2].client(), &load_device(i)).await);
@@ -64,12 +69,11 @@ async fn a_thousand_heartbeats_write_nothing_to_devices() {
     for i in 0..n {
         c.wait_db_status(&load_device(i), "online").await;
     }
-    let conn = c.pg().await;
-    // Statistics are flushed by each backend within ~10 s of going idle: let the transition
-    // writes settle into the counters before taking the baseline.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // Each backend hands its statistics over some seconds after its writes: the baseline is
+    // taken once they count every UPDATE logged so far (the online transitions).
+    let (logged, counted_before) = statistics_caught_up(&conn, counted_at_start).await;
+    let logged_before = logged.last().map_or(0, |u| u.n);
     let before = versions(&conn).await;
-    let counted_before = updates_counted(&conn).await;
     let mut acked = 0;
     for round in 0..(1000 / n) {
         for s in &screens {
@@ -86,16 +90,35 @@ async fn a_thousand_heartbeats_write_nothing_to_devices() {
         }
     }
     assert_eq!(acked, 1000);
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // Positive control: one online transition through each replica after the heartbeats. Once
+    // they are in the rows and the statistics count every UPDATE logged (theirs included),
+    // whatever the heartbeats had left to write, on either replica, would be there too.
+    let controls = [(DEV_A1, 0), (DEV_A2, 1)];
+    let mut held = Vec::new();
+    for (dev, r) in controls {
+        held.push(ws_device(c.replicas[r].client(), dev).await);
+    }
+    for (dev, _) in controls {
+        c.wait_db_status(dev, "online").await;
+    }
+    let (logged, counted) = statistics_caught_up(&conn, counted_at_start).await;
     assert_eq!(
         versions(&conn).await,
         before,
         "no devices row was rewritten by heartbeats"
     );
+    let window: Vec<DeviceUpdate> = logged.into_iter().filter(|u| u.n > logged_before).collect();
+    let touched: BTreeSet<String> = window.iter().flat_map(|u| u.ids.clone()).collect();
     assert_eq!(
-        updates_counted(&conn).await,
-        counted_before,
-        "pg_stat_user_tables counts no update"
+        touched,
+        controls.iter().map(|(d, _)| d.to_string()).collect(),
+        "only the controls' transitions updated devices: {window:?}"
+    );
+    let rows_updated: usize = window.iter().map(|u| u.ids.len()).sum();
+    assert_eq!(
+        counted - counted_before,
+        rows_updated as i64,
+        "pg_stat_user_tables counts the controls' updates and nothing else"
     );
     // The heartbeats did reach Redis.
     let status = c
@@ -104,6 +127,26 @@ async fn a_thousand_heartbeats_write_nothing_to_devices() {
         .await
         .unwrap();
     assert!(status.contains("cpuUsage"), "{status}");
+}
+
+/// Waits until `pg_stat_user_tables` counts, since `counted_at_start`, exactly the rows every
+/// UPDATE in the log changed (each backend hands its counts over within ~10 s of going idle);
+/// returns the log and the count that agree.
+async fn statistics_caught_up(
+    conn: &DatabaseConnection,
+    counted_at_start: i64,
+) -> (Vec<DeviceUpdate>, i64) {
+    eventually(
+        Duration::from_secs(30),
+        "the statistics to count every logged UPDATE of devices",
+        || async {
+            let logged = device_updates(conn, 0).await;
+            let changed: usize = logged.iter().map(|u| u.ids.len()).sum();
+            let counted = updates_counted(conn).await;
+            (counted - counted_at_start == changed as i64).then_some((logged, counted))
+        },
+    )
+    .await
 }
 
 /// Makes PostgreSQL record every UPDATE statement on `devices`: a statement-level trigger writes
