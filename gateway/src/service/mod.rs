@@ -270,26 +270,93 @@ mod tests {
         assert!(checked >= 10, "the edge modules were not found");
     }
 
-    /// Services hand clients typed events only: no `json!` left in an emit or an answer.
-    /// (Internal records — Redis status JSON, notification metadata rows — are not client
-    /// payloads and may use it; emits cannot, because the emitter takes `Outgoing`.)
+    /// Services hand clients typed events only: no `json!` left in an emit or an answer, and
+    /// no `names::` or `Outgoing::broadcast` (commands excepted). Internal records are not
+    /// client payloads and may use `json!`, each line named in `INTERNAL_RECORDS`; unit tests
+    /// (after `#[cfg(test)]`) build inputs with it freely.
     #[test]
     fn services_emit_only_typed_events() {
+        /// Every `json!` line of the services' code, by file: records kept in Redis or in the
+        /// database, never sent to a client as they are. A line gone must leave the list too.
+        const INTERNAL_RECORDS: [(&str, &[&str]); 4] = [
+            // The Redis status JSON and latest sample of a heartbeat; the Redis list entry of a
+            // content error.
+            (
+                "device_events.rs",
+                &[
+                    r#"status.insert("status".into(), json!("online"));"#,
+                    r#"status.insert("lastHeartbeat".into(), json!(at));"#,
+                    r#"status.insert("socketId".into(), json!(sid));"#,
+                    r#"status.insert("organizationId".into(), json!(org));"#,
+                    r#"latest.insert("deviceId".into(), json!(device));"#,
+                    r#"latest.insert("timestamp".into(), json!(at));"#,
+                    r#"entry.insert("deviceId".into(), json!(device));"#,
+                    r#"entry.insert("contentId".into(), json!(e.content_id));"#,
+                    r#"entry.insert("errorType".into(), json!(e.error_type));"#,
+                    r#"entry.insert(k.into(), json!(v));"#,
+                    r#"entry.insert("timestamp".into(), json!(now_ms()));"#,
+                ],
+            ),
+            // The `metadata` column of notification rows.
+            (
+                "notifications.rs",
+                &[
+                    r#"metadata: json!({"deviceId": n.device_id, "deviceName": n.device_name, "disconnectedAt": iso(disconnected)}),"#,
+                    r#"metadata: json!({"deviceId": device, "deviceName": name}),"#,
+                ],
+            ),
+            // The Redis record of a stored screenshot.
+            (
+                "screenshots.rs",
+                &[
+                    r#"let record = json!({"url": url, "width": r.width, "height": r.height}).to_string();"#,
+                ],
+            ),
+            // The Redis record of a token rotation's grace.
+            (
+                "credentials.rs",
+                &[r#"let grace = json!({"prev": s.presented, "next": next}).to_string();"#],
+            ),
+        ];
+        let records: Vec<(&str, &str)> = INTERNAL_RECORDS
+            .iter()
+            .flat_map(|&(file, lines)| lines.iter().map(move |&l| (file, l)))
+            .collect();
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/src/service");
+        let mut named = vec![false; records.len()];
         for entry in std::fs::read_dir(root).unwrap() {
             let path = entry.unwrap().path();
-            if path.ends_with("service/mod.rs") {
-                continue;
-            }
+            let file = path.file_name().unwrap().to_str().unwrap().to_string();
             let text = std::fs::read_to_string(&path).unwrap();
-            for word in ["names::", "Outgoing::broadcast"] {
-                let allowed = word == "Outgoing::broadcast" && path.ends_with("commands.rs");
-                assert!(
-                    allowed || !text.contains(word),
-                    "{} uses `{word}`: emit a `wire::outgoing` type",
-                    path.display()
-                );
+            // This file's tests name the words below.
+            if file != "mod.rs" {
+                for word in ["names::", "Outgoing::broadcast"] {
+                    let allowed = word == "Outgoing::broadcast" && file == "commands.rs";
+                    assert!(
+                        allowed || !text.contains(word),
+                        "{} uses `{word}`: emit a `wire::outgoing` type",
+                        path.display()
+                    );
+                }
             }
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for line in code.lines().map(str::trim).filter(|l| l.contains("json!")) {
+                let Some(i) = records.iter().position(|&(f, l)| f == file && l == line) else {
+                    panic!(
+                        "{} builds JSON with `json!`: `{line}`; emit or answer a \
+                         `wire::outgoing` type (an internal record, never sent as it is, goes \
+                         in INTERNAL_RECORDS)",
+                        path.display()
+                    );
+                };
+                named[i] = true;
+            }
+        }
+        for ((file, line), seen) in records.iter().zip(named) {
+            assert!(
+                seen,
+                "{file} no longer has `{line}`: drop it from INTERNAL_RECORDS"
+            );
         }
     }
 }
