@@ -709,31 +709,240 @@ mod tests {
         .collect()
     }
 
+    /// Variables of the README's table that `Config` does not read: rustls-native-certs does.
+    const NOT_CONFIG: [&str; 2] = ["SSL_CERT_FILE", "SSL_CERT_DIR"];
+
+    /// The README's configuration table: (variable, documented default) for every variable its
+    /// first column names. A row naming several variables gives their defaults in the same
+    /// order with the same separator (` / ` or `, `), or one default for all of them.
+    fn documented_defaults() -> Vec<(String, String)> {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("README.md has no Configuration section"));
+        let table = section.split("\n## ").next().unwrap_or_default();
+        let mut out = Vec::new();
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row
+                .trim_matches('|')
+                .splitn(3, " | ")
+                .map(str::trim)
+                .collect();
+            let [names, default, _] = cells[..] else {
+                panic!("README configuration row without three cells: {row}");
+            };
+            let vars: Vec<&str> = names.split('`').skip(1).step_by(2).collect();
+            let sep = if names.contains(" / ") { " / " } else { ", " };
+            let defaults: Vec<&str> = match default.split(sep).collect::<Vec<_>>() {
+                _ if vars.len() == 1 => vec![default],
+                one if one.len() == 1 => vec![default; vars.len()],
+                each => each,
+            };
+            assert_eq!(defaults.len(), vars.len(), "README row: {row}");
+            for (var, default) in vars.into_iter().zip(defaults) {
+                out.push((var.to_string(), default.trim().to_string()));
+            }
+        }
+        out
+    }
+
+    /// What a variable's default is checked in: MinIO settings exist only with an endpoint,
+    /// Sentinel settings only with Sentinels.
+    fn context(var: &str) -> HashMap<String, String> {
+        let mut m = base();
+        let needs: &[(&str, &str)] = if var.starts_with("MINIO_") && var != "MINIO_ENDPOINT" {
+            &[
+                ("MINIO_ENDPOINT", "minio.test"),
+                ("MINIO_ACCESS_KEY", "access"),
+                ("MINIO_SECRET_KEY", "secret"),
+            ]
+        } else if var.starts_with("REDIS_") && !matches!(var, "REDIS_URL" | "REDIS_SENTINELS") {
+            &[
+                ("REDIS_SENTINELS", "127.0.0.1:26379"),
+                ("REDIS_SENTINEL_MASTER", "primary"),
+            ]
+        } else {
+            &[]
+        };
+        for (k, v) in needs {
+            m.insert(k.to_string(), v.to_string());
+        }
+        m
+    }
+
+    /// Every variable `Config::load` asks for, in every context.
+    fn variables_read() -> std::collections::BTreeSet<String> {
+        let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        for ctx in [
+            context("PORT"),
+            context("MINIO_PORT"),
+            context("REDIS_PASSWORD"),
+        ] {
+            let _ = Config::load(|k| {
+                read.borrow_mut().insert(k.to_string());
+                ctx.get(k).cloned()
+            });
+        }
+        read.into_inner()
+    }
+
+    /// A default that has no value: the field that shows it.
+    fn absent(var: &str, c: &Config) -> bool {
+        let sentinel = match &c.redis {
+            Some(RedisConfig::Sentinel(s)) => Some(s),
+            _ => None,
+        };
+        match var {
+            "INTERNAL_PORT" => c.internal_port.is_none(),
+            "REDIS_URL" | "REDIS_SENTINELS" => c.redis.is_none(),
+            "REDIS_SENTINEL_USERNAME" => sentinel.is_some_and(|s| s.sentinel_username.is_none()),
+            "REDIS_SENTINEL_PASSWORD" => sentinel.is_some_and(|s| s.sentinel_password.is_none()),
+            "REDIS_USERNAME" => sentinel.is_some_and(|s| s.username.is_none()),
+            "REDIS_PASSWORD" => sentinel.is_some_and(|s| s.password.is_none()),
+            "METRICS_TOKEN" => c.metrics_token.is_none(),
+            "MINIO_ENDPOINT" => c.minio.is_none(),
+            "MINIO_PUBLIC_ENDPOINT" => c
+                .minio
+                .as_ref()
+                .is_some_and(|m| m.public_endpoint.is_none()),
+            "TRUSTED_PROXIES" => c.limits.trusted_proxies == TrustedProxies::default(),
+            _ => panic!("the README gives {var} no default value: name the field that shows it"),
+        }
+    }
+
+    /// The value of a default written as one code span.
+    fn code_span(documented: &str) -> Option<&str> {
+        documented
+            .strip_prefix('`')?
+            .strip_suffix('`')
+            .filter(|v| !v.contains('`'))
+    }
+
+    /// Whether `var=value` on top of `ctx` loads the same configuration as `ctx` alone.
+    fn same_as_unset(ctx: &HashMap<String, String>, var: &str, value: &str) -> bool {
+        let mut m = ctx.clone();
+        m.insert(var.into(), value.into());
+        let debug = |m: &HashMap<String, String>| {
+            Config::from_map(m)
+                .map(|c| format!("{c:?}"))
+                .map_err(|e| e.to_string())
+        };
+        debug(&m) == debug(ctx)
+    }
+
+    /// Checks the README's default of `var` against what `Config` does without the variable.
+    fn check_default(var: &str, documented: &str) -> Result<(), String> {
+        let ctx = context(var);
+        let cfg = Config::from_map(&ctx).map_err(|e| e.to_string())?;
+        if documented == "required" || documented.starts_with("required ") || documented == "–" {
+            let mut m = ctx.clone();
+            m.remove(var);
+            return match Config::from_map(&m) {
+                Err(e) if e.0.iter().any(|l| l.starts_with(&format!("{var}: "))) => Ok(()),
+                _ => Err("loads without it".into()),
+            };
+        }
+        if documented.starts_with("unset") || documented == "empty" || documented == "the endpoint"
+        {
+            return absent(var, &cfg)
+                .then_some(())
+                .ok_or_else(|| "the code gives it a value".into());
+        }
+        if let Some(value) = code_span(documented) {
+            // Stating the documented value changes nothing; another value changes something
+            // (the variable is read, not merely looked up).
+            let value = value.replace("$PORT", &cfg.port.to_string());
+            if !same_as_unset(&ctx, var, &value) {
+                return Err(format!(
+                    "`{var}={value}` is not what leaving it unset gives"
+                ));
+            }
+            if same_as_unset(&ctx, var, "not-the-default") {
+                return Err("its value changes nothing".into());
+            }
+            return Ok(());
+        }
+        match var {
+            "DATABASE_URL" => {
+                let file = documented
+                    .strip_prefix("SQLite ")
+                    .and_then(code_span)
+                    .ok_or("not `SQLite <path>`")?;
+                let url = cfg.database.url();
+                let path = url.strip_prefix("sqlite://").unwrap_or(url);
+                let path = path.split('?').next().unwrap_or_default();
+                (cfg.database.is_sqlite() && path == file.trim_start_matches("./"))
+                    .then_some(())
+                    .ok_or_else(|| format!("the code uses {:?}", cfg.database))
+            }
+            "DB_MIGRATE" => {
+                // `<value> for SQLite, <value> for PostgreSQL`
+                for part in documented.split(", ") {
+                    let (value, db) = part.split_once(" for ").ok_or("not `<value> for <db>`")?;
+                    let value = code_span(value).ok_or("the value is not a code span")?;
+                    let mut ctx = ctx.clone();
+                    if db == "PostgreSQL" {
+                        ctx.insert("DATABASE_URL".into(), "postgres://x@localhost/db".into());
+                    }
+                    if !same_as_unset(&ctx, var, value) {
+                        return Err(format!("not {value} for {db}"));
+                    }
+                }
+                Ok(())
+            }
+            "REPLICA_ID" if documented == "host name" => {
+                let host = hostname::get().ok().and_then(|h| h.into_string().ok());
+                (host.as_deref() == Some(cfg.replica_id.as_str()))
+                    .then_some(())
+                    .ok_or_else(|| format!("the code uses {}", cfg.replica_id))
+            }
+            _ => Err("no rule checks a default written like this one: add one".into()),
+        }
+    }
+
+    /// The README's configuration table documents the defaults: every default it states is the
+    /// one `Config` uses without the variable, and every variable `Config` reads is in it. A
+    /// default changed in the code or in the README alone fails here.
     #[test]
     fn defaults_are_the_documented_ones() {
+        let documented = documented_defaults();
+        let read = variables_read();
+        let mut wrong = Vec::new();
+        for (var, default) in &documented {
+            if NOT_CONFIG.contains(&var.as_str()) {
+                assert!(!read.contains(var), "{var} is read by Config now: check it");
+            } else if !read.contains(var) {
+                wrong.push(format!("{var}: in the README, but Config never reads it"));
+            } else if let Err(e) = check_default(var, default) {
+                wrong.push(format!("{var}: the README says {default}, but {e}"));
+            }
+        }
+        for var in &read {
+            if !documented.iter().any(|(v, _)| v == var) {
+                wrong.push(format!("{var}: read by Config, missing from the README"));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "README.md's configuration table and config.rs disagree:\n{}",
+            wrong.join("\n")
+        );
+        // What the README derives from them.
+        let doc = |var: &str| {
+            let (_, d) = documented.iter().find(|(v, _)| v == var).unwrap();
+            code_span(d).unwrap().to_string()
+        };
         let c = Config::from_map(&base()).unwrap();
-        assert_eq!(c.port, 3002);
-        assert!(c.database.is_sqlite());
-        assert!(c.db_migrate);
-        assert!(c.redis.is_none());
-        assert_eq!(c.heartbeat_interval, Duration::from_millis(15_000));
-        assert_eq!(c.offline_notify_delay, Duration::from_millis(120_000));
-        assert_eq!(c.screenshot_max_bytes, 2_097_152);
-        assert_eq!(c.api_base_url, "http://localhost:3000");
-        assert_eq!(c.impression_flush, Duration::from_millis(1000));
-        assert_eq!(c.impression_batch_max, 500);
-        assert!(c.max_payload() >= 2_796_204 && c.max_payload() < 3_000_000);
-        assert_eq!(c.delivery_ack_timeout, Duration::from_millis(10_000));
-        assert_eq!(c.delivery_confirm_timeout, Duration::from_millis(1_000));
-        assert!(c.rebalance);
-        assert_eq!(c.rebalance_tolerance, 0.10);
-        assert_eq!(c.rebalance_max_per_s, 20);
-        assert_eq!(c.session_sweep_interval, Duration::from_millis(60_000));
-        assert_eq!(c.drain, Duration::from_secs(30));
-        assert_eq!(c.drain_settle, Duration::from_millis(1_000));
+        let screenshot: usize = doc("SCREENSHOT_MAX_BYTES").parse().unwrap();
+        assert_eq!(
+            c.max_payload(),
+            screenshot.div_ceil(3) * 4 + 16 * 1024,
+            "the Engine.IO payload cap is the screenshot cap's base64 size + 16 KiB"
+        );
         assert_eq!(
             c.content_url_template(),
-            "http://localhost:3000/api/device-content/{id}/file"
+            doc("API_BASE_URL") + &doc("CONTENT_URL_PATH")
         );
     }
 
