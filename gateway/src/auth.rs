@@ -8,6 +8,9 @@
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 
+use crate::db::DbError;
+use crate::store::StoreError;
+
 /// Clock skew tolerated on `exp`/`nbf` (the contract allows at most 30 s).
 pub const LEEWAY_SECS: u64 = 5;
 /// Name of the dashboard cookie set by the Vizora middleware.
@@ -52,9 +55,9 @@ impl Principal {
     }
 }
 
-/// Why a handshake was refused. Only the first four are final (`connect_error`); `Unavailable` is
-/// transient and must leave the client retrying.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why a handshake was refused. All but `Unavailable` are final (`connect_error`); `Unavailable`
+/// is transient and must leave the client retrying.
+#[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("auth_invalid")]
     Invalid,
@@ -69,9 +72,32 @@ pub enum AuthError {
     DeviceRevoked,
     #[error("tenant_suspended")]
     TenantSuspended,
+    /// The handshake cannot be decided now: a store or the database failed (kept as the
+    /// source), or the device's connect pace ran out.
     #[error("unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> AuthError {
+        AuthError::Unavailable(Box::new(e))
+    }
+}
+
+impl From<DbError> for AuthError {
+    fn from(e: DbError) -> AuthError {
+        AuthError::Unavailable(Box::new(e))
+    }
+}
+
+/// Refusals compare by their code: the failure behind an `Unavailable` is not compared.
+impl PartialEq for AuthError {
+    fn eq(&self, other: &AuthError) -> bool {
+        self.code() == other.code()
+    }
+}
+
+impl Eq for AuthError {}
 
 impl AuthError {
     /// The low-cardinality metric label.
@@ -323,6 +349,25 @@ mod tests {
 
     fn v() -> TokenVerifier {
         TokenVerifier::new(DS, US)
+    }
+
+    /// A failed dependency defers the handshake with the failure kept as the source; the text
+    /// stays what logs always said.
+    #[test]
+    fn a_store_failure_is_unavailable_with_its_source() {
+        let e = AuthError::from(StoreError::Timeout);
+        assert_eq!(e.code(), "unavailable");
+        assert_eq!(
+            e.to_string(),
+            "unavailable: store unavailable: redis operation timed out"
+        );
+        let source = std::error::Error::source(&e).unwrap();
+        assert!(source.downcast_ref::<StoreError>().is_some(), "{source:?}");
+        let e = AuthError::from(DbError::Timeout("device_auth"));
+        assert_eq!(
+            e.to_string(),
+            "unavailable: database: device_auth timed out"
+        );
     }
 
     #[test]

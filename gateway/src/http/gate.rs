@@ -13,13 +13,12 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
+use super::ApiError;
 use crate::auth::token_from_cookie;
 use crate::limits::{EdgeGuard, Refusal};
 use crate::service::Gateway;
@@ -83,14 +82,13 @@ async fn admit(st: EdgeState, peer: &crate::net::Peer, mut req: Request, next: N
     }
     if cookie_from_foreign_origin(&req, &st.gw.cfg().cors_origins) {
         st.gw.count_refusal("forbidden_origin");
-        return (
-            StatusCode::FORBIDDEN,
-            Json(json!({
-                "error": "forbidden_origin",
-                "message": "Cookie sessions are only accepted from the configured origins"
-            })),
-        )
-            .into_response();
+        return ApiError::Refused {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden_origin",
+            message: "Cookie sessions are only accepted from the configured origins",
+            retry_after: None,
+        }
+        .into_response();
     }
     let client = st
         .guard
@@ -131,8 +129,8 @@ fn refuse(st: &EdgeState, r: Refusal) -> Response {
 }
 
 /// The counted cause and the response of a refusal: a JSON body naming the cause, and
-/// `Retry-After`. A replica shedding load to rebalance answers the contract's `server_busy`,
-/// counted apart as `rebalancing`.
+/// `Retry-After` (rendered by [`ApiError::Refused`]). A replica shedding load to rebalance
+/// answers the contract's `server_busy`, counted apart as `rebalancing`.
 fn refusal(r: Refusal) -> (&'static str, Response) {
     let (status, cause, message, retry) = match r {
         Refusal::RateLimited { retry_after } => (
@@ -166,20 +164,17 @@ fn refusal(r: Refusal) -> (&'static str, Response) {
             1,
         ),
     };
-    let resp = answer(status, cause, message, retry);
+    let resp = ApiError::Refused {
+        status,
+        code: cause,
+        message,
+        retry_after: Some(retry),
+    }
+    .into_response();
     let counted = if r == Refusal::Rebalancing {
         "rebalancing"
     } else {
         cause
     };
     (counted, resp)
-}
-
-fn answer(status: StatusCode, cause: &'static str, message: &'static str, retry: u64) -> Response {
-    (
-        status,
-        [(header::RETRY_AFTER, retry.to_string())],
-        Json(json!({"error": cause, "message": message})),
-    )
-        .into_response()
 }

@@ -17,10 +17,10 @@ use std::sync::OnceLock;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::ApiError;
 use crate::service::Gateway;
 use crate::service::health::Probe;
 use crate::wire::iso_now;
@@ -109,24 +109,13 @@ pub async fn live() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-pub async fn ready(State(gw): State<Arc<Gateway>>) -> (StatusCode, Json<Value>) {
-    let not_ready = if gw.is_draining() {
-        Some("draining")
+pub async fn ready(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiError> {
+    if gw.is_draining() {
+        Err(ApiError::NotReady("draining"))
     } else if gw.is_fenced() {
-        Some("fenced")
+        Err(ApiError::NotReady("fenced"))
     } else {
-        None
-    };
-    if let Some(reason) = not_ready {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "ready": false, "reason": reason})),
-        )
-    } else {
-        (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "ready": true})),
-        )
+        Ok(Json(json!({"status": "ready", "ready": true})))
     }
 }
 

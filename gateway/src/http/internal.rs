@@ -16,7 +16,6 @@ use subtle::ConstantTimeEq;
 use super::ApiError;
 use crate::auth::valid_id;
 use crate::service::Gateway;
-use crate::service::commands::CommandError;
 use crate::service::pending::Delivery;
 
 /// Most device ids one broadcast command may name.
@@ -135,13 +134,6 @@ fn created(body: Value) -> Response {
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
-fn command_error(e: CommandError) -> ApiError {
-    match e {
-        CommandError::Invalid(m) => ApiError::BadRequest(m),
-        CommandError::Store(s) => ApiError::Unavailable(s.to_string()),
-    }
-}
-
 fn delivery_name(d: Delivery) -> &'static str {
     match d {
         Delivery::Delivered => "delivered",
@@ -155,10 +147,7 @@ pub async fn push_playlist(
 ) -> Result<Response, ApiError> {
     let device = device_id(&b, &["deviceId"])?;
     let playlist = object_field(&b, "playlist")?;
-    let d = gw
-        .push_playlist(&device, playlist)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let d = gw.push_playlist(&device, playlist).await?;
     Ok(created(
         json!({"success": true, "message": "Playlist update sent to device", "delivery": delivery_name(d)}),
     ))
@@ -189,7 +178,7 @@ pub async fn push_content(
         "payload".into(),
         json!({"content": content, "duration": duration}),
     );
-    let (id, d) = gw.send_command(&device, cmd).await.map_err(command_error)?;
+    let (id, d) = gw.send_command(&device, cmd).await?;
     Ok(created(
         json!({"success": true, "message": "Content pushed to device", "commandId": id, "delivery": delivery_name(d)}),
     ))
@@ -203,7 +192,7 @@ pub async fn command(State(gw): State<Arc<Gateway>>, Body(b): Body) -> Result<Re
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let (id, d) = gw.send_command(&device, cmd).await.map_err(command_error)?;
+    let (id, d) = gw.send_command(&device, cmd).await?;
     Ok(created(
         json!({"success": true, "message": format!("Command {kind} sent to device"), "commandId": id,
                       "delivery": delivery_name(d)}),
@@ -311,7 +300,7 @@ pub async fn broadcast_command(
     if delivered + queued == 0
         && let Some(e) = first_error
     {
-        return Err(command_error(e));
+        return Err(e.into());
     }
     Ok(created(json!({
         "devicesOnline": delivered,
@@ -392,8 +381,7 @@ pub async fn tenant_entitlement(
     };
     let reason = opt_reason(&b)?;
     gw.set_tenant_entitlement(&org, state == "suspended", reason)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        .await?;
     Ok(created(
         json!({"success": true, "message": format!("tenant:{state} emitted")}),
     ))
@@ -429,10 +417,7 @@ pub async fn presence(
     if !valid_id(&id) {
         return Err(ApiError::field("id", "must be a device id"));
     }
-    let (online, last_seen) = gw
-        .device_presence(&id)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let (online, last_seen) = gw.device_presence(&id).await?;
     Ok(Json(json!({"deviceId": id, "online": online, "status": if online { "online" } else { "offline" }, "lastSeen": last_seen}))
         .into_response())
 }

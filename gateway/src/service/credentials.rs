@@ -157,10 +157,6 @@ fn marker_for(row: Option<&DeviceAuth>) -> Option<String> {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> AuthError {
-    AuthError::Unavailable(e.to_string())
-}
-
 impl Gateway {
     /// The handshake's binding check. The row may come from the 30-s cache; a token the cached
     /// row does not admit is never refused on the cache's word: the row is re-read (a rotation
@@ -177,19 +173,14 @@ impl Gateway {
     ) -> Result<Binding, AuthError> {
         let presented = token_hash(token);
         if let Some(b) = matches_row(cached.jwt_token.as_deref(), token, &presented) {
-            let marker = self
-                .state
-                .token_marker(&d.device_id)
-                .await
-                .map_err(unavailable)?;
+            let marker = self.state.token_marker(&d.device_id).await?;
             if marker.is_none_or(|m| m == b.bound) {
                 return Ok(b);
             }
         }
         let row = self
             .device_auth_fresh(&d.device_id)
-            .await
-            .map_err(unavailable)?
+            .await?
             .ok_or(AuthError::DeviceNotFound)?;
         if row.organization_id != d.organization_id {
             return Err(AuthError::Invalid);
@@ -203,8 +194,7 @@ impl Gateway {
         let grace = self
             .state
             .token_grace(&d.device_id)
-            .await
-            .map_err(unavailable)?
+            .await?
             .and_then(|g| serde_json::from_str::<Grace>(&g).ok());
         let stored = row.jwt_token.unwrap_or_default();
         match grace {

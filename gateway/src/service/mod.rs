@@ -29,6 +29,10 @@ pub mod rooms;
 pub mod screenshots;
 pub mod sessions;
 
+/// What the services' store-backed methods fail with, for the edges' one translation of it
+/// (`http/error.rs`): an error type to render, not a way to a store.
+pub use crate::store::StoreError;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 

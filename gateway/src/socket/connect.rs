@@ -27,6 +27,18 @@ use crate::wire::outgoing::PlaylistUpdate;
 #[derive(Debug)]
 pub struct ConnectRefusal(String);
 
+/// The one rendering of a refused handshake: `unauthorized: <code>` for a final refusal, and
+/// `unavailable` for a transient one (which the client never sees as such: the transport closes
+/// first, see [`authenticate`]).
+impl From<AuthError> for ConnectRefusal {
+    fn from(e: AuthError) -> ConnectRefusal {
+        match e {
+            AuthError::Unavailable(_) => ConnectRefusal("unavailable".into()),
+            e => ConnectRefusal(format!("unauthorized: {e}")),
+        }
+    }
+}
+
 impl std::fmt::Display for ConnectRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -56,15 +68,13 @@ pub async fn authenticate<A: Adapter>(
             s.on_disconnect(on_disconnect::<A>);
             Ok(())
         }
-        Err(AuthError::Unavailable(why)) => {
-            gw.count_connection("unknown", "unavailable");
-            tracing::warn!(reason = %why, "Handshake deferred: letting the transport close so the client retries.");
-            tokio::time::sleep(gw.cfg().connect_timeout + Duration::from_secs(1)).await;
-            Err(ConnectRefusal("unavailable".into()))
-        }
         Err(e) => {
             gw.count_connection("unknown", e.code());
-            Err(ConnectRefusal(format!("unauthorized: {e}")))
+            if let AuthError::Unavailable(why) = &e {
+                tracing::warn!(reason = %why, "Handshake deferred: letting the transport close so the client retries.");
+                tokio::time::sleep(gw.cfg().connect_timeout + Duration::from_secs(1)).await;
+            }
+            Err(e.into())
         }
     }
 }
@@ -100,10 +110,7 @@ async fn admit<A: Adapter>(
             if from_cookie {
                 return Err(AuthError::Invalid);
             }
-            let row = gw
-                .device_auth(&d.device_id)
-                .await
-                .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+            let row = gw.device_auth(&d.device_id).await?;
             let row = row.ok_or(AuthError::DeviceNotFound)?;
             if row.organization_id != d.organization_id {
                 return Err(AuthError::Invalid);
@@ -120,8 +127,7 @@ async fn admit<A: Adapter>(
             gw.pace_device_connect(&d.device_id).await?;
             let sid = s.id.to_string();
             gw.acquire_device(&d.device_id, &d.organization_id, &sid)
-                .await
-                .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+                .await?;
             // Join before the socket enters the namespace, so no room emit can fall between the
             // socket becoming reachable and the connect handler running (socketioxide removes
             // these memberships if the handshake still fails).
@@ -130,11 +136,7 @@ async fn admit<A: Adapter>(
         }
         Principal::User(u) => {
             // `revoked_token:{jti}`, `user_revoked:{sub}` and `pwd_changed:{sub}` in one round trip.
-            if let Some(why) = gw
-                .dashboard_session_refusal(u)
-                .await
-                .map_err(|e| AuthError::Unavailable(e.to_string()))?
-            {
+            if let Some(why) = gw.dashboard_session_refusal(u).await? {
                 tracing::info!(user = %u.user_id, reason = why, "Dashboard session refused.");
                 return Err(AuthError::Invalid);
             }
