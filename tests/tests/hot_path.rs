@@ -28,11 +28,14 @@ struct Counts {
     heartbeat_scripts: u64,
 }
 
+/// The running counts, and the counts at each marker seen.
+type Seen = Arc<Mutex<(Counts, Vec<(String, Counts)>)>>;
+
 /// `redis-cli monitor` on the server, counting client commands until each marker it is asked
 /// to wait for (an `ECHO` the test sends, so a count is taken at a known point of the stream).
 struct Monitor {
     child: tokio::process::Child,
-    seen: Arc<Mutex<(Counts, Vec<(String, Counts)>)>>,
+    seen: Seen,
     marks: u64,
 }
 
@@ -49,7 +52,7 @@ impl Monitor {
         // MONITOR answers OK once it is attached.
         let first = lines.next_line().await.unwrap();
         assert_eq!(first.as_deref(), Some("OK"));
-        let seen: Arc<Mutex<(Counts, Vec<(String, Counts)>)>> = Arc::default();
+        let seen: Seen = Arc::default();
         let s = seen.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {

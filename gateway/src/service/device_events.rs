@@ -2,6 +2,7 @@
 //! playlist requests, plus the connect-time `config` and playlist.
 
 use chrono::Timelike;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::credentials::DeviceSession;
@@ -25,6 +26,40 @@ pub struct HeartbeatReply {
     /// The socket's token is due for a refresh and no other connection holds the cooldown:
     /// worth a claim ([`Gateway::maybe_refresh_token`]).
     pub refresh: bool,
+}
+
+/// `device:status:{id}` of a live device (reference §5.2): the heartbeat's known fields, plus
+/// where the device is connected.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusRecord<'a> {
+    status: &'static str,
+    last_heartbeat: i64,
+    socket_id: &'a str,
+    organization_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_content: Option<&'a Value>,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+/// `heartbeat:{id}:latest`: the last sample.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LatestRecord<'a> {
+    device_id: &'a str,
+    timestamp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_content: Option<&'a Value>,
+}
+
+/// A record for Redis as JSON text (these serialize infallibly: string keys only).
+fn record<T: Serialize>(r: &T) -> String {
+    serde_json::to_string(r).unwrap_or_default()
 }
 
 /// The `config` event's fixed fields (reference §3.2).
@@ -69,26 +104,6 @@ impl Gateway {
         session: Option<&DeviceSession>,
     ) -> HeartbeatReply {
         let at = now_ms();
-        let mut status = Map::new();
-        status.insert("status".into(), json!("online"));
-        status.insert("lastHeartbeat".into(), json!(at));
-        status.insert("socketId".into(), json!(sid));
-        status.insert("organizationId".into(), json!(org));
-        let mut latest = Map::new();
-        latest.insert("deviceId".into(), json!(device));
-        latest.insert("timestamp".into(), json!(at));
-        for (k, v) in [
-            ("metrics", &hb.metrics),
-            ("currentContent", &hb.current_content),
-        ] {
-            if let Some(v) = v {
-                status.insert(k.into(), v.clone());
-                latest.insert(k.into(), v.clone());
-            }
-        }
-        for (k, v) in hb.extra {
-            status.insert(k, v);
-        }
         // The lease step is decided by the socket's epoch; a socket no longer registered here
         // is on its way out (its release ran or is running): it writes nothing.
         let Some(epoch) = self.live.epoch(sid) else {
@@ -103,10 +118,22 @@ impl Gateway {
         };
         let bound = session.map(DeviceSession::bound);
         let refresh_due = session.is_some_and(DeviceSession::refresh_due);
-        let (status, latest) = (
-            Value::Object(status).to_string(),
-            Value::Object(latest).to_string(),
-        );
+        // Serialized straight from the validated payload: no JSON tree is built per heartbeat.
+        let status = record(&StatusRecord {
+            status: "online",
+            last_heartbeat: at,
+            socket_id: sid,
+            organization_id: org,
+            metrics: hb.metrics.as_ref(),
+            current_content: hb.current_content.as_ref(),
+            extra: &hb.extra,
+        });
+        let latest = record(&LatestRecord {
+            device_id: device,
+            timestamp: at,
+            metrics: hb.metrics.as_ref(),
+            current_content: hb.current_content.as_ref(),
+        });
         let write = HeartbeatWrite {
             device,
             sid,

@@ -34,7 +34,7 @@ pub(super) async fn on_heartbeat<A: Adapter>(
             tracing::info!(device = %d.device_id, "Heartbeat from a socket bound to a stale token; disconnecting it.");
             return Err(EventError::StaleToken);
         }
-        Ok((ack::ok_mirrored(ack::data(&hb.data)), (d, hb)))
+        Ok((ack::OkMirrored::new(hb.data.clone()), (d, hb)))
     })
     .await;
     let Some((d, hb)) = done else {

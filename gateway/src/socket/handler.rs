@@ -4,6 +4,7 @@
 
 use std::future::Future;
 
+use serde::Serialize;
 use serde_json::Value;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef};
@@ -34,15 +35,16 @@ pub(super) fn send<A: Adapter, E: ServerEvent>(s: &SocketRef<A>, event: &E) {
     let _ = s.emit(out.name(), out.data());
 }
 
-/// Sends an ack if the client asked for one (a missing ack is not an error).
-fn reply<A: Adapter>(ack: AckSender<A>, v: Value) {
-    let _ = ack.send(&v);
+/// Sends an ack if the client asked for one (a missing ack is not an error). Typed answers are
+/// serialized straight into the packet.
+fn reply<A: Adapter, R: Serialize>(ack: AckSender<A>, v: &R) {
+    let _ = ack.send(v);
 }
 
 /// Runs `body` within the socket's message budget and answers: `Ok((envelope, then))` is acked
 /// and counted `ok`, and `then` handed back for work that must follow the ack; an `Err` is
 /// answered from the refusal table (`None` back).
-pub(super) async fn answer<A, T, F, Fut>(
+pub(super) async fn answer<A, R, T, F, Fut>(
     s: &SocketRef<A>,
     gw: &Gateway,
     ctx: &SocketCtx,
@@ -52,8 +54,9 @@ pub(super) async fn answer<A, T, F, Fut>(
 ) -> Option<T>
 where
     A: Adapter,
+    R: Serialize,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<(Value, T), EventError>>,
+    Fut: Future<Output = Result<(R, T), EventError>>,
 {
     let result = if ctx.limiter.allow() {
         body().await
@@ -63,7 +66,7 @@ where
     match result {
         Ok((envelope, then)) => {
             gw.count_event(event, "ok");
-            reply(ack, envelope);
+            reply(ack, &envelope);
             Some(then)
         }
         Err(e) => {
@@ -89,7 +92,7 @@ fn refuse<A: Adapter>(
     {
         send(s, n);
     }
-    reply(ack, ack::err(e.wire_message()));
+    reply(ack, &ack::err(e.wire_message()));
     if e.ends_session() {
         if let Some(n) = &notice {
             send(s, n);

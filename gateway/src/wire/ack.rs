@@ -29,6 +29,43 @@ pub fn ok_mirrored(data: Value) -> Value {
     env
 }
 
+/// `ok_mirrored` as a type: serialized straight into the packet, without a JSON tree (the
+/// heartbeat's ack, on the hot path). `D` must serialize as an object: its fields are repeated
+/// at the top level.
+pub struct OkMirrored<D> {
+    data: D,
+    timestamp: String,
+}
+
+impl<D: Serialize> OkMirrored<D> {
+    pub fn new(data: D) -> Self {
+        OkMirrored {
+            data,
+            timestamp: iso_now(),
+        }
+    }
+}
+
+impl<D: Serialize> Serialize for OkMirrored<D> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Wire<'a, D> {
+            success: bool,
+            data: &'a D,
+            timestamp: &'a str,
+            #[serde(flatten)]
+            mirrored: &'a D,
+        }
+        Wire {
+            success: true,
+            data: &self.data,
+            timestamp: &self.timestamp,
+            mirrored: &self.data,
+        }
+        .serialize(s)
+    }
+}
+
 pub fn err(message: impl Into<String>) -> Value {
     json!({"success": false, "error": message.into(), "timestamp": iso_now()})
 }
@@ -67,6 +104,13 @@ mod tests {
         assert_eq!(
             data(&hb).to_string(),
             json!({"nextHeartbeatIn": 15_000u64, "commands": []}).to_string()
+        );
+        let typed = serde_json::to_value(OkMirrored::new(hb.clone())).unwrap_or_default();
+        let mut tree = ok_mirrored(data(&hb));
+        tree["timestamp"] = typed["timestamp"].clone();
+        assert_eq!(
+            typed, tree,
+            "the typed ack is the envelope ok_mirrored builds"
         );
         let s = ScreenshotSaved {
             saved: true,
