@@ -47,10 +47,7 @@ for spec in "$@"; do
     "$exe" serve >"$work/$label.log" 2>&1 &
   gw_pid=$!
   pids+=("$gw_pid")
-  until curl -fsS "http://127.0.0.1:$port/api/health/ready" >/dev/null 2>&1; do
-    kill -0 "$gw_pid" 2>/dev/null || { cat "$work/$label.log" >&2; exit 1; }
-    sleep 0.1
-  done
+  wait_ready "$port" "$gw_pid" "$work/$label.log"
   sleep 1
   out=$(swarm --addr "127.0.0.1:$port" "${args[@]}" --gateway-pid "$gw_pid" | tee -a /dev/stderr)
   stop_gateway "$gw_pid"

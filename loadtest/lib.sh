@@ -38,9 +38,14 @@ start_gateway() {
     "$bin/vizora-gateway" serve >"$work/$name.log" 2>&1 &
   gw_pid=$!
   pids+=("$gw_pid")
+  wait_ready "$port" "$gw_pid" "$work/$name.log"
+}
+# wait_ready PORT PID LOG: until /api/health/ready answers (30 s), or the process died (its log
+# is printed).
+wait_ready() {
   for _ in $(seq 1 300); do
-    curl -fsS "http://127.0.0.1:$port/api/health/ready" >/dev/null 2>&1 && return 0
-    kill -0 "$gw_pid" 2>/dev/null || { cat "$work/$name.log" >&2; return 1; }
+    curl -fsS "http://127.0.0.1:$1/api/health/ready" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || { cat "$3" >&2; return 1; }
     sleep 0.1
   done
   return 1
@@ -66,12 +71,7 @@ start_baseline() {
     >"$work/$name.log" 2>&1 &
   bl_pid=$!
   pids+=("$bl_pid")
-  for _ in $(seq 1 300); do
-    curl -fsS "http://127.0.0.1:$port/api/health/ready" >/dev/null 2>&1 && return 0
-    kill -0 "$bl_pid" 2>/dev/null || { cat "$work/$name.log" >&2; return 1; }
-    sleep 0.1
-  done
-  return 1
+  wait_ready "$port" "$bl_pid" "$work/$name.log"
 }
 grab() { grep -oE "$1" | head -n1; }
 
