@@ -74,6 +74,9 @@ fi
 
 if [ "$status" != 0 ]; then
   log "gateway log (tail)"; tail -n 40 "$work/gateway.log"
+  log "gateway connection counters"
+  curl -fsS "$GATEWAY_URL/metrics" 2>/dev/null \
+    | grep -E '^vizora_gateway_(connections|handshake_refusals|tcp_closed)' || true
   echo "k6 smoke: FAILED"
   exit 1
 fi

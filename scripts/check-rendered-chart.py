@@ -125,7 +125,9 @@ for np in all_of("NetworkPolicy"):
         check({} not in [p.get("podSelector") for p in rules["internal"]], "no all-pods peer on the internal port")
     if np["spec"].get("egress"):
         egress_ports = {p["port"] for r in np["spec"]["egress"] for p in r.get("ports", [])}
-        check({53, 6379, 26379, 5432} <= egress_ports, f"egress covers DNS, Redis, Sentinel, PostgreSQL: {egress_ports}")
+        # A Redis Cluster has no Sentinels: its nodes' client port is enough.
+        need = {53, 6379, 5432} if cm.get("REDIS_CLUSTER_NODES") else {53, 6379, 26379, 5432}
+        check(need <= egress_ports, f"egress covers DNS, Redis (and Sentinel), PostgreSQL: {egress_ports}")
 
 # The migration Job takes extraEnv, extraEnvFrom, the extra volumes and a service account.
 check(job_pod["spec"].get("serviceAccountName"), "the Job names a service account")
@@ -143,8 +145,17 @@ secret_refs = {n: e["valueFrom"]["secretKeyRef"] for n, e in env.items() if "sec
 redis_creds = ["REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_SENTINEL_USERNAME", "REDIS_SENTINEL_PASSWORD"]
 if cm.get("REDIS_SENTINELS"):
     check("REDIS_URL" not in env, "no REDIS_URL with Sentinel")
+    check("REDIS_CLUSTER_NODES" not in cm, "not both Sentinel and Redis Cluster")
     for n in redis_creds:
         check(n in secret_refs and n in job_env, f"{n} from the Secret in both workloads")
+elif cm.get("REDIS_CLUSTER_NODES"):
+    check("REDIS_URL" not in env and "REDIS_URL" not in job_env, "no REDIS_URL with Redis Cluster")
+    check(cm.get("REDIS_CLUSTER_TLS") in ("false", "true", "insecure"), f"REDIS_CLUSTER_TLS={cm.get('REDIS_CLUSTER_TLS')}")
+    for n in redis_creds[:2]:
+        check(n in secret_refs and n in job_env, f"{n} from the Secret in both workloads")
+    check(not any(n in env for n in redis_creds[2:]), "no Sentinel credentials with Redis Cluster")
+    for secret in all_of("Secret"):
+        check("REDIS_URL" not in secret["data"], f"{secret['metadata']['name']} holds no REDIS_URL")
 else:
     check(not any(n in env for n in redis_creds), "no Sentinel credentials without Sentinel")
 
@@ -165,6 +176,10 @@ if value_set == "sentinel-chart-secret":
     for secret in all_of("Secret"):
         keys = set(secret["data"])
         check(set(redis_creds) <= keys and "REDIS_URL" not in keys, f"{secret['metadata']['name']} keys: {sorted(keys)}")
+if value_set == "redis-cluster":
+    check(cm.get("REDIS_CLUSTER_TLS") == "true", "TLS to the cluster's nodes")
+    for n in redis_creds[:2]:
+        check(secret_refs.get(n, {}).get("name") == "vizora-gateway-secrets", f"{n} from the existing Secret")
 if value_set == "ca-volume":
     for c, p in ((container, pod), (job_container, job_pod)):
         check(any(v.get("configMap", {}).get("name") == "corp-ca-bundle" for v in p["spec"]["volumes"]), "CA volume")

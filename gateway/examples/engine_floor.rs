@@ -8,10 +8,7 @@
 //!   PORT=3002 cargo run --release --example engine_floor
 //!   vizora-swarm --addr 127.0.0.1:3002 --devices 18000 --heartbeat-ms 0 --gateway-pid PID
 
-use std::time::Duration;
-
 use socketioxide::extract::{AckSender, SocketRef};
-use socketioxide::{SocketIo, TransportType};
 
 const EVENTS: [&str; 8] = [
     "heartbeat",
@@ -44,20 +41,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3002);
-    // The gateway's engine settings at their defaults (app.rs `builder`; the payload cap is
-    // `Config::max_payload` for the default SCREENSHOT_MAX_BYTES).
-    let max = 2_097_152usize.div_ceil(3) * 4 + 16 * 1024;
-    let (layer, io) = SocketIo::builder()
-        .ping_interval(Duration::from_secs(25))
-        .ping_timeout(Duration::from_secs(20))
-        .connect_timeout(Duration::from_secs(10))
-        .max_payload(max as u64)
-        .ws_max_message_size(max)
-        .ws_max_frame_size(max)
-        .max_buffer_size(64)
-        .ws_read_buffer_size(1024)
-        .transports([TransportType::Polling, TransportType::Websocket])
-        .build_layer();
+    // The gateway's own engine settings (`app::engine_builder`) at their defaults: a
+    // configuration with nothing set but the three secrets it requires.
+    let cfg = vizora_gateway::config::Config::load(|k| {
+        matches!(
+            k,
+            "DEVICE_JWT_SECRET" | "JWT_SECRET" | "INTERNAL_API_SECRET"
+        )
+        .then(|| "engine-floor-secret-0123456789abcdef".to_string())
+    })?;
+    let (layer, io) = vizora_gateway::app::engine_builder(&cfg).build_layer();
     io.ns("/", on_connect);
     let app = axum::Router::new()
         .route("/api/health/ready", axum::routing::get(|| async { "ok" }))

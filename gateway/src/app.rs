@@ -34,7 +34,8 @@ const DRAIN_SOCKET_SHARE: f32 = 0.8;
 /// other replicas a tenth at a time instead of in one reconnect storm.
 const DRAIN_BATCHES: u32 = 10;
 /// Added to a refresh interval before dashboards are resynced after an adapter reconnect, so
-/// the releases retried on that refresh tick are in the batch (see `resync_after_reconnects`).
+/// the releases retried on that refresh tick (leases made due for the sweep) have run first
+/// (see `resync_after_reconnects`).
 const RESYNC_MARGIN: Duration = Duration::from_millis(250);
 /// How often the suspended-tenant set is re-read from Redis (handshakes check memory).
 const SUSPENDED_REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -48,6 +49,11 @@ const ADAPTER_RETRY_FIRST: Duration = Duration::from_millis(200);
 const ADAPTER_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Bound on the adapter's cross-replica requests (e.g. fetching remote sockets).
 const ADAPTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Messages the adapter's reader may have waiting (socketioxide-redis's default is 1,024). A
+/// connect ramp of 5,000 screens under CPU contention outran 1,024 within milliseconds, and
+/// what does not fit is dropped: a `device:status` from another replica a dashboard never
+/// sees. tokio's channel allocates as it fills, so the bound costs nothing until a burst.
+pub const ADAPTER_STREAM_BUFFER: usize = 65_536;
 
 /// Opens the database, checking or migrating its schema as configured.
 pub async fn open_database(cfg: &Config) -> anyhow::Result<Db> {
@@ -93,7 +99,7 @@ pub async fn run(
     let parts = match &target {
         None => {
             tracing::warn!(
-                "Neither REDIS_URL nor REDIS_SENTINELS is set: SINGLE-NODE MODE (in-process presence, queues and rooms). Do not run more than one replica like this."
+                "None of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES is set: SINGLE-NODE MODE (in-process presence, queues and rooms). Do not run more than one replica like this."
             );
             let mem = Arc::new(MemoryStore::new());
             Backends {
@@ -112,7 +118,7 @@ pub async fn run(
             let r = Arc::new(RedisStore::with_target(target.clone())?);
             Backends {
                 presence: r.clone(),
-                outbox: Arc::new(RedisOutbox::new(r.pool())),
+                outbox: Arc::new(RedisOutbox::new(r.pool(), r.keyspace())),
                 state: r,
                 cfg: cfg.clone(),
                 db,
@@ -125,7 +131,7 @@ pub async fn run(
         None => {
             let emitter = Arc::new(IoEmitter::<socketioxide::adapter::LocalAdapter>::default());
             let (gw, rx, persister) = gateway(parts, emitter.clone());
-            let (layer, io) = builder(&cfg).with_state(gw.clone()).build_layer();
+            let (layer, io) = engine_builder(&cfg).with_state(gw.clone()).build_layer();
             emitter.set(io.clone());
             crate::socket::register_local(&io);
             let server = SocketServer {
@@ -140,7 +146,7 @@ pub async fn run(
             let (gw, rx, persister) = gateway(parts, emitter.clone());
             let (ctr, reconnects, driver) =
                 adapter_with_retry(&target, gw.tasks(), &shutdown).await?;
-            let (layer, io) = builder(&cfg)
+            let (layer, io) = engine_builder(&cfg)
                 .with_state(gw.clone())
                 .with_adapter::<crate::socket::RedisIo>(ctr)
                 .build_layer();
@@ -186,7 +192,8 @@ async fn adapter_with_retry(
     let mut backoff = ADAPTER_RETRY_FIRST;
     loop {
         let cfg = socketioxide_redis::RedisAdapterConfig::new()
-            .with_request_timeout(ADAPTER_REQUEST_TIMEOUT);
+            .with_request_timeout(ADAPTER_REQUEST_TIMEOUT)
+            .with_stream_buffer(ADAPTER_STREAM_BUFFER);
         match crate::store::pubsub::ResilientDriver::new(target.clone(), tasks).await {
             Ok(driver) => {
                 let reconnects = driver.reconnects();
@@ -244,7 +251,9 @@ async fn connect_relay(
     Ok(())
 }
 
-fn builder(cfg: &Config) -> socketioxide::SocketIoBuilder {
+/// The Socket.IO engine as every replica configures it (public for `examples/engine_floor.rs`,
+/// which measures this engine with nothing of the gateway around it).
+pub fn engine_builder(cfg: &Config) -> socketioxide::SocketIoBuilder {
     let max = cfg.max_payload();
     SocketIo::builder()
         .ping_interval(cfg.ping_interval)
@@ -421,8 +430,9 @@ fn refresh_interval(cfg: &Config) -> Duration {
 
 /// Dashboards here may have missed `device:status` events while the adapter was away from
 /// Redis: each reconnect re-sends them the organisation's status batch. Not at once: the
-/// releases that failed while Redis was away are retried on each replica's next refresh tick,
-/// and a batch read after those transitions carries them instead of racing their live events.
+/// releases that failed while Redis was away are retried on each replica's next refresh tick
+/// (`retire.lua`: the lease made due, the sweep announces the offline live), and the batch is
+/// read after them.
 /// Reconnects during the wait are served by the same resync.
 async fn resync_after_reconnects(
     gw: Arc<Gateway>,

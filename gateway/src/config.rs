@@ -45,6 +45,9 @@ pub enum RedisConfig {
     /// `REDIS_SENTINELS` + `REDIS_SENTINEL_MASTER`: the primary is asked of the Sentinels on
     /// every new connection, so a failover is followed.
     Sentinel(SentinelConfig),
+    /// `REDIS_CLUSTER_NODES`: a Redis Cluster, found from these seeds. The gateway's own keys
+    /// carry a shard hash tag (`store::keys`), and the adapter uses sharded pub/sub.
+    Cluster(ClusterConfig),
 }
 
 impl RedisConfig {
@@ -69,8 +72,29 @@ impl RedisConfig {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
+            RedisConfig::Cluster(c) => format!(
+                "Redis Cluster seeds {}",
+                c.nodes
+                    .iter()
+                    .map(|(h, p)| format!("{h}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         }
     }
+}
+
+/// Redis Cluster settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `REDIS_CLUSTER_NODES`: `host:port,…` of some of the cluster's nodes (the rest, and the
+    /// slot map, are learnt from them).
+    pub nodes: Vec<(String, u16)>,
+    /// `REDIS_USERNAME` / `REDIS_PASSWORD`: credentials for every node.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `REDIS_CLUSTER_TLS`: TLS to every node.
+    pub tls: RedisTls,
 }
 
 /// TLS towards Redis nodes found through Sentinel (`REDIS_SENTINEL_TLS`).
@@ -181,8 +205,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// `DB_MIGRATE` (true for SQLite, false for PostgreSQL).
     pub db_migrate: bool,
-    /// `REDIS_URL` or `REDIS_SENTINELS` (neither: single-node mode with in-process presence,
-    /// queues and adapter; both: a configuration error).
+    /// `REDIS_URL`, `REDIS_SENTINELS` or `REDIS_CLUSTER_NODES` (none: single-node mode with
+    /// in-process presence, queues and adapter; two or more: a configuration error).
     pub redis: Option<RedisConfig>,
     /// `DEVICE_JWT_SECRET` (required, >= 32 bytes).
     pub device_jwt_secret: String,
@@ -578,82 +602,114 @@ impl<F: Fn(&str) -> Option<String>> Parser<'_, F> {
             }
         }
     }
-    /// `REDIS_URL`, or the Sentinel variables; never both.
+    /// `REDIS_URL`, the Sentinel variables or `REDIS_CLUSTER_NODES`: exactly one of them.
     fn redis(&mut self) -> Option<RedisConfig> {
         let url = self.opt("REDIS_URL");
         let sentinels = self.opt("REDIS_SENTINELS");
-        // Variables that only mean something with Sentinel are refused elsewhere rather than
+        let cluster = self.opt("REDIS_CLUSTER_NODES");
+        // Variables that only mean something with one mode are refused elsewhere rather than
         // silently ignored: with REDIS_URL, credentials and TLS belong in the URL.
-        let sentinel_only = [
-            "REDIS_SENTINEL_MASTER",
-            "REDIS_SENTINEL_USERNAME",
-            "REDIS_SENTINEL_PASSWORD",
-            "REDIS_SENTINEL_TLS",
-            "REDIS_USERNAME",
-            "REDIS_PASSWORD",
+        let only: [(&str, &[&str]); 6] = [
+            ("REDIS_SENTINEL_MASTER", &["REDIS_SENTINELS"]),
+            ("REDIS_SENTINEL_USERNAME", &["REDIS_SENTINELS"]),
+            ("REDIS_SENTINEL_PASSWORD", &["REDIS_SENTINELS"]),
+            ("REDIS_SENTINEL_TLS", &["REDIS_SENTINELS"]),
+            ("REDIS_CLUSTER_TLS", &["REDIS_CLUSTER_NODES"]),
+            (
+                "REDIS_USERNAME",
+                &["REDIS_SENTINELS", "REDIS_CLUSTER_NODES"],
+            ),
         ];
-        if sentinels.is_none() {
-            for var in sentinel_only {
-                if self.opt(var).is_some() {
-                    let hint = if url.is_some() {
-                        "is only used with REDIS_SENTINELS; with REDIS_URL put it in the URL"
-                    } else {
-                        "is only used with REDIS_SENTINELS"
-                    };
-                    self.err(var, hint);
+        let only = only.into_iter().chain([(
+            "REDIS_PASSWORD",
+            &["REDIS_SENTINELS", "REDIS_CLUSTER_NODES"][..],
+        )]);
+        for (var, modes) in only {
+            let mode_set = modes.iter().any(|m| match *m {
+                "REDIS_SENTINELS" => sentinels.is_some(),
+                _ => cluster.is_some(),
+            });
+            if !mode_set && self.opt(var).is_some() {
+                let mut hint = format!("is only used with {}", modes.join(" or "));
+                if url.is_some() {
+                    hint.push_str("; with REDIS_URL put it in the URL");
                 }
+                self.err(var, &hint);
             }
         }
-        match (url, sentinels) {
-            (None, None) => None,
-            (Some(_), Some(_)) => {
-                self.err(
-                    "REDIS_SENTINELS",
-                    "set either REDIS_URL or REDIS_SENTINELS, not both",
-                );
-                None
+        let set: Vec<&str> = [
+            ("REDIS_URL", url.is_some()),
+            ("REDIS_SENTINELS", sentinels.is_some()),
+            ("REDIS_CLUSTER_NODES", cluster.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(v, on)| on.then_some(v))
+        .collect();
+        if set.len() > 1 {
+            self.err(
+                set[1],
+                &format!(
+                    "set only one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES (found {})",
+                    set.join(" and ")
+                ),
+            );
+            return None;
+        }
+        if let Some(url) = url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                self.err("REDIS_URL", "must start with redis:// or rediss://");
+            } else if let Err(e) = ::redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                // The parser's message never repeats the URL, so no password leaks here.
+                self.err("REDIS_URL", &format!("is not a valid Redis URL: {e}"));
             }
-            (Some(url), None) => {
-                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    self.err("REDIS_URL", "must start with redis:// or rediss://");
-                } else if let Err(e) =
-                    ::redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                {
-                    // The parser's message never repeats the URL, so no password leaks here.
-                    self.err("REDIS_URL", &format!("is not a valid Redis URL: {e}"));
-                }
-                Some(RedisConfig::Url { url })
+            return Some(RedisConfig::Url { url });
+        }
+        if let Some(list) = sentinels {
+            let sentinels = self.addresses("REDIS_SENTINELS", &list);
+            let tls = self.redis_tls("REDIS_SENTINEL_TLS");
+            return Some(RedisConfig::Sentinel(SentinelConfig {
+                sentinels,
+                master: self.required("REDIS_SENTINEL_MASTER"),
+                sentinel_username: self.opt("REDIS_SENTINEL_USERNAME"),
+                sentinel_password: (self.get)("REDIS_SENTINEL_PASSWORD").filter(|v| !v.is_empty()),
+                username: self.opt("REDIS_USERNAME"),
+                password: (self.get)("REDIS_PASSWORD").filter(|v| !v.is_empty()),
+                tls,
+            }));
+        }
+        let list = cluster?;
+        let nodes = self.addresses("REDIS_CLUSTER_NODES", &list);
+        if nodes.is_empty() {
+            self.err("REDIS_CLUSTER_NODES", "names no host:port");
+        }
+        let tls = self.redis_tls("REDIS_CLUSTER_TLS");
+        Some(RedisConfig::Cluster(ClusterConfig {
+            nodes,
+            username: self.opt("REDIS_USERNAME"),
+            password: (self.get)("REDIS_PASSWORD").filter(|v| !v.is_empty()),
+            tls,
+        }))
+    }
+    /// A `host:port,host:port,…` list.
+    fn addresses(&mut self, var: &str, list: &str) -> Vec<(String, u16)> {
+        let mut addrs = Vec::new();
+        for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match host_port(part) {
+                Some(a) => addrs.push(a),
+                None => self.err(var, &format!("`{part}` is not host:port")),
             }
-            (None, Some(list)) => {
-                let mut addrs = Vec::new();
-                for part in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    match host_port(part) {
-                        Some(a) => addrs.push(a),
-                        None => self.err("REDIS_SENTINELS", &format!("`{part}` is not host:port")),
-                    }
-                }
-                let tls = match self.opt("REDIS_SENTINEL_TLS").as_deref() {
-                    None | Some("false" | "0" | "no") => RedisTls::Off,
-                    Some("true" | "1" | "yes") => RedisTls::Verify,
-                    Some("insecure") => RedisTls::Insecure,
-                    Some(v) => {
-                        self.err(
-                            "REDIS_SENTINEL_TLS",
-                            &format!("`{v}` is not true, false or insecure"),
-                        );
-                        RedisTls::Off
-                    }
-                };
-                Some(RedisConfig::Sentinel(SentinelConfig {
-                    sentinels: addrs,
-                    master: self.required("REDIS_SENTINEL_MASTER"),
-                    sentinel_username: self.opt("REDIS_SENTINEL_USERNAME"),
-                    sentinel_password: (self.get)("REDIS_SENTINEL_PASSWORD")
-                        .filter(|v| !v.is_empty()),
-                    username: self.opt("REDIS_USERNAME"),
-                    password: (self.get)("REDIS_PASSWORD").filter(|v| !v.is_empty()),
-                    tls,
-                }))
+        }
+        addrs
+    }
+    /// `false` (default), `true` or `insecure`.
+    fn redis_tls(&mut self, var: &str) -> RedisTls {
+        match self.opt(var).as_deref() {
+            None | Some("false" | "0" | "no") => RedisTls::Off,
+            Some("true" | "1" | "yes") => RedisTls::Verify,
+            Some("insecure") => RedisTls::Insecure,
+            Some(v) => {
+                self.err(var, &format!("`{v}` is not true, false or insecure"));
+                RedisTls::Off
             }
         }
     }
@@ -757,7 +813,11 @@ mod tests {
                 ("MINIO_ACCESS_KEY", "access"),
                 ("MINIO_SECRET_KEY", "secret"),
             ]
-        } else if var.starts_with("REDIS_") && !matches!(var, "REDIS_URL" | "REDIS_SENTINELS") {
+        } else if var == "REDIS_CLUSTER_TLS" {
+            &[("REDIS_CLUSTER_NODES", "127.0.0.1:7000")]
+        } else if var.starts_with("REDIS_")
+            && !matches!(var, "REDIS_URL" | "REDIS_SENTINELS" | "REDIS_CLUSTER_NODES")
+        {
             &[
                 ("REDIS_SENTINELS", "127.0.0.1:26379"),
                 ("REDIS_SENTINEL_MASTER", "primary"),
@@ -778,6 +838,7 @@ mod tests {
             context("PORT"),
             context("MINIO_PORT"),
             context("REDIS_PASSWORD"),
+            context("REDIS_CLUSTER_TLS"),
         ] {
             let _ = Config::load(|k| {
                 read.borrow_mut().insert(k.to_string());
@@ -795,7 +856,7 @@ mod tests {
         };
         match var {
             "INTERNAL_PORT" => c.internal_port.is_none(),
-            "REDIS_URL" | "REDIS_SENTINELS" => c.redis.is_none(),
+            "REDIS_URL" | "REDIS_SENTINELS" | "REDIS_CLUSTER_NODES" => c.redis.is_none(),
             "REDIS_SENTINEL_USERNAME" => sentinel.is_some_and(|s| s.sentinel_username.is_none()),
             "REDIS_SENTINEL_PASSWORD" => sentinel.is_some_and(|s| s.sentinel_password.is_none()),
             "REDIS_USERNAME" => sentinel.is_some_and(|s| s.username.is_none()),
@@ -1080,7 +1141,9 @@ mod tests {
         let errs = Config::from_map(&m).unwrap_err().0;
         assert_eq!(
             errs,
-            vec!["REDIS_SENTINELS: set either REDIS_URL or REDIS_SENTINELS, not both"]
+            vec![
+                "REDIS_SENTINELS: set only one of REDIS_URL, REDIS_SENTINELS and REDIS_CLUSTER_NODES (found REDIS_URL and REDIS_SENTINELS)"
+            ]
         );
 
         m.remove("REDIS_SENTINELS");
@@ -1119,6 +1182,66 @@ mod tests {
         assert_eq!(s.password.as_deref(), Some("rp"));
         assert_eq!(s.username, None);
         assert_eq!(s.tls, RedisTls::Insecure);
+    }
+
+    #[test]
+    fn cluster_settings_are_parsed_and_exclude_the_other_modes() {
+        let mut m = base();
+        m.insert(
+            "REDIS_CLUSTER_NODES".into(),
+            "n1.example:7000, n2.example:7001,".into(),
+        );
+        m.insert("REDIS_USERNAME".into(), "gw".into());
+        m.insert("REDIS_PASSWORD".into(), "pw".into());
+        m.insert("REDIS_CLUSTER_TLS".into(), "true".into());
+        let Some(RedisConfig::Cluster(c)) = Config::from_map(&m).unwrap().redis else {
+            panic!("cluster mode expected");
+        };
+        assert_eq!(
+            c.nodes,
+            vec![
+                ("n1.example".to_string(), 7000),
+                ("n2.example".to_string(), 7001)
+            ]
+        );
+        assert_eq!(c.username.as_deref(), Some("gw"));
+        assert_eq!(c.password.as_deref(), Some("pw"));
+        assert_eq!(c.tls, RedisTls::Verify);
+
+        // A mix is reported, whichever two are set.
+        for other in [
+            ("REDIS_URL", "redis://h:1/"),
+            ("REDIS_SENTINELS", "s:26379"),
+        ] {
+            let mut mixed = m.clone();
+            mixed.insert(other.0.into(), other.1.into());
+            mixed.insert("REDIS_SENTINEL_MASTER".into(), "mymaster".into());
+            let errs = Config::from_map(&mixed).unwrap_err().0;
+            assert!(
+                errs.iter().any(|e| e.contains("set only one of")
+                    && e.contains("REDIS_CLUSTER_NODES")
+                    && e.contains(other.0)),
+                "{errs:?}"
+            );
+        }
+
+        // Cluster-only settings without the cluster.
+        let mut alone = base();
+        alone.insert("REDIS_CLUSTER_TLS".into(), "true".into());
+        let errs = Config::from_map(&alone).unwrap_err().0;
+        assert_eq!(
+            errs,
+            vec!["REDIS_CLUSTER_TLS: is only used with REDIS_CLUSTER_NODES"]
+        );
+
+        let mut bad = base();
+        bad.insert("REDIS_CLUSTER_NODES".into(), "n1,n2:0".into());
+        bad.insert("REDIS_CLUSTER_TLS".into(), "maybe".into());
+        let errs = Config::from_map(&bad).unwrap_err().0;
+        assert!(errs.contains(&"REDIS_CLUSTER_NODES: `n1` is not host:port".to_string()));
+        assert!(errs.contains(&"REDIS_CLUSTER_NODES: `n2:0` is not host:port".to_string()));
+        assert!(errs.contains(&"REDIS_CLUSTER_NODES: names no host:port".to_string()));
+        assert!(errs.iter().any(|e| e.starts_with("REDIS_CLUSTER_TLS:")));
     }
 
     #[test]

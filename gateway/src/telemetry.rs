@@ -105,6 +105,13 @@ impl Metrics {
                 );
             })
             .build();
+        meter
+            .u64_observable_counter("vizora_gateway_adapter_messages_dropped")
+            .with_description(
+                "Cross-replica messages dropped because the adapter's receive buffer was full (a dashboard may have missed a status change)",
+            )
+            .with_callback(|o| o.observe(crate::store::pubsub::adapter_messages_dropped(), &[]))
+            .build();
         let g = gauges.clone();
         meter
             .i64_observable_gauge("vizora_gateway_pending_transitions")

@@ -60,62 +60,27 @@ impl Cluster {
     }
 
     pub async fn pg(&self) -> sea_orm::DatabaseConnection {
-        sea_orm::Database::connect(self.db.url()).await.unwrap()
+        self.db.connect().await
     }
 
     /// `devices.status` straight from PostgreSQL.
     pub async fn db_status(&self, device: &str) -> String {
-        use sea_orm::ConnectionTrait;
-        let conn = self.pg().await;
-        let row = conn
-            .query_one_raw(sea_orm::Statement::from_string(
-                conn.get_database_backend(),
-                format!(r#"SELECT "status" AS s FROM devices WHERE "id" = '{device}'"#),
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        row.try_get::<String>("", "s").unwrap()
+        self.db.device_status(device).await
     }
 
     /// Waits (up to 15 s) until `devices.status` of `device` is `want`.
     pub async fn wait_db_status(&self, device: &str, want: &str) {
-        crate::eventually(
-            std::time::Duration::from_secs(15),
-            &format!("devices.status of {device} to be {want}"),
-            || async { (self.db_status(device).await == want).then_some(()) },
-        )
-        .await;
+        self.db.wait_device_status(device, want).await
     }
 
     /// Number of `notifications` rows of a type for a device.
     pub async fn notifications(&self, device: &str, kind: &str) -> i64 {
-        use sea_orm::ConnectionTrait;
-        let conn = self.pg().await;
-        let row = conn
-            .query_one_raw(sea_orm::Statement::from_string(
-                conn.get_database_backend(),
-                format!(r#"SELECT COUNT(*) AS n FROM notifications WHERE "type" = '{kind}' AND "metadata"->>'deviceId' = '{device}'"#),
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        row.try_get::<i64>("", "n").unwrap()
+        self.db.notifications(device, kind).await
     }
 
     /// Number of `notifications` rows of a type, all devices together.
     pub async fn all_notifications(&self, kind: &str) -> i64 {
-        use sea_orm::ConnectionTrait;
-        let conn = self.pg().await;
-        let row = conn
-            .query_one_raw(sea_orm::Statement::from_string(
-                conn.get_database_backend(),
-                format!(r#"SELECT COUNT(*) AS n FROM notifications WHERE "type" = '{kind}'"#),
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        row.try_get::<i64>("", "n").unwrap()
+        self.db.all_notifications(kind).await
     }
 
     /// Whether Redis holds a lease for the device.
@@ -160,5 +125,67 @@ return due"#;
                 org,
             ])
             .await;
+    }
+}
+
+/// The checks tests make straight on the replicas' database.
+impl DbTarget {
+    pub async fn connect(&self) -> sea_orm::DatabaseConnection {
+        sea_orm::Database::connect(self.url()).await.unwrap()
+    }
+
+    /// `devices.status` straight from PostgreSQL.
+    pub async fn device_status(&self, device: &str) -> String {
+        use sea_orm::ConnectionTrait;
+        let conn = self.connect().await;
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                conn.get_database_backend(),
+                format!(r#"SELECT "status" AS s FROM devices WHERE "id" = '{device}'"#),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<String>("", "s").unwrap()
+    }
+
+    /// Waits (up to 15 s) until `devices.status` of `device` is `want`.
+    pub async fn wait_device_status(&self, device: &str, want: &str) {
+        crate::eventually(
+            std::time::Duration::from_secs(15),
+            &format!("devices.status of {device} to be {want}"),
+            || async { (self.device_status(device).await == want).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Number of `notifications` rows of a type for a device.
+    pub async fn notifications(&self, device: &str, kind: &str) -> i64 {
+        use sea_orm::ConnectionTrait;
+        let conn = self.connect().await;
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                conn.get_database_backend(),
+                format!(r#"SELECT COUNT(*) AS n FROM notifications WHERE "type" = '{kind}' AND "metadata"->>'deviceId' = '{device}'"#),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    }
+
+    /// Number of `notifications` rows of a type, all devices together.
+    pub async fn all_notifications(&self, kind: &str) -> i64 {
+        use sea_orm::ConnectionTrait;
+        let conn = self.connect().await;
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                conn.get_database_backend(),
+                format!(r#"SELECT COUNT(*) AS n FROM notifications WHERE "type" = '{kind}'"#),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
     }
 }

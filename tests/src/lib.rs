@@ -1,9 +1,9 @@
 //! The integration-test harness: starts what the tests need itself — `redis-server` processes on
-//! free ports (`ports`: a server counts as started only once the process we spawned listens on
-//! its port, so a test never talks to another test's server), PostgreSQL databases created per
-//! test (the server is started if it is not running), SQLite files in temp dirs, and gateway
-//! replicas as real processes that can be SIGKILLed or SIGTERMed — so tests run in parallel and
-//! never share state.
+//! free ports (single servers, Sentinel sets, a six-node Redis Cluster; `ports`: a server counts
+//! as started only once the process we spawned listens on its port, so a test never talks to
+//! another test's server), PostgreSQL databases created per test (the server is started if it
+//! is not running), SQLite files in temp dirs, and gateway replicas as real processes that can
+//! be SIGKILLed or SIGTERMed — so tests run in parallel and never share state.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod api;
@@ -18,6 +18,7 @@ pub mod player;
 pub mod ports;
 pub mod postgres;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod scenarios;
 pub mod sentinel;
@@ -30,6 +31,7 @@ pub use fixture::*;
 pub use gateway::{DbTarget, Gateway, GatewayOptions};
 pub use ports::free_port;
 pub use postgres::PgDatabase;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
 /// The `device:status` payloads for `dev` with `status` among recorded events.

@@ -5,8 +5,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::api::Api;
+use crate::eventually;
 use crate::fixture::*;
 use crate::gateway::Gateway;
+use vizora_sioclient::Client;
 
 /// Connects DEV_A1 to `target` again and again (its gateways run with
 /// `VIZORA_TEST_LEASE_DELAY_MS`, which holds each connect between the lease acquire and the
@@ -82,4 +84,54 @@ pub async fn commands_during_connect_are_not_lost(api: &Api, target: &Gateway) {
         queued >= 1,
         "no command was sent while the lease was pending ({hit} sent during connects)"
     );
+}
+
+/// A command sent through `via` reaches `dev` (retried while the cluster heals).
+pub async fn command_reaches(via: &Gateway, device: &str, dev: &Client) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("a command through another replica to reach {device}"),
+        || async {
+            let (st, body) = via.api().command(device, "reload", None).await;
+            if st != 201 || body["delivery"] != "delivered" {
+                return None;
+            }
+            // Commands of earlier attempts may still arrive (one whose confirmation was lost
+            // is delivered and queued both): skip them, look for this one.
+            let until = tokio::time::Instant::now() + Duration::from_millis(500);
+            loop {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                let got = dev.wait_for("command", left).await?;
+                if got["id"] == body["commandId"] {
+                    return Some(());
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// An org broadcast through `via` reaches every client in `to`.
+pub async fn broadcast_reaches(via: &Gateway, to: &[&Client], event: &str) {
+    eventually(
+        Duration::from_secs(20),
+        "an org broadcast to reach every replica",
+        || async {
+            let (st, _) = via
+                .api()
+                .post(
+                    "/api/push/broadcast",
+                    json!({"organizationId": ORG_A, "event": event, "data": {}}),
+                )
+                .await;
+            if st != 201 {
+                return None;
+            }
+            for c in to {
+                c.wait_for(event, Duration::from_millis(500)).await?;
+            }
+            Some(())
+        },
+    )
+    .await;
 }

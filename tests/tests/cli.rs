@@ -290,3 +290,52 @@ async fn pause_for_the_prestop_hook_exits_zero_and_refuses_garbage() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
+
+/// `check-config` reports a Redis Cluster mixed with another Redis mode, and a cluster-only
+/// setting without the cluster, one line each (issue 19).
+#[tokio::test]
+async fn check_config_reports_a_redis_cluster_mixed_with_another_mode() {
+    /// `check-config` with the three secrets and `vars`: its exit code and standard error.
+    async fn check_config(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let mut c = cmd();
+        c.arg("check-config")
+            .env("DEVICE_JWT_SECRET", secret)
+            .env("JWT_SECRET", secret)
+            .env("INTERNAL_API_SECRET", secret)
+            .envs(vars.iter().copied());
+        let out = c.output().await.unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+    for (other, value) in [
+        ("REDIS_URL", "redis://127.0.0.1:6379/"),
+        ("REDIS_SENTINELS", "127.0.0.1:26379"),
+    ] {
+        let (code, err) = check_config(&[
+            ("REDIS_CLUSTER_NODES", "127.0.0.1:7000,127.0.0.1:7001"),
+            ("REDIS_SENTINEL_MASTER", "primary"),
+            (other, value),
+        ])
+        .await;
+        assert_eq!(code, Some(64));
+        assert!(
+            err.lines().any(|l| l.contains("set only one of")
+                && l.contains("REDIS_CLUSTER_NODES")
+                && l.contains(other)),
+            "{err}"
+        );
+    }
+    let (code, err) = check_config(&[
+        ("REDIS_URL", "redis://127.0.0.1:6379/"),
+        ("REDIS_CLUSTER_TLS", "true"),
+    ])
+    .await;
+    assert_eq!(code, Some(64));
+    assert!(
+        err.contains("REDIS_CLUSTER_TLS: is only used with REDIS_CLUSTER_NODES"),
+        "{err}"
+    );
+}

@@ -655,3 +655,89 @@ fn ingress_fits_screenshots_and_outlives_pings() {
         );
     }
 }
+
+#[test]
+fn redis_cluster_nodes_replace_redis_url() {
+    // Issue 19: redis.clusterNodes renders REDIS_CLUSTER_NODES (and REDIS_CLUSTER_TLS) into the
+    // ConfigMap; REDIS_URL is then neither in the Secret nor in either workload, while the data
+    // nodes' credentials are passed and the Sentinel ones are not.
+    let nodes = "redis-cluster-0.redis-cluster:6379,redis-cluster-1.redis-cluster:6379";
+    // `--set` splits at commas: the list's own are escaped.
+    let set = format!(
+        "redis.clusterNodes={},redis.clusterTls=insecure,secrets.redisUsername=gw,secrets.redisPassword=pw",
+        nodes.replace(',', "\\,")
+    );
+    let objs = render(&["--set", &set]);
+    let cm = &one(&objs, "ConfigMap")["data"];
+    assert_eq!(cm["REDIS_CLUSTER_NODES"], nodes);
+    assert_eq!(cm["REDIS_CLUSTER_TLS"], "insecure");
+    assert!(cm.get("REDIS_SENTINELS").is_none(), "{cm}");
+    for workload in [one(&objs, "Deployment"), one(&objs, "Job")] {
+        let env: Vec<&str> = container(workload)["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert!(!env.contains(&"REDIS_URL"), "{}: {env:?}", workload["kind"]);
+        assert!(env.contains(&"REDIS_USERNAME") && env.contains(&"REDIS_PASSWORD"));
+        assert!(
+            !env.iter().any(|e| e.starts_with("REDIS_SENTINEL")),
+            "{env:?}"
+        );
+    }
+    let mut pod_env = cm.as_object().unwrap().clone();
+    for secret in find(&objs, "Secret") {
+        let data = secret["data"].as_object().unwrap();
+        assert!(
+            !data.contains_key("REDIS_URL"),
+            "{}",
+            secret["metadata"]["name"]
+        );
+        assert!(data.contains_key("REDIS_PASSWORD"));
+        if secret["metadata"]["annotations"]
+            .get("helm.sh/hook")
+            .is_none()
+        {
+            for (k, v) in data {
+                use base64::Engine;
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap())
+                    .unwrap();
+                pod_env.insert(k.clone(), Value::String(String::from_utf8(raw).unwrap()));
+            }
+        }
+    }
+    // The gateway takes the pod's environment as it is.
+    let (code, err) = check_config(&pod_env);
+    assert_eq!(code, Some(0), "cluster chart environment: {err}");
+
+    // Cluster and Sentinel together, or cluster TLS without a cluster: rendering fails, naming
+    // the values.
+    let refused = |args: &[&str]| {
+        let state = tempfile::tempdir().unwrap();
+        let out = Command::new(helm())
+            .args(["template", "gw"])
+            .arg(repo().join("helm/vizora-gateway"))
+            .args(args)
+            .env("HELM_CACHE_HOME", state.path())
+            .env("HELM_CONFIG_HOME", state.path())
+            .env("HELM_DATA_HOME", state.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "helm template {args:?} rendered");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&[
+        "--set",
+        "redis.clusterNodes=redis-cluster-0:6379",
+        "--set",
+        "config.redisSentinels=sentinel-0:26379,config.redisSentinelMaster=mymaster",
+    ]);
+    assert!(
+        err.contains("redis.clusterNodes") && err.contains("config.redisSentinels"),
+        "{err}"
+    );
+    let err = refused(&["--set", "redis.clusterTls=true"]);
+    assert!(err.contains("redis.clusterTls"), "{err}");
+}

@@ -399,7 +399,7 @@ async fn idle_readers_are_forgotten_only_when_they_hold_nothing() {
     use vizora_gateway::store::outbox::{ImpressionOutbox, RedisOutbox};
     let redis = RedisServer::start().await;
     let store = vizora_gateway::store::redis::RedisStore::new(&redis.url()).unwrap();
-    let outbox = RedisOutbox::new(store.pool());
+    let outbox = RedisOutbox::new(store.pool(), store.keyspace());
     let row = vizora_gateway::store::outbox::OutboxImpression {
         id: "imp-1".into(),
         organization_id: ORG_A.into(),

@@ -29,6 +29,8 @@ mod props;
 mod protocol;
 mod readiness;
 mod rebalance;
+mod redis_cluster;
+mod redis_cluster_harness;
 mod redis_failover;
 mod redis_faults;
 mod screenshots;

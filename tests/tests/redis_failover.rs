@@ -5,56 +5,13 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use vizora_gateway_tests::endpoint::ManagedEndpoint;
+use vizora_gateway_tests::scenarios::{broadcast_reaches, command_reaches};
 use vizora_gateway_tests::sentinel::{MASTER, SentinelSet};
 use vizora_gateway_tests::tls::TestCerts;
 use vizora_gateway_tests::*;
-use vizora_sioclient::Client;
 
 const T: Duration = Duration::from_secs(10);
-
-/// A command sent through `via` reaches `dev` (retried while the cluster heals).
-async fn command_reaches(via: &Gateway, device: &str, dev: &Client) {
-    eventually(
-        Duration::from_secs(20),
-        &format!("a command through another replica to reach {device}"),
-        || async {
-            let (st, body) = via.api().command(device, "reload", None).await;
-            if st != 201 || body["delivery"] != "delivered" {
-                return None;
-            }
-            let got = dev.wait_for("command", Duration::from_millis(500)).await?;
-            (got["id"] == body["commandId"]).then_some(())
-        },
-    )
-    .await;
-}
-
-/// An org broadcast through `via` reaches every client in `to`.
-async fn broadcast_reaches(via: &Gateway, to: &[&Client], event: &str) {
-    eventually(
-        Duration::from_secs(20),
-        "an org broadcast to reach every replica",
-        || async {
-            let (st, _) = via
-                .api()
-                .post(
-                    "/api/push/broadcast",
-                    json!({"organizationId": ORG_A, "event": event, "data": {}}),
-                )
-                .await;
-            if st != 201 {
-                return None;
-            }
-            for c in to {
-                c.wait_for(event, Duration::from_millis(500)).await?;
-            }
-            Some(())
-        },
-    )
-    .await;
-}
 
 #[tokio::test]
 async fn a_cluster_runs_on_tls_redis_trusted_through_ssl_cert_file() {

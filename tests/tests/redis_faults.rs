@@ -241,9 +241,26 @@ async fn a_redis_stalled_longer_than_the_lease_ttl_reports_nobody_offline() {
 /// `devices.status` and on the dashboards; the others stay online.
 #[tokio::test]
 async fn a_device_that_leaves_while_redis_is_rolled_back_goes_offline_once() {
+    leaves_while_rolled_back(None).await;
+}
+
+/// The same, with every release held back past the sweep grace (as a release that failed while
+/// Redis was away is retried later): the older socket's release or the sweep of its lease
+/// announces the offline on the rolled-back state first, and the leaving socket's release,
+/// landing after it, must not announce it a second time (`release.lua`, returning 2).
+#[tokio::test]
+async fn a_device_whose_release_lands_after_the_older_lease_went_is_announced_once() {
+    leaves_while_rolled_back(Some(LEASE_TTL + SWEEP * 3)).await;
+}
+
+async fn leaves_while_rolled_back(release_delay: Option<Duration>) {
     let redis = RedisServer::start_with(&["--appendonly", "no"]).await;
     let url = redis.url();
-    let mut c = Cluster::start_on(redis, &url, 2, 4, |o| o).await;
+    let mut c = Cluster::start_on(redis, &url, 2, 4, |o| match release_delay {
+        Some(d) => o.env("VIZORA_TEST_RELEASE_DELAY_MS", d.as_millis()),
+        None => o,
+    })
+    .await;
     let mut f = Fleet::connect(&c, 4).await;
     for (dev, _) in &f.screens {
         c.wait_db_status(dev, "online").await;

@@ -1,28 +1,48 @@
 //! The store contract: the embedded `MemoryStore` and the cluster's `RedisStore` (against a real
-//! `redis-server`) give the same answers to the same sequence of calls. Each scenario runs on
-//! both (`<scenario>::memory`, `<scenario>::redis`), so the embedded default cannot drift from
-//! the cluster's semantics.
+//! `redis-server`, and against a real six-node Redis Cluster with its sharded keyspace) give the
+//! same answers to the same sequence of calls. Each scenario runs on all three
+//! (`<scenario>::memory`, `<scenario>::redis`, `<scenario>::redis_cluster`), so neither the
+//! embedded default nor the cluster keyspace can drift from the single primary's semantics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use vizora_gateway::config::{ClusterConfig, RedisConfig, RedisTls};
 use vizora_gateway::store::memory::MemoryStore;
 use vizora_gateway::store::redis::RedisStore;
 use vizora_gateway::store::{
-    HeartbeatOutcome, HeartbeatWrite, LiveLease, OfflineNotice, PresenceStore, RefreshOutcome,
-    StateStore, StoreResult, SweepGuard, now_ms,
+    HeartbeatOutcome, HeartbeatWrite, LiveLease, OfflineNotice, PresenceStore, Queued,
+    RefreshOutcome, Released, StateStore, StoreResult, SweepGuard, TakeQueued, now_ms,
 };
-use vizora_gateway_tests::{RedisServer, eventually};
+use vizora_gateway_tests::{RedisCluster, RedisServer, eventually};
 
 /// Both traits on one value, as the gateway wires them (one Redis, or one in-process store).
 trait Store: PresenceStore + StateStore {}
 impl<T: PresenceStore + StateStore> Store for T {}
 
-/// Keeps the redis-server alive for the scenario's duration.
+/// Keeps the redis-server (or the cluster) alive for the scenario's duration.
 struct Fixture {
     store: Arc<dyn Store>,
     _redis: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
+}
+
+/// The gateway's configuration for a test cluster.
+pub fn cluster_config(cluster: &RedisCluster) -> RedisConfig {
+    RedisConfig::Cluster(ClusterConfig {
+        nodes: cluster
+            .seeds_env()
+            .split(',')
+            .map(|a| {
+                let (h, p) = a.rsplit_once(':').unwrap();
+                (h.to_string(), p.parse().unwrap())
+            })
+            .collect(),
+        username: None,
+        password: None,
+        tls: RedisTls::Off,
+    })
 }
 
 async fn fixture(kind: &str) -> Fixture {
@@ -30,19 +50,29 @@ async fn fixture(kind: &str) -> Fixture {
         "memory" => Fixture {
             store: Arc::new(MemoryStore::new()),
             _redis: None,
+            _cluster: None,
         },
+        "cluster" => {
+            let cluster = RedisCluster::start().await;
+            Fixture {
+                store: Arc::new(RedisStore::from_config(&cluster_config(&cluster)).unwrap()),
+                _redis: None,
+                _cluster: Some(cluster),
+            }
+        }
         _ => {
             let redis = RedisServer::start().await;
             Fixture {
                 store: Arc::new(RedisStore::new(&redis.url()).unwrap()),
                 _redis: Some(redis),
+                _cluster: None,
             }
         }
     }
 }
 
 /// One test per store for a scenario.
-macro_rules! on_both_stores {
+macro_rules! on_every_store {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
             #[tokio::test]
@@ -55,11 +85,16 @@ macro_rules! on_both_stores {
                 let f = super::fixture("redis").await;
                 super::$name(&*f.store).await
             }
+            #[tokio::test]
+            async fn redis_cluster() {
+                let f = super::fixture("cluster").await;
+                super::$name(&*f.store).await
+            }
         }
     )*};
 }
 
-on_both_stores!(
+on_every_store!(
     newer_connection_wins_and_older_release_is_a_no_op,
     a_lease_is_pending_until_its_socket_confirms,
     sweep_expires_once_and_refresh_revives,
@@ -72,12 +107,15 @@ on_both_stores!(
     an_older_stored_epoch_is_restored_by_refresh,
     an_older_stored_epoch_never_supersedes_a_heartbeat,
     a_release_over_an_older_stored_epoch_is_the_offline_transition,
+    a_release_after_an_older_lease_was_swept_since_the_socket_came_online_announces_nothing,
+    a_retried_release_leaves_the_offline_to_the_sweep,
     a_revived_lease_cancels_the_offline_notice_of_its_sweep,
     the_first_sweep_after_a_gap_waits_out_the_grace,
     a_refresh_claim_is_won_once_and_the_grace_dropped_only_by_its_owner,
     a_heartbeat_bound_to_another_token_is_stale_and_takes_nothing,
     a_due_heartbeat_reports_a_held_refresh_cooldown,
     pending_deliveries_are_taken_once,
+    a_socket_whose_lease_is_gone_takes_nothing_queued,
     suspended_organisations_are_shared,
     load_records_are_exchanged_and_forgotten,
 );
@@ -100,7 +138,7 @@ async fn newer_connection_wins_and_older_release_is_a_no_op(s: &dyn Store) {
     assert!(b.epoch > a.epoch);
     assert_eq!(b.previous.unwrap().sid, "s1");
     assert!(
-        !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
+        s.release("d", "o", a.epoch, 60_000).await.unwrap() == Released::Nothing,
         "old socket's release must change nothing"
     );
     let r = s
@@ -109,7 +147,10 @@ async fn newer_connection_wins_and_older_release_is_a_no_op(s: &dyn Store) {
         .unwrap();
     assert_eq!(r, vec![RefreshOutcome::Stale]);
     assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![true]);
-    assert!(s.release("d", "o", b.epoch, 60_000).await.unwrap());
+    assert_eq!(
+        s.release("d", "o", b.epoch, 60_000).await.unwrap(),
+        Released::Offline
+    );
     assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![false]);
 }
 
@@ -146,7 +187,7 @@ async fn sweep_expires_once_and_refresh_revives(s: &dyn Store) {
             .is_empty()
     );
     assert!(
-        !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
+        s.release("d", "o", a.epoch, 60_000).await.unwrap() == Released::Nothing,
         "swept lease: no second offline transition"
     );
     let r = s
@@ -173,7 +214,10 @@ async fn commands_are_fifo_bounded_and_drained_once(s: &dyn Store) {
         HeartbeatOutcome::Live(vec!["2".into(), "3".into(), "4".into()]),
         "the oldest beyond the bound are dropped; the rest come oldest first"
     );
-    assert!(s.drain_commands("d").await.unwrap().is_empty());
+    assert_eq!(
+        s.take_queued(&take("d", 1)).await.unwrap(),
+        Queued::default()
+    );
 }
 
 /// A socket whose lease a newer connection holds must not overwrite the live socket's status,
@@ -351,7 +395,7 @@ async fn an_older_stored_epoch_never_supersedes_a_heartbeat(s: &dyn Store) {
 async fn a_release_over_an_older_stored_epoch_is_the_offline_transition(s: &dyn Store) {
     let (older, mine) = rolled_back(s).await;
     assert!(
-        s.release("d", "o", mine, 60_000).await.unwrap(),
+        s.release("d", "o", mine, 60_000).await.unwrap() == Released::Offline,
         "the latest socket left: offline, although Redis remembers an older connection"
     );
     assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![false]);
@@ -363,11 +407,11 @@ async fn a_release_over_an_older_stored_epoch_is_the_offline_transition(s: &dyn 
         serde_json::from_str(&s.status("d").await.unwrap().unwrap()).unwrap();
     assert_eq!(st["status"], "offline");
     assert!(
-        !s.release("d", "o", mine, 60_000).await.unwrap(),
+        s.release("d", "o", mine, 60_000).await.unwrap() == Released::Nothing,
         "exactly once"
     );
     assert!(
-        !s.release("d", "o", older, 60_000).await.unwrap(),
+        s.release("d", "o", older, 60_000).await.unwrap() == Released::Nothing,
         "the older socket's release changes nothing"
     );
     assert!(
@@ -377,6 +421,112 @@ async fn a_release_over_an_older_stored_epoch_is_the_offline_transition(s: &dyn 
             .is_empty(),
         "nothing left to sweep"
     );
+}
+
+/// Redis rolled back to an older connection's lease while the newer socket lived, the newer
+/// socket left before its replica re-asserted it, and its release failed (Redis was away): the
+/// sweep then expired the older lease and announced the offline. The retried release must not
+/// announce it again; it only brings the database to its epoch.
+async fn a_release_after_an_older_lease_was_swept_since_the_socket_came_online_announces_nothing(
+    s: &dyn Store,
+) {
+    let older = s.acquire("d", "o", "r1", "old", 1).await.unwrap();
+    // The newer socket came online just after the older one (epochs are acquire times in µs).
+    let mine = older.epoch + 1;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        s.sweep(100, 60_000, SweepGuard::NONE).await.unwrap().len(),
+        1,
+        "the older lease expires: the offline is announced"
+    );
+    assert_eq!(
+        s.release("d", "o", mine, 60_000).await.unwrap(),
+        Released::AlreadyAnnounced
+    );
+    assert_eq!(s.online(&["d".into()]).await.unwrap(), vec![false]);
+    assert_eq!(
+        s.release("d", "o", mine, 60_000).await.unwrap(),
+        Released::Nothing,
+        "the epoch is the socket's now"
+    );
+
+    // The other order: the stored offline predates the socket (the snapshot's own, followed by
+    // this socket's online): its release is the transition.
+    let older = s.acquire("e", "o", "r1", "old", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        s.sweep(100, 60_000, SweepGuard::NONE).await.unwrap().len(),
+        1
+    );
+    let came_online_after_the_sweep = older.epoch + 10_000_000;
+    assert_eq!(
+        s.release("e", "o", came_online_after_the_sweep, 60_000)
+            .await
+            .unwrap(),
+        Released::Offline
+    );
+}
+
+/// What one sweep (no grace) expires: (device, epoch, org).
+async fn swept_now(s: &dyn Store) -> Vec<(String, u64, String)> {
+    s.sweep(100, 60_000, SweepGuard::NONE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.device_id, e.epoch, e.org))
+        .collect()
+}
+
+/// A release that failed is retried as "due now, the sweep decides": the sweep announces the
+/// offline of a socket that really left, but a newer socket's refresh that comes first (the
+/// store rolled back to the older epoch meanwhile) wins, and nobody is reported offline.
+async fn a_retried_release_leaves_the_offline_to_the_sweep(s: &dyn Store) {
+    // The socket left: the sweep announces it, at its epoch.
+    let a = s.acquire("d", "o", "r1", "s1", 30_000).await.unwrap();
+    assert_eq!(
+        s.retire("d", "o", a.epoch, "r1").await.unwrap(),
+        Released::LeftToSweep
+    );
+    assert_eq!(swept_now(s).await, vec![("d".into(), a.epoch, "o".into())]);
+    assert_eq!(
+        s.retire("d", "o", a.epoch, "r1").await.unwrap(),
+        Released::Nothing,
+        "its lease is gone: once"
+    );
+
+    // Rolled back to the older epoch while the newer socket lives elsewhere: the older socket's
+    // retry lands first, the newer socket's refresh re-asserts, and the sweep finds nothing.
+    let (older, newer) = {
+        let older = s.acquire("e", "o", "r1", "old", 30_000).await.unwrap();
+        (older.epoch, older.epoch + 1_000_000)
+    };
+    assert_eq!(
+        s.retire("e", "o", older, "r1").await.unwrap(),
+        Released::LeftToSweep
+    );
+    let r = s
+        .refresh("r2", &[live("e", "new", newer)], 30_000)
+        .await
+        .unwrap();
+    assert_eq!(r, vec![RefreshOutcome::Restored]);
+    assert!(
+        swept_now(s).await.is_empty(),
+        "the live socket is nobody's offline"
+    );
+    assert_eq!(s.lease("e").await.unwrap().unwrap().epoch(), newer);
+    assert_eq!(
+        s.retire("e", "o", older, "r1").await.unwrap(),
+        Released::Nothing,
+        "a newer epoch owns it"
+    );
+
+    // The store lost the device altogether: the retry is the only record that it left.
+    let lost = a.epoch + 5_000_000;
+    assert_eq!(
+        s.retire("f", "o", lost, "r1").await.unwrap(),
+        Released::LeftToSweep
+    );
+    assert_eq!(swept_now(s).await, vec![("f".into(), lost, "o".into())]);
 }
 
 async fn a_revived_lease_cancels_the_offline_notice_of_its_sweep(s: &dyn Store) {
@@ -461,8 +611,11 @@ async fn a_release_after_redis_lost_its_state_is_the_offline_transition() {
     // "e" reconnects before its old socket's release is retried.
     let b2 = s.acquire("e", "o", "r", "t2", 30_000).await.unwrap();
     assert!(b2.epoch > b.epoch);
-    assert!(s.release("d", "o", a.epoch, 60_000).await.unwrap());
-    assert!(!s.release("e", "o", b.epoch, 60_000).await.unwrap());
+    assert_eq!(
+        s.release("d", "o", a.epoch, 60_000).await.unwrap(),
+        Released::Offline
+    );
+    assert!(s.release("e", "o", b.epoch, 60_000).await.unwrap() == Released::Nothing);
     assert_eq!(
         s.online(&["d".into(), "e".into()]).await.unwrap(),
         vec![false, true]
@@ -479,7 +632,7 @@ async fn a_release_after_redis_lost_its_state_is_the_offline_transition() {
         "the offline notice is scheduled"
     );
     assert!(
-        !s.release("d", "o", a.epoch, 60_000).await.unwrap(),
+        s.release("d", "o", a.epoch, 60_000).await.unwrap() == Released::Nothing,
         "only once"
     );
 }
@@ -516,7 +669,7 @@ async fn an_outbox_whose_group_vanished_creates_it_again() {
     use vizora_gateway::store::outbox::{ImpressionOutbox, RedisOutbox};
     let redis = RedisServer::start().await;
     let s = RedisStore::new(&redis.url()).unwrap();
-    let outbox = RedisOutbox::new(s.pool());
+    let outbox = RedisOutbox::new(s.pool(), s.keyspace());
     let row = vizora_gateway::store::outbox::OutboxImpression {
         id: "i1".into(),
         organization_id: "o".into(),
@@ -686,17 +839,87 @@ async fn a_heartbeat_bound_to_another_token_is_stale_and_takes_nothing(s: &dyn S
     );
 }
 
+/// A connecting socket's take of everything queued, playlist included.
+fn take(device: &str, epoch: u64) -> TakeQueued<'_> {
+    TakeQueued {
+        device,
+        epoch,
+        playlist: true,
+        ack_sid: None,
+    }
+}
+
+/// A take or a heartbeat that ran late — frozen in a partition, run after the heal, its caller
+/// long gone — must not swallow what the device's next socket is owed: a socket whose lease was
+/// swept (the store still holding its epoch) or that a newer epoch superseded takes nothing
+/// queued. Once its refresh revives the lease, it takes everything.
+async fn a_socket_whose_lease_is_gone_takes_nothing_queued(s: &dyn Store) {
+    let a = s.acquire("d", "o", "r", "s1", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        s.sweep(100, 60_000, SweepGuard::NONE).await.unwrap().len(),
+        1
+    );
+    s.enqueue_command("d", "c1", 10, 60_000).await.unwrap();
+    s.set_pending_playlist("d", "p1", 1800).await.unwrap();
+
+    assert_eq!(
+        s.take_queued(&take("d", a.epoch)).await.unwrap(),
+        Queued::default()
+    );
+    let f = s
+        .device_heartbeat(&hb_at("d", "s1", a.epoch, None, true))
+        .await
+        .unwrap();
+    assert_eq!(
+        (f.outcome, f.pending_playlist),
+        (HeartbeatOutcome::Live(vec![]), None),
+        "the heartbeat still counts, but takes nothing"
+    );
+
+    let r = s
+        .refresh("r", &[live("d", "s1", a.epoch)], 30_000)
+        .await
+        .unwrap();
+    assert!(matches!(r[..], [RefreshOutcome::Revived { .. }]));
+    let q = s.take_queued(&take("d", a.epoch)).await.unwrap();
+    assert_eq!(
+        (q.commands, q.playlist.as_deref()),
+        (vec!["c1".to_string()], Some("p1")),
+        "the revived socket takes it all"
+    );
+
+    // A superseded socket takes nothing either; the newer one does.
+    let b = s.acquire("d", "o", "r", "s2", 30_000).await.unwrap();
+    s.enqueue_command("d", "c2", 10, 60_000).await.unwrap();
+    assert_eq!(
+        s.take_queued(&take("d", a.epoch)).await.unwrap(),
+        Queued::default()
+    );
+    assert_eq!(
+        s.take_queued(&take("d", b.epoch)).await.unwrap().commands,
+        vec!["c2".to_string()]
+    );
+}
+
 async fn pending_deliveries_are_taken_once(s: &dyn Store) {
     s.enqueue_command("d", "c1", 10, 60_000).await.unwrap();
     s.set_pending_playlist("d", r#"{"playlist":1}"#, 1800)
         .await
         .unwrap();
-    let (c, p) = s.take_pending("d", Some("s1")).await.unwrap();
+    let first = TakeQueued {
+        ack_sid: Some("s1"),
+        ..take("d", 1)
+    };
+    let q = s.take_queued(&first).await.unwrap();
     assert_eq!(
-        (c, p.as_deref()),
+        (q.commands, q.playlist.as_deref()),
         (vec!["c1".to_string()], Some(r#"{"playlist":1}"#))
     );
-    assert_eq!(s.take_pending("d", None).await.unwrap(), (vec![], None));
+    assert_eq!(
+        s.take_queued(&take("d", 1)).await.unwrap(),
+        Queued::default()
+    );
     // The acknowledging socket is known only while the lease names it.
     assert_eq!(s.lease_and_ack("d").await.unwrap(), (None, false));
     s.acquire("d", "o", "r", "s1", 30_000).await.unwrap();

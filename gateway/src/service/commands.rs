@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::delivery::AckOutcome;
-use super::pending::{Delivery, parse_commands};
+use super::pending::Delivery;
 use super::{Gateway, playlist, room};
 use crate::store::StoreError;
 use crate::wire::iso_now;
@@ -109,18 +109,6 @@ impl Gateway {
             Delivery::Queued => "queued",
         });
         Ok(delivery)
-    }
-
-    /// Queued commands, oldest first (connect-time delivery).
-    pub async fn take_queued_commands(&self, device: &str) -> Vec<Command> {
-        match self.state.drain_commands(device).await {
-            Ok(raw) => parse_commands(raw),
-            Err(e) => {
-                self.metrics.store_error("redis", "drain_commands");
-                tracing::warn!(device, error = %e, "Could not drain queued commands.");
-                Vec::new()
-            }
-        }
     }
 
     /// `POST /api/push/playlist`: invalidate the cached playlist, push the update (acknowledged

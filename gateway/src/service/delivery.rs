@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::pending::{Delivery, PENDING_PLAYLIST_TTL_S, parse_commands};
 use super::{Gateway, room};
+use crate::store::TakeQueued;
 use crate::wire::iso_now;
 use crate::wire::outgoing::{Command, Outgoing, PlaylistUpdate};
 
@@ -152,21 +153,33 @@ impl Gateway {
         }
     }
 
-    /// What a connecting client that sent `auth.capabilities` has waiting: queued commands and a
-    /// playlist kept from a failed acknowledged delivery (with `ack_sid`, that socket becomes
-    /// the device's acknowledging one in the same round trip).
-    pub async fn take_pending_deliveries(
+    /// What connecting socket `sid` has waiting: queued commands, oldest first, and — for a
+    /// client that sent `auth.capabilities` (`playlist`) — a playlist kept from a failed
+    /// acknowledged delivery. With `ack_sid`, that socket becomes the device's acknowledging one
+    /// in the same round trip. A socket no longer registered here takes nothing.
+    pub async fn take_queued(
         &self,
         device: &str,
+        sid: &str,
+        playlist: bool,
         ack_sid: Option<&str>,
     ) -> (Vec<Command>, Option<PlaylistUpdate>) {
-        match self.state.take_pending(device, ack_sid).await {
-            Ok((raw, pending)) => (
-                parse_commands(raw),
-                pending.and_then(|p| serde_json::from_str(&p).ok()),
+        let Some(epoch) = self.live.epoch(sid) else {
+            return (Vec::new(), None);
+        };
+        let take = TakeQueued {
+            device,
+            epoch,
+            playlist,
+            ack_sid,
+        };
+        match self.state.take_queued(&take).await {
+            Ok(q) => (
+                parse_commands(q.commands),
+                q.playlist.and_then(|p| serde_json::from_str(&p).ok()),
             ),
             Err(e) => {
-                self.metrics.store_error("redis", "take_pending");
+                self.metrics.store_error("redis", "take_queued");
                 tracing::warn!(device, error = %e, "Could not take queued deliveries.");
                 (Vec::new(), None)
             }

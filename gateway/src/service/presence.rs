@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::live::LiveEntry;
 use super::{Gateway, room};
 use crate::db::{Transition, now};
-use crate::store::{Expired, RefreshOutcome, StoreError, SweepGuard};
+use crate::store::{Expired, RefreshOutcome, Released, StoreError, SweepGuard};
 use crate::wire::iso_now;
 use crate::wire::outgoing::{DeviceStatus, Outgoing};
 
@@ -92,7 +92,7 @@ impl Gateway {
             // Handed over, not released: the reconnecting socket supersedes the lease, or the
             // sweep expires it if the device never comes back. (A fenced replica cannot reach
             // Redis anyway, and a release retried later would be judged against the epoch of
-            // the device's new socket: see `release.lua`.)
+            // the device's new socket: see `retire.lua`.)
             return;
         }
         self.hooks.pause().await;
@@ -123,24 +123,50 @@ impl Gateway {
             .release(device, org, epoch, self.notify_delay_ms())
             .await
         {
-            Ok(true) => self.offline_transition(device, org, epoch, source),
-            Ok(false) => {}
-            Err(err) => {
-                self.metrics.store_error("redis", "release");
-                if self.live.remember_unreleased(device, org, epoch) {
-                    tracing::warn!(device, error = %err, "Lease release failed; retrying when Redis answers.");
-                } else {
-                    tracing::warn!(device, error = %err, "Lease release failed and the retry list is full; the sweep will expire it.");
-                }
+            Ok(Released::Offline) => self.offline_transition(device, org, epoch, source),
+            Ok(Released::AlreadyAnnounced) => {
+                // A sweep of an older (rolled-back) lease told everyone; its older epoch lost to
+                // this socket's in the database, which this epoch now brings to offline.
+                tracing::debug!(
+                    device,
+                    epoch,
+                    source,
+                    "Offline already announced by a sweep."
+                );
+                self.persist_offline(device, epoch);
             }
+            Ok(Released::Nothing | Released::LeftToSweep) => {}
+            Err(err) => self.remember_unreleased(device, org, epoch, &err),
         }
     }
 
-    /// Retries the releases that failed while Redis was unreachable.
+    fn remember_unreleased(&self, device: &str, org: &str, epoch: u64, err: &StoreError) {
+        self.metrics.store_error("redis", "release");
+        if self.live.remember_unreleased(device, org, epoch) {
+            tracing::warn!(device, error = %err, "Lease release failed; retrying when Redis answers.");
+        } else {
+            tracing::warn!(device, error = %err, "Lease release failed and the retry list is full; the sweep will expire it.");
+        }
+    }
+
+    /// Retries the releases that failed while Redis was unreachable. A retry does not decide
+    /// the offline itself: Redis may have come back rolled back to this socket's epoch while a
+    /// newer socket of the device lives on a replica that has not refreshed yet. It leaves the
+    /// lease to the sweep, due now (`retire.lua`), and the sweep's grace after a rollback lets
+    /// that refresh win.
     async fn retry_unreleased(self: &Arc<Self>) {
         for (device, org, epoch) in self.live.take_unreleased() {
-            self.release_lease(&device, &org, epoch, "disconnect-retry")
-                .await;
+            match self
+                .presence
+                .retire(&device, &org, epoch, &self.cfg.replica_id)
+                .await
+            {
+                Ok(Released::AlreadyAnnounced) => self.persist_offline(&device, epoch),
+                Ok(outcome) => {
+                    tracing::debug!(device, epoch, ?outcome, "Failed release retried.");
+                }
+                Err(err) => self.remember_unreleased(&device, &org, epoch, &err),
+            }
         }
     }
 
@@ -179,6 +205,15 @@ impl Gateway {
     ) {
         tracing::debug!(device, epoch, source, "Offline transition.");
         self.metrics.transition(false, source);
+        self.persist_offline(device, epoch);
+        let gw = self.clone();
+        let (device, org) = (device.to_string(), org.to_string());
+        // The offline notice was scheduled atomically with the transition (release/sweep).
+        self.tasks()
+            .spawn(async move { gw.emit_status(&device, &org, "offline").await });
+    }
+
+    fn persist_offline(&self, device: &str, epoch: u64) {
         self.persister.submit(Transition {
             device_id: device.into(),
             epoch,
@@ -186,11 +221,6 @@ impl Gateway {
             at: now(),
             is_transition: true,
         });
-        let gw = self.clone();
-        let (device, org) = (device.to_string(), org.to_string());
-        // The offline notice was scheduled atomically with the transition (release/sweep).
-        self.tasks()
-            .spawn(async move { gw.emit_status(&device, &org, "offline").await });
     }
 
     fn sweep_guard(&self) -> SweepGuard {

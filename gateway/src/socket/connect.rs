@@ -51,7 +51,10 @@ pub async fn authenticate<A: Adapter>(
     State(gw): State<Arc<Gateway>>,
     TryData(auth): TryData<Value>,
 ) -> Result<(), ConnectRefusal> {
-    match admit(&s, &gw, auth.ok()).await {
+    let started = tokio::time::Instant::now();
+    let admitted = admit(&s, &gw, auth.ok()).await;
+    warn_if_slow(&gw, started.elapsed(), admitted.is_ok());
+    match admitted {
         Ok(ctx) => {
             let kind = if matches!(ctx.principal, Principal::Device(_)) {
                 "device"
@@ -76,6 +79,19 @@ pub async fn authenticate<A: Adapter>(
             }
             Err(e.into())
         }
+    }
+}
+
+/// A handshake that took more than half the connect timeout is logged: past the whole timeout
+/// socketioxide closes the transport before CONNECT and the client only sees a dropped
+/// connection (it retries), so this line is the one trace such a handshake leaves.
+fn warn_if_slow(gw: &Gateway, took: Duration, admitted: bool) {
+    if took > gw.cfg().connect_timeout / 2 {
+        tracing::warn!(
+            took_ms = took.as_millis() as u64,
+            admitted,
+            "Slow handshake: the connect middleware ran for more than half the connect timeout."
+        );
     }
 }
 
@@ -245,7 +261,7 @@ async fn send_device_state<A: Adapter>(
         Some(x) => {
             let sid = s.id.to_string();
             let ack_sid = x.delivery_ack.then_some(sid.as_str());
-            let (commands, pending) = gw.take_pending_deliveries(device, ack_sid).await;
+            let (commands, pending) = gw.take_queued(device, &sid, true, ack_sid).await;
             gw.replay_to_socket(
                 device,
                 &sid,
@@ -258,7 +274,8 @@ async fn send_device_state<A: Adapter>(
             if let Some(p) = &connect_time {
                 send(s, p);
             }
-            for cmd in gw.take_queued_commands(device).await {
+            let (commands, _) = gw.take_queued(device, &s.id.to_string(), false, None).await;
+            for cmd in commands {
                 send(s, &cmd);
             }
         }

@@ -75,6 +75,37 @@ impl Inner {
             now,
         );
     }
+    /// Whether the socket with `epoch` may take the device's queues (take_queued.lua): no newer
+    /// epoch owns the device, and its lease is not gone while its epoch is the stored one.
+    fn owns_queue(&self, device: &str, epoch: u64) -> bool {
+        let stored = self.epochs.get(device).copied();
+        match self.leases.get(device) {
+            Some((l, _)) => l.epoch() <= epoch && stored.is_none_or(|e| e <= epoch),
+            None => stored.is_none_or(|e| e < epoch),
+        }
+    }
+    fn take_commands(&mut self, device: &str, now: i64) -> Vec<String> {
+        match self.commands.remove(&commands_key(device)) {
+            Some((q, exp)) if exp > now => q.into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+    fn take_pending_playlist(&mut self, device: &str, now: i64) -> Option<String> {
+        let key = pending_playlist_key(device);
+        let v = self.get(&key, now);
+        self.kv.remove(&key);
+        v
+    }
+    /// When the status key says offline: the time it was written (µs, like an epoch).
+    fn offline_since_us(&mut self, device: &str, now: i64) -> Option<u64> {
+        let raw = self.get(&status_key(device), now)?;
+        let st: serde_json::Value = serde_json::from_str(&raw).ok()?;
+        if st.get("status")? != "offline" {
+            return None;
+        }
+        let ms = st.get("lastHeartbeat")?.as_u64()?;
+        Some(ms.saturating_mul(1000))
+    }
 }
 
 /// The embedded store: presence and state in this process.
@@ -221,26 +252,72 @@ impl PresenceStore for MemoryStore {
         org: &str,
         epoch: u64,
         notify_delay_ms: u64,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Released> {
         let now = now_ms();
         let mut g = self.lock();
         // Same rules as release.lua, including "no epoch, or an older one" (a store that lost or
         // rolled back its state: this socket was the latest).
         match g.epochs.get(device).copied() {
-            Some(e) if e > epoch => return Ok(false),
+            Some(e) if e > epoch => return Ok(Released::Nothing),
             Some(e) if e == epoch => {
                 if g.leases.remove(device).is_none() {
-                    return Ok(false);
+                    return Ok(Released::Nothing);
                 }
             }
             _ => {
-                g.leases.remove(device);
+                let existed = g.leases.remove(device).is_some();
                 g.epochs.insert(device.to_string(), epoch);
+                if !existed && g.offline_since_us(device, now).is_some_and(|t| t >= epoch) {
+                    return Ok(Released::AlreadyAnnounced);
+                }
             }
         }
         g.set_status(device, "offline", None, org, STATUS_OFFLINE_TTL_S, now);
         g.schedule(device, org, now, notify_delay_ms);
-        Ok(true)
+        Ok(Released::Offline)
+    }
+
+    async fn retire(
+        &self,
+        device: &str,
+        org: &str,
+        epoch: u64,
+        replica: &str,
+    ) -> StoreResult<Released> {
+        let now = now_ms();
+        let mut g = self.lock();
+        // Same rules as retire.lua.
+        let cur = g.epochs.get(device).copied();
+        let owner = g.leases.get(device).map(|(l, _)| l.epoch());
+        if cur.is_some_and(|e| e > epoch) || owner.is_some_and(|e| e > epoch) {
+            return Ok(Released::Nothing);
+        }
+        if owner.is_none() {
+            if cur == Some(epoch) {
+                return Ok(Released::Nothing);
+            }
+            if g.offline_since_us(device, now).is_some_and(|t| t >= epoch) {
+                g.epochs.insert(device.to_string(), epoch);
+                return Ok(Released::AlreadyAnnounced);
+            }
+        }
+        if cur.is_none_or(|e| e < epoch) {
+            g.epochs.insert(device.to_string(), epoch);
+        }
+        match g.leases.get_mut(device) {
+            Some((l, deadline)) if l.epoch() == epoch => *deadline = now,
+            _ => {
+                let lease = Lease {
+                    epoch: epoch.to_string(),
+                    replica: replica.into(),
+                    sid: String::new(),
+                    org: org.into(),
+                    pending: false,
+                };
+                g.leases.insert(device.to_string(), (lease, now));
+            }
+        }
+        Ok(Released::LeftToSweep)
     }
 
     async fn sweep(
@@ -373,14 +450,6 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn drain_commands(&self, device: &str) -> StoreResult<Vec<String>> {
-        let now = now_ms();
-        Ok(match self.lock().commands.remove(&commands_key(device)) {
-            Some((q, exp)) if exp > now => q.into_iter().collect(),
-            _ => Vec::new(),
-        })
-    }
-
     async fn put_screenshot_request(
         &self,
         device: &str,
@@ -431,7 +500,7 @@ impl StateStore for MemoryStore {
         let mut g = self.lock();
         let e = g
             .counters
-            .entry(format!("stats:device:{device}:impressions:{date}"))
+            .entry(super::keys::SINGLE.impressions(device, date))
             .or_insert((0, 0));
         e.0 += 1;
         e.1 = now + STATS_TTL_S as i64 * 1000;
@@ -441,7 +510,7 @@ impl StateStore for MemoryStore {
     async fn push_content_error(&self, device: &str, entry_json: &str) -> StoreResult<()> {
         let now = now_ms();
         let mut g = self.lock();
-        let key = format!("errors:device:{device}");
+        let key = super::keys::SINGLE.errors(device);
         let mut list: Vec<serde_json::Value> = g
             .get(&key, now)
             .and_then(|s| serde_json::from_str(&s).ok())
@@ -457,7 +526,7 @@ impl StateStore for MemoryStore {
     async fn content_errors(&self, device: &str) -> StoreResult<Option<String>> {
         Ok(self
             .lock()
-            .get(&format!("errors:device:{device}"), now_ms()))
+            .get(&super::keys::SINGLE.errors(device), now_ms()))
     }
 
     async fn is_revoked(&self, _jti: &str) -> StoreResult<bool> {
@@ -492,7 +561,7 @@ impl StateStore for MemoryStore {
             now,
         );
         g.set(
-            format!("heartbeat:{d}:latest"),
+            super::keys::SINGLE.latest(d),
             hb.latest_json.into(),
             LATEST_TTL_S as i64 * 1000,
             now,
@@ -505,15 +574,14 @@ impl StateStore for MemoryStore {
                 now,
             );
         }
-        let cmds = match g.commands.remove(&commands_key(d)) {
-            Some((q, exp)) if exp > now => q.into_iter().collect(),
-            _ => Vec::new(),
+        let takes = g.owns_queue(d, hb.epoch);
+        let cmds = if takes {
+            g.take_commands(d, now)
+        } else {
+            Vec::new()
         };
-        let pending_playlist = if hb.take_pending_playlist {
-            let key = pending_playlist_key(d);
-            let v = g.get(&key, now);
-            g.kv.remove(&key);
-            v
+        let pending_playlist = if takes && hb.take_pending_playlist {
+            g.take_pending_playlist(d, now)
         } else {
             None
         };
@@ -525,29 +593,27 @@ impl StateStore for MemoryStore {
         })
     }
 
-    async fn take_pending(
-        &self,
-        device: &str,
-        ack_sid: Option<&str>,
-    ) -> StoreResult<(Vec<String>, Option<String>)> {
+    async fn take_queued(&self, t: &TakeQueued<'_>) -> StoreResult<Queued> {
         let now = now_ms();
         let mut g = self.lock();
-        let cmds = match g.commands.remove(&commands_key(device)) {
-            Some((q, exp)) if exp > now => q.into_iter().collect(),
-            _ => Vec::new(),
+        if !g.owns_queue(t.device, t.epoch) {
+            return Ok(Queued::default());
+        }
+        let commands = g.take_commands(t.device, now);
+        let playlist = if t.playlist {
+            g.take_pending_playlist(t.device, now)
+        } else {
+            None
         };
-        let key = pending_playlist_key(device);
-        let pl = g.get(&key, now);
-        g.kv.remove(&key);
-        if let Some(sid) = ack_sid {
+        if let Some(sid) = t.ack_sid {
             g.set(
-                delivery_ack_key(device),
+                delivery_ack_key(t.device),
                 sid.into(),
                 DELIVERY_ACK_TTL_S as i64 * 1000,
                 now,
             );
         }
-        Ok((cmds, pl))
+        Ok(Queued { commands, playlist })
     }
 
     async fn lease_and_ack(&self, device: &str) -> StoreResult<(Option<Lease>, bool)> {

@@ -6,6 +6,7 @@
 //! pending screenshot requests, the playlist cache, stats). Key names are those of the original
 //! service (reference §5.2) plus the lease keys.
 
+pub mod keys;
 pub mod memory;
 pub mod outbox;
 pub mod pool;
@@ -138,6 +139,43 @@ pub enum RefreshOutcome {
     },
 }
 
+/// What a release did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// A newer socket owns the device, or this socket's lease was already gone: nothing.
+    Nothing,
+    /// The offline transition: lease dropped, status offline, notice scheduled.
+    Offline,
+    /// The store held an older state (rolled back) whose lease was swept, and announced offline,
+    /// after this socket came online: the device is offline and everyone was told. What is left
+    /// is bringing the database to this socket's epoch (the sweep's older epoch lost to it
+    /// there), without a second `device:status` or notice.
+    AlreadyAnnounced,
+    /// A retried release (`PresenceStore::retire`): the lease is due now, and the sweep
+    /// announces the offline unless a refresh re-asserts a newer epoch first.
+    LeftToSweep,
+}
+
+/// A connecting socket's take of its device's queues (`StateStore::take_queued`).
+#[derive(Clone, Copy, Debug)]
+pub struct TakeQueued<'a> {
+    pub device: &'a str,
+    /// The socket's connection epoch.
+    pub epoch: u64,
+    /// Take the pending playlist too (clients with capabilities).
+    pub playlist: bool,
+    /// Mark this socket as acknowledging deliveries (`device:delivery-ack:{id}`), in the same
+    /// step, if it owns the queue.
+    pub ack_sid: Option<&'a str>,
+}
+
+/// What [`StateStore::take_queued`] took.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Queued {
+    pub commands: Vec<String>,
+    pub playlist: Option<String>,
+}
+
 /// What a heartbeat found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HeartbeatOutcome {
@@ -256,15 +294,28 @@ pub trait PresenceStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<RefreshOutcome>>;
     /// Marks the lease of socket `sid` as reachable (it entered the namespace).
     async fn confirm(&self, device: &str, sid: &str) -> StoreResult<()>;
-    /// Drops the lease if `epoch` still owns it; true when this is the offline transition, whose
-    /// offline notice (due after `notify_delay_ms`) is scheduled in the same atomic step.
+    /// Drops the lease if `epoch` still owns it. The offline transition's notice (due after
+    /// `notify_delay_ms`) is scheduled in the same atomic step.
     async fn release(
         &self,
         device: &str,
         org: &str,
         epoch: u64,
         notify_delay_ms: u64,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<Released>;
+    /// A release retried after it failed: Redis may since have been rolled back to a state in
+    /// which this epoch looks current while a newer socket lives elsewhere, so the retry decides
+    /// nothing itself. The lease (this epoch's, written if Redis lost it or holds an older one)
+    /// is made due now and left to the sweep, whose grace after a rollback lets a newer socket's
+    /// refresh re-assert first. `Nothing` if a newer epoch owns the device or this epoch's lease
+    /// is already gone; `AlreadyAnnounced` as in `release`.
+    async fn retire(
+        &self,
+        device: &str,
+        org: &str,
+        epoch: u64,
+        replica: &str,
+    ) -> StoreResult<Released>;
     /// Removes up to `limit` leases past their deadline, scheduling their offline notices;
     /// nothing while `guard`'s grace runs.
     async fn sweep(
@@ -300,7 +351,6 @@ pub trait StateStore: Send + Sync + 'static {
         max: usize,
         ttl_ms: u64,
     ) -> StoreResult<()>;
-    async fn drain_commands(&self, device: &str) -> StoreResult<Vec<String>>;
     async fn put_screenshot_request(
         &self,
         device: &str,
@@ -322,13 +372,12 @@ pub trait StateStore: Send + Sync + 'static {
     /// Writes and drains nothing when a strictly newer epoch than the socket's owns the device;
     /// an older or missing one counts as the socket's (Redis lost or rolled back state).
     async fn device_heartbeat(&self, hb: &HeartbeatWrite<'_>) -> StoreResult<HeartbeatFound>;
-    /// Queued commands and the pending playlist, both taken, in one round trip (connect); with
-    /// `ack_sid`, `device:delivery-ack:{id}` is set to it in the same round trip.
-    async fn take_pending(
-        &self,
-        device: &str,
-        ack_sid: Option<&str>,
-    ) -> StoreResult<(Vec<String>, Option<String>)>;
+    /// What was queued for the device, taken by a connecting socket in one round trip: the
+    /// commands, oldest first, and the pending playlist if asked. Nothing is taken unless the
+    /// queue is the socket's (as in a heartbeat: no newer epoch owns the device, and its lease is
+    /// not gone while the store holds its epoch), so a take that ran late (after its caller gave
+    /// up) cannot swallow what the device's next socket is owed.
+    async fn take_queued(&self, t: &TakeQueued<'_>) -> StoreResult<Queued>;
     /// The device's lease and whether its socket acknowledges deliveries
     /// (`device:delivery-ack:{id}` names the lease's sid): one round trip.
     async fn lease_and_ack(&self, device: &str) -> StoreResult<(Option<Lease>, bool)>;
@@ -395,36 +444,36 @@ pub trait StateStore: Send + Sync + 'static {
 pub const REPLICAS_LOAD_KEY: &str = "replicas:load";
 
 pub fn pending_playlist_key(device: &str) -> String {
-    format!("device:pending-playlist:{device}")
+    keys::SINGLE.pending_playlist(device)
 }
 pub fn delivery_ack_key(device: &str) -> String {
-    format!("device:delivery-ack:{device}")
+    keys::SINGLE.delivery_ack(device)
 }
 /// Lifetime of `device:delivery-ack:{id}`, renewed by every heartbeat of such a socket.
 pub const DELIVERY_ACK_TTL_S: u64 = 3_600;
 pub fn token_marker_key(device: &str) -> String {
-    format!("device:token:current:{device}")
+    keys::SINGLE.token_marker(device)
 }
 pub fn token_grace_key(device: &str) -> String {
-    format!("device:token:grace:{device}")
+    keys::SINGLE.token_grace(device)
 }
 pub fn token_cooldown_key(device: &str) -> String {
-    format!("device:token:refresh-cooldown:{device}")
+    keys::SINGLE.token_cooldown(device)
 }
 /// The set of organisations suspended through `POST /api/internal/tenant-entitlement`.
 pub const SUSPENDED_ORGS_KEY: &str = "tenant:suspended";
 
 pub fn status_key(device: &str) -> String {
-    format!("device:status:{device}")
+    keys::SINGLE.status(device)
 }
 pub fn commands_key(device: &str) -> String {
-    format!("device:commands:{device}")
+    keys::SINGLE.commands(device)
 }
 pub fn playlist_key(device: &str) -> String {
-    format!("playlist:{device}")
+    keys::SINGLE.playlist(device)
 }
 pub fn screenshot_key(device: &str, request_id: &str) -> String {
-    format!("screenshot:pending:{device}:{request_id}")
+    keys::SINGLE.screenshot(device, request_id)
 }
 
 /// Wall-clock milliseconds (the unit of every timestamp in Redis values), as tokio sees them:

@@ -7,13 +7,20 @@
 //! for a replica that stopped draining (killed, or stuck) are claimed by another replica once they
 //! have been idle for a while. Delivery is therefore at least once; the row id minted at
 //! acceptance makes the database write idempotent, so every entry is stored exactly once.
+//!
+//! On a Redis Cluster the stream is sharded like the presence sets (`store::keys`): an
+//! impression goes to its device's shard's stream `{vz:NNN}impressions:outbox`, in the same slot
+//! as its per-device counter, and the drain covers every shard. An entry's id then names its
+//! shard (`NNN/<stream id>`), so an acknowledgement finds its stream.
 
 use std::time::Duration;
 
+use super::keys::Keyspace;
 use super::pool::{Conn, Pool};
 use ::redis::Value;
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
+use futures_util::future::try_join_all;
 use serde::{Deserialize, Serialize};
 
 use super::redis::timed;
@@ -23,6 +30,8 @@ pub const OUTBOX_KEY: &str = "impressions:outbox";
 pub const OUTBOX_GROUP: &str = "writers";
 /// Field of each stream entry holding the row as JSON.
 const FIELD: &str = "row";
+/// One drain step on one stream (see the script's header).
+const CLAIM: &str = include_str!("lua/claim_outbox.lua");
 
 /// One accepted impression as the outbox keeps it (a stream entry's `row` field, as JSON). The
 /// outbox's own type, so the stream's format changes only here; the impression drain turns it
@@ -111,11 +120,46 @@ return removed
 /// The Redis stream outbox, on the stores' connection pool.
 pub struct RedisOutbox {
     pool: Pool,
+    keys: Keyspace,
+    /// [`CLAIM`] and [`FORGET_IDLE`], hashed once.
+    claim: ::redis::Script,
+    forget_idle: ::redis::Script,
 }
 
 impl RedisOutbox {
-    pub fn new(pool: Pool) -> RedisOutbox {
-        RedisOutbox { pool }
+    /// `keys`: the stores' keyspace (one stream, or one per shard on a cluster).
+    pub fn new(pool: Pool, keys: Keyspace) -> RedisOutbox {
+        RedisOutbox {
+            pool,
+            keys,
+            claim: ::redis::Script::new(CLAIM),
+            forget_idle: ::redis::Script::new(FORGET_IDLE),
+        }
+    }
+
+    /// The stream of `shard`.
+    fn stream(&self, shard: u16) -> String {
+        self.keys.prefix(shard).outbox()
+    }
+
+    /// The outbox id of stream entry `id` of `shard`.
+    fn entry_id(&self, shard: u16, id: String) -> String {
+        match self.keys {
+            Keyspace::Single => id,
+            Keyspace::Sharded => format!("{shard:03}/{id}"),
+        }
+    }
+
+    /// The shard and stream id an outbox id names (`None`: not one of ours).
+    fn parse_entry<'a>(&self, entry: &'a str) -> Option<(u16, &'a str)> {
+        match self.keys {
+            Keyspace::Single => Some((0, entry)),
+            Keyspace::Sharded => {
+                let (shard, id) = entry.split_once('/')?;
+                let shard: u16 = shard.parse().ok()?;
+                self.keys.shards().contains(&shard).then_some((shard, id))
+            }
+        }
     }
 
     /// One of the stores' shared connections; every outbox command goes through it.
@@ -133,73 +177,30 @@ impl RedisOutbox {
         timed(p.query_async(&mut c)).await
     }
 
-    /// Creates the group (and the stream) unless it exists; needed at start and after a Redis
-    /// that lost its data.
-    async fn ensure_group(&self) -> StoreResult<()> {
-        let r: StoreResult<String> = self
-            .query(
-                ::redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(OUTBOX_KEY)
-                    .arg(OUTBOX_GROUP)
-                    .arg("0")
-                    .arg("MKSTREAM"),
-            )
-            .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if e.redis_code() == Some("BUSYGROUP") => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn read_group(&self, consumer: &str, limit: usize, from: &str) -> StoreResult<Value> {
-        self.query(
-            ::redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(OUTBOX_GROUP)
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(limit)
-                .arg("STREAMS")
-                .arg(OUTBOX_KEY)
-                .arg(from),
-        )
-        .await
-    }
-
-    async fn claim_once(
+    /// [`ImpressionOutbox::claim`] on one shard's stream: one script, one round trip
+    /// (`lua/claim_outbox.lua`, which also recreates a vanished group).
+    async fn claim_shard(
         &self,
+        shard: u16,
         consumer: &str,
         limit: usize,
         stale: Duration,
     ) -> StoreResult<Vec<Claimed>> {
-        let own = entries_of_read(&self.read_group(consumer, limit, "0").await?);
-        if !own.is_empty() {
-            return Ok(own);
-        }
-        let auto: Value = self
-            .query(
-                ::redis::cmd("XAUTOCLAIM")
-                    .arg(OUTBOX_KEY)
-                    .arg(OUTBOX_GROUP)
-                    .arg(consumer)
-                    .arg(stale.as_millis() as u64)
-                    .arg("0-0")
-                    .arg("COUNT")
-                    .arg(limit),
-            )
-            .await?;
-        let stolen = match &auto {
-            Value::Array(parts) => parts.get(1).map(entries).unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        if !stolen.is_empty() {
-            return Ok(stolen);
-        }
-        Ok(entries_of_read(
-            &self.read_group(consumer, limit, ">").await?,
-        ))
+        let mut inv = self.claim.prepare_invoke();
+        inv.key(self.stream(shard))
+            .arg(OUTBOX_GROUP)
+            .arg(consumer)
+            .arg(limit)
+            .arg(stale.as_millis() as u64);
+        let mut c = self.conn().await?;
+        let claimed: Value = timed(inv.invoke_async(&mut c)).await?;
+        Ok(entries(&claimed)
+            .into_iter()
+            .map(|c| Claimed {
+                entry: self.entry_id(shard, c.entry),
+                row: c.row,
+            })
+            .collect())
     }
 }
 
@@ -238,31 +239,16 @@ fn entries(v: &Value) -> Vec<Claimed> {
         .collect()
 }
 
-/// XREADGROUP's reply: `[[stream, entries]]` (RESP2) or `{stream: entries}` (RESP3); nil if none.
-fn entries_of_read(v: &Value) -> Vec<Claimed> {
-    match v {
-        Value::Array(streams) => streams
-            .iter()
-            .filter_map(|s| match s {
-                Value::Array(pair) => pair.get(1).map(entries),
-                _ => None,
-            })
-            .flatten()
-            .collect(),
-        Value::Map(streams) => streams.iter().flat_map(|(_, e)| entries(e)).collect(),
-        _ => Vec::new(),
-    }
-}
-
 #[async_trait]
 impl ImpressionOutbox for RedisOutbox {
     async fn append(&self, row: &OutboxImpression, date: &str) -> OutboxResult<()> {
         let json = serde_json::to_string(row).map_err(StoreError::from)?;
-        let stats = format!("stats:device:{}:impressions:{date}", row.device_id);
+        let keys = self.keys.of(&row.device_id);
+        let stats = keys.impressions(&row.device_id, date);
         let mut p = ::redis::pipe();
         p.atomic()
             .cmd("XADD")
-            .arg(OUTBOX_KEY)
+            .arg(keys.outbox())
             .arg("*")
             .arg(FIELD)
             .arg(json)
@@ -283,44 +269,70 @@ impl ImpressionOutbox for RedisOutbox {
         limit: usize,
         stale: Duration,
     ) -> OutboxResult<Vec<Claimed>> {
-        match self.claim_once(consumer, limit, stale).await {
-            Err(e) if e.redis_code() == Some("NOGROUP") => {
-                self.ensure_group().await?;
-                Ok(self.claim_once(consumer, limit, stale).await?)
-            }
-            other => Ok(other?),
-        }
+        // Every shard at once on a cluster; each may hand out up to `limit` (what is not written
+        // this round stays pending for this consumer and comes back first next round).
+        let claimed = try_join_all(
+            self.keys
+                .shards()
+                .map(|shard| self.claim_shard(shard, consumer, limit, stale)),
+        )
+        .await?;
+        Ok(claimed.into_iter().flatten().collect())
     }
 
     async fn ack(&self, ids: &[String]) -> OutboxResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut p = ::redis::pipe();
-        p.atomic()
-            .cmd("XACK")
-            .arg(OUTBOX_KEY)
-            .arg(OUTBOX_GROUP)
-            .arg(ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(OUTBOX_KEY)
-            .arg(ids)
-            .ignore();
-        Ok(self.pipeline::<()>(&p).await?)
+        let mut by_shard: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
+        for e in ids {
+            // An id that names no shard was never handed out by this outbox: nothing to forget.
+            if let Some((shard, id)) = self.parse_entry(e) {
+                by_shard.entry(shard).or_default().push(id);
+            }
+        }
+        try_join_all(by_shard.into_iter().map(|(shard, ids)| {
+            let stream = self.stream(shard);
+            let mut p = ::redis::pipe();
+            p.atomic()
+                .cmd("XACK")
+                .arg(&stream)
+                .arg(OUTBOX_GROUP)
+                .arg(&ids)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&stream)
+                .arg(&ids)
+                .ignore();
+            async move { self.pipeline::<()>(&p).await }
+        }))
+        .await?;
+        Ok(())
     }
 
     async fn backlog(&self) -> OutboxResult<u64> {
-        Ok(self.query(::redis::cmd("XLEN").arg(OUTBOX_KEY)).await?)
+        let lens = try_join_all(self.keys.shards().map(|shard| {
+            let mut c = ::redis::cmd("XLEN");
+            c.arg(self.stream(shard));
+            async move { self.query::<u64>(&c).await }
+        }))
+        .await?;
+        Ok(lens.into_iter().sum())
     }
 
     async fn forget_idle_readers(&self, idle: Duration) -> OutboxResult<u64> {
-        let script = ::redis::Script::new(FORGET_IDLE);
-        let mut inv = script.prepare_invoke();
-        inv.key(OUTBOX_KEY)
-            .arg(OUTBOX_GROUP)
-            .arg(idle.as_millis() as u64);
-        let mut c = self.conn().await?;
-        Ok(timed(inv.invoke_async(&mut c)).await?)
+        let forgotten = try_join_all(self.keys.shards().map(|shard| {
+            let mut inv = self.forget_idle.prepare_invoke();
+            inv.key(self.stream(shard))
+                .arg(OUTBOX_GROUP)
+                .arg(idle.as_millis() as u64);
+            async move {
+                let mut c = self.conn().await?;
+                timed(inv.invoke_async::<u64>(&mut c)).await
+            }
+        }))
+        .await?;
+        // A consumer is one replica, named in every shard's group: count it once.
+        Ok(forgotten.into_iter().max().unwrap_or(0))
     }
 }

@@ -7,6 +7,13 @@
 //! supervisor task replaces it when it breaks, answers `READONLY`, or `ROLE` says replica,
 //! then subscribes every channel again. Publishing is best effort, so an outage or a failover
 //! degrades to "local delivery only" and heals by itself.
+//!
+//! On a Redis Cluster the driver uses sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7) through
+//! one redis-rs cluster connection, which subscribes each channel on the primary of its slot and
+//! subscribes again by itself after a node reconnects or the slot map changes. What the driver
+//! adds is the same signal as above: after a node's connection dropped and every primary answers
+//! again, [`ResilientDriver::reconnects`] changes, so the state carried by messages lost
+//! meanwhile is re-sent.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,6 +22,8 @@ use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncConnectionConfig, FromRedisValue, PushInfo, PushKind, RedisError};
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{Notify, mpsc, watch};
@@ -38,7 +47,93 @@ const PUBLISH_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct ResilientDriver {
-    inner: Arc<Inner>,
+    bus: Bus,
+}
+
+/// One primary (reached through the target), or a Redis Cluster.
+#[derive(Clone)]
+enum Bus {
+    Node(Arc<Inner>),
+    Cluster(Arc<ClusterBus>),
+}
+
+/// Sharded pub/sub on a Redis Cluster.
+struct ClusterBus {
+    client: redis::cluster::ClusterClient,
+    /// The connection in use; replaced after a node was lost (see [`keep_resynced`]).
+    conn: RwLock<ClusterConnection>,
+    handlers: Handlers,
+    /// Woken by a node connection's disconnection push (of the connection in use only).
+    lost: Arc<Notify>,
+    /// Which connection is in use: pushes from a replaced one are ignored.
+    generation: Arc<AtomicU64>,
+    reconnects: watch::Sender<u64>,
+}
+
+impl ClusterBus {
+    fn conn(&self) -> ClusterConnection {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A cluster connection whose pushes go to the adapter's handlers.
+    async fn connect(
+        client: &redis::cluster::ClusterClient,
+        handlers: &Handlers,
+        lost: &Arc<Notify>,
+        generation: &Arc<AtomicU64>,
+        mine: u64,
+    ) -> Result<ClusterConnection, RedisError> {
+        let (h, l, g) = (handlers.clone(), lost.clone(), generation.clone());
+        let cfg = redis::cluster::ClusterConfig::new().set_push_sender(move |msg: PushInfo| {
+            let current = g.load(Ordering::SeqCst) == mine;
+            if msg.kind == PushKind::Disconnection {
+                if current {
+                    l.notify_one();
+                }
+            } else if msg.kind == PushKind::SUnsubscribe {
+                // A channel we still hold was unsubscribed by the server: its slot moved to
+                // another primary (a reshard). Subscribe everything again on a new connection.
+                let held = msg
+                    .data
+                    .first()
+                    .and_then(|c| String::from_redis_value(c.clone()).ok())
+                    .is_some_and(|c| h.read().unwrap_or_else(|p| p.into_inner()).contains_key(&c));
+                if current && held {
+                    l.notify_one();
+                }
+            } else {
+                route(msg, &h);
+            }
+            Ok::<(), Infallible>(())
+        });
+        client.get_async_connection_with_config(cfg).await
+    }
+
+    /// A new connection with every channel subscribed, answering `PING` on every primary, in
+    /// place of the one in use.
+    async fn renew(&self) -> Result<(), RedisError> {
+        let next = self.generation.load(Ordering::SeqCst) + 1;
+        let mut conn = Self::connect(
+            &self.client,
+            &self.handlers,
+            &self.lost,
+            &self.generation,
+            next,
+        )
+        .await?;
+        // In use first, then the channels are read (as in `Inner::connect`). The old
+        // connection's disconnection pushes (it closes when its last handle goes) are not a loss
+        // any more.
+        self.generation.store(next, Ordering::SeqCst);
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = conn.clone();
+        for chan in channels(&self.handlers) {
+            conn.ssubscribe(&chan).await?;
+        }
+        redis::cmd("PING")
+            .query_async::<redis::Value>(&mut conn)
+            .await?;
+        Ok(())
+    }
 }
 
 struct Inner {
@@ -61,6 +156,16 @@ struct Inner {
     reconnects: watch::Sender<u64>,
 }
 
+/// Every channel the adapter and the relay hold.
+fn channels(handlers: &Handlers) -> Vec<String> {
+    handlers
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect()
+}
+
 fn route(msg: PushInfo, handlers: &Handlers) {
     if !matches!(msg.kind, PushKind::Message | PushKind::SMessage) || msg.data.len() < 2 {
         return;
@@ -77,11 +182,42 @@ fn route(msg: PushInfo, handlers: &Handlers) {
     if let Some(tx) = map.get(&chan)
         && tx.try_send((chan, payload)).is_err()
     {
-        tracing::warn!("Adapter channel full; a cluster message was dropped.");
+        // The adapter's buffer (`app::ADAPTER_STREAM_BUFFER`) was outrun: a burst arrived while
+        // its reader was starved. One line per thousand drops, not one per message.
+        let n = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % 1000 == 1 {
+            tracing::warn!(
+                dropped_so_far = n,
+                "Adapter channel full; a cluster message was dropped."
+            );
+        }
     }
 }
 
+/// Cross-replica messages dropped on a full adapter channel in this process (one gateway per
+/// process in production): the log above and `vizora_gateway_adapter_messages_dropped_total`.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How many cross-replica messages this process dropped because the adapter's receive buffer
+/// was full. Each may be a `device:status` a dashboard never saw.
+pub fn adapter_messages_dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
 impl Inner {
+    fn new(target: Arc<RedisTarget>) -> Inner {
+        Inner {
+            target,
+            handlers: Arc::default(),
+            conn: watch::channel(None).0,
+            current: AtomicU64::new(0),
+            broken: AtomicU64::new(0),
+            lost: Notify::new(),
+            kick: Notify::new(),
+            reconnects: watch::channel(0).0,
+        }
+    }
+
     fn current_conn(&self) -> Option<(u64, MultiplexedConnection)> {
         self.conn.borrow().clone()
     }
@@ -123,13 +259,7 @@ impl Inner {
         // Published first, then the channels are read: a subscribe() racing with us either sees
         // this connection (and subscribes itself) or had its channel in the map already.
         self.set_conn(Some((id, conn.clone())));
-        let channels: Vec<String> = self
-            .handlers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let channels = channels(&self.handlers);
         if !channels.is_empty() {
             conn.subscribe(&channels).await?;
         }
@@ -205,40 +335,124 @@ async fn keep_connected(me: Weak<Inner>) {
     }
 }
 
+/// After a cluster node's connection dropped (a node died, restarted or was failed over), or a
+/// channel's slot moved away (the server unsubscribed it):
+/// replaces the connection with a new one, subscribed to every channel, once the cluster
+/// answers on every primary again, then reports a reconnect so the state carried by messages
+/// lost meanwhile is re-sent.
+///
+/// redis-rs repairs node connections and renews subscriptions by itself, but a connection that
+/// lost a primary was seen to stay stuck after the replica's promotion (every request timing
+/// out); a new connection learns the promoted node from the slot map at once.
+async fn keep_resynced(bus: Weak<ClusterBus>, stop: CancellationToken) {
+    let Some(lost) = bus.upgrade().map(|b| b.lost.clone()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = lost.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return,
+            }
+            let Some(bus) = bus.upgrade() else { return };
+            match bus.renew().await {
+                Ok(()) => {
+                    tracing::info!("Adapter reconnected to the Redis Cluster.");
+                    bus.reconnects.send_modify(|n| *n += 1);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "Adapter reconnect to the Redis Cluster failed; retrying.");
+                }
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
 impl ResilientDriver {
     /// Connects once (the caller retries), then keeps reconnecting in a task on `tasks`.
     pub async fn new(target: Arc<RedisTarget>, tasks: &Tasks) -> Result<Self, RedisError> {
-        let inner = Arc::new(Inner {
-            target,
-            handlers: Arc::default(),
-            conn: watch::channel(None).0,
-            current: AtomicU64::new(0),
-            broken: AtomicU64::new(0),
-            lost: Notify::new(),
-            kick: Notify::new(),
-            reconnects: watch::channel(0).0,
-        });
+        if let Some(client) = target.cluster_client() {
+            let handlers: Handlers = Arc::default();
+            let lost = Arc::new(Notify::new());
+            let generation = Arc::new(AtomicU64::new(0));
+            let conn = ClusterBus::connect(client, &handlers, &lost, &generation, 0).await?;
+            let bus = Arc::new(ClusterBus {
+                client: client.clone(),
+                conn: RwLock::new(conn),
+                handlers,
+                lost,
+                generation,
+                reconnects: watch::channel(0).0,
+            });
+            tasks.spawn(keep_resynced(Arc::downgrade(&bus), tasks.stop_token()));
+            return Ok(ResilientDriver {
+                bus: Bus::Cluster(bus),
+            });
+        }
+        let inner = Arc::new(Inner::new(target));
         inner.connect().await?;
         tasks.spawn(supervise(Arc::downgrade(&inner), tasks.stop_token()));
-        Ok(ResilientDriver { inner })
+        Ok(ResilientDriver {
+            bus: Bus::Node(inner),
+        })
     }
 
     /// Changes after every reconnect (and resubscribe) that followed a lost connection.
     pub fn reconnects(&self) -> watch::Receiver<u64> {
-        self.inner.reconnects.subscribe()
+        match &self.bus {
+            Bus::Node(inner) => inner.reconnects.subscribe(),
+            Bus::Cluster(bus) => bus.reconnects.subscribe(),
+        }
     }
 
-    fn conn(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
-        self.inner.current_conn().ok_or_else(reconnecting)
+    /// PUBLISH, answering how many subscribers received the message (the relay's requests need
+    /// to know: zero means the replica addressed is gone).
+    pub async fn publish_counted(&self, chan: String, val: Vec<u8>) -> Result<u64, RedisError> {
+        match &self.bus {
+            Bus::Node(inner) => {
+                let (id, mut c) = inner.conn_soon().await?;
+                redis::cmd("PUBLISH")
+                    .arg(chan)
+                    .arg(val)
+                    .query_async::<u64>(&mut c)
+                    .await
+                    .inspect_err(|e| inner.failed(id, e))
+            }
+            // Every replica subscribes its channels on the primary of the channel's slot, so
+            // the count SPUBLISH answers is the cluster-wide one.
+            Bus::Cluster(bus) => {
+                redis::cmd("SPUBLISH")
+                    .arg(chan)
+                    .arg(val)
+                    .query_async::<u64>(&mut bus.conn())
+                    .await
+            }
+        }
     }
 
+    fn handlers(&self) -> &Handlers {
+        match &self.bus {
+            Bus::Node(inner) => &inner.handlers,
+            Bus::Cluster(bus) => &bus.handlers,
+        }
+    }
+}
+
+impl Inner {
     /// The connection, waiting up to [`PUBLISH_WAIT`] for a reconnect in progress.
     async fn conn_soon(&self) -> Result<(u64, MultiplexedConnection), RedisError> {
-        if let Some(c) = self.inner.current_conn() {
+        if let Some(c) = self.current_conn() {
             return Ok(c);
         }
-        self.inner.kick.notify_one();
-        let mut rx = self.inner.conn.subscribe();
+        self.kick.notify_one();
+        let mut rx = self.conn.subscribe();
         match tokio::time::timeout(PUBLISH_WAIT, rx.wait_for(Option::is_some)).await {
             Ok(Ok(c)) => c.clone().ok_or_else(reconnecting),
             _ => Err(reconnecting()),
@@ -249,24 +463,10 @@ impl ResilientDriver {
     /// rather than at the next role check.
     fn failed(&self, id: u64, e: &RedisError) {
         if target::is_not_primary(e) {
-            self.inner.target.primary_lost();
+            self.target.primary_lost();
         } else if target::is_broken(e) {
-            self.inner.report_broken(id);
+            self.report_broken(id);
         }
-    }
-}
-
-impl ResilientDriver {
-    /// PUBLISH, answering how many subscribers received the message (the relay's requests need
-    /// to know: zero means the replica addressed is gone).
-    pub async fn publish_counted(&self, chan: String, val: Vec<u8>) -> Result<u64, RedisError> {
-        let (id, mut c) = self.conn_soon().await?;
-        redis::cmd("PUBLISH")
-            .arg(chan)
-            .arg(val)
-            .query_async::<u64>(&mut c)
-            .await
-            .inspect_err(|e| self.failed(id, e))
     }
 }
 
@@ -296,45 +496,64 @@ impl Driver for ResilientDriver {
         size: usize,
     ) -> Result<MessageStream<ChanItem>, Self::Error> {
         let (tx, rx) = mpsc::channel(size);
-        self.inner
-            .handlers
+        self.handlers()
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(chan.clone(), tx);
-        // Without a connection the supervisor subscribes the channel when it reconnects.
-        if let Some((id, mut c)) = self.inner.current_conn()
-            && let Err(e) = c.subscribe(&chan).await
-        {
-            self.failed(id, &e);
-            return Err(e);
+        match &self.bus {
+            // Without a connection the supervisor subscribes the channel when it reconnects.
+            Bus::Node(inner) => {
+                if let Some((id, mut c)) = inner.current_conn()
+                    && let Err(e) = c.subscribe(&chan).await
+                {
+                    inner.failed(id, &e);
+                    return Err(e);
+                }
+            }
+            // redis-rs keeps the subscription and renews it after a node reconnects; a slot
+            // move is renewed by `keep_resynced`.
+            Bus::Cluster(bus) => bus.conn().ssubscribe(&chan).await?,
         }
         Ok(MessageStream::new(rx))
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
-        self.inner
-            .handlers
+        self.handlers()
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&chan);
-        match self.inner.current_conn() {
-            Some((_, mut c)) => c.unsubscribe(chan).await,
-            None => Ok(()),
+        match &self.bus {
+            Bus::Node(inner) => match inner.current_conn() {
+                Some((_, mut c)) => c.unsubscribe(chan).await,
+                None => Ok(()),
+            },
+            Bus::Cluster(bus) => bus.conn().sunsubscribe(chan).await,
         }
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
-        let (id, mut c) = self.conn()?;
-        let res = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(chan)
-            .query_async::<(String, u16)>(&mut c)
-            .await;
-        match res {
-            Ok((_, count)) => Ok(count),
-            Err(e) => {
-                self.failed(id, &e);
-                Err(e)
+        match &self.bus {
+            Bus::Node(inner) => {
+                let (id, mut c) = inner.current_conn().ok_or_else(reconnecting)?;
+                let res = redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(chan)
+                    .query_async::<(String, u16)>(&mut c)
+                    .await;
+                res.map(|(_, count)| count)
+                    .inspect_err(|e| inner.failed(id, e))
+            }
+            // Asked of the primary that holds the channel's slot (redis-rs would ask every node
+            // and merge the answers).
+            Bus::Cluster(bus) => {
+                let mut cmd = redis::cmd("PUBSUB");
+                cmd.arg("SHARDNUMSUB").arg(chan);
+                let at = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(chan, SlotAddr::Master),
+                ));
+                let v = bus.conn().route_command(cmd, at).await?;
+                let (_, count): (String, u16) = redis::FromRedisValue::from_redis_value(v)?;
+                Ok(count)
             }
         }
     }
@@ -342,4 +561,44 @@ impl Driver for ResilientDriver {
 
 fn reconnecting() -> RedisError {
     RedisError::from((redis::ErrorKind::Io, "reconnecting to the Redis primary"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn message(chan: &str) -> PushInfo {
+        PushInfo {
+            kind: PushKind::SMessage,
+            data: vec![
+                redis::Value::BulkString(chan.as_bytes().to_vec()),
+                redis::Value::BulkString(b"payload".to_vec()),
+            ],
+        }
+    }
+
+    /// Pub/sub cannot push back: a message that finds the adapter's channel full is dropped,
+    /// not queued without bound, and the drop is counted for the metric.
+    #[test]
+    fn a_message_that_finds_the_adapter_channel_full_is_dropped_and_counted() {
+        let handlers: Handlers = Arc::default();
+        let (tx, mut rx) = mpsc::channel(1);
+        handlers.write().unwrap().insert("c".into(), tx);
+        let before = adapter_messages_dropped();
+        route(message("c"), &handlers);
+        assert_eq!(adapter_messages_dropped(), before, "a free slot takes it");
+        route(message("c"), &handlers);
+        route(message("other"), &handlers);
+        assert_eq!(
+            adapter_messages_dropped() - before,
+            1,
+            "the full channel drops one; a channel nobody holds is not a drop"
+        );
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            ("c".to_string(), b"payload".to_vec())
+        );
+        assert!(rx.try_recv().is_err());
+    }
 }

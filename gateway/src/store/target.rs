@@ -5,6 +5,9 @@
 //!   connection reaches the new primary (the name is resolved again on each connect).
 //! - Sentinel: the Sentinels are asked for the current primary on every new connection, and
 //!   redis-rs checks that the node it names says `ROLE master` before handing it out.
+//! - `REDIS_CLUSTER_NODES`: a Redis Cluster. There is no single primary: redis-rs's cluster
+//!   client learns the slot map from the seeds and follows MOVED/ASK and failovers; the stores
+//!   then use a sharded keyspace ([`Keyspace::Sharded`]).
 //!
 //! A node that answers `READONLY` (a primary demoted to replica while our connection stayed
 //! open) or `ROLE slave` is not the primary any more: [`RedisTarget::primary_lost`] bumps a
@@ -20,7 +23,8 @@ use redis::{
 };
 use tokio::sync::{Mutex, watch};
 
-use crate::config::{RedisConfig, RedisTls, SentinelConfig};
+use super::keys::Keyspace;
+use crate::config::{ClusterConfig, RedisConfig, RedisTls, SentinelConfig};
 
 /// Bound on connecting (and on asking the Sentinels), so an outage fails fast.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,6 +34,9 @@ enum Source {
     /// redis-rs's client keeps per-Sentinel connections, hence `&mut` and the lock; lookups are
     /// rare (new connections only).
     Sentinel(Mutex<SentinelClient>),
+    /// A Redis Cluster: redis-rs's cluster client follows the slot map, MOVED/ASK and failovers
+    /// itself, so there is no "current primary" to look up.
+    Cluster(redis::cluster::ClusterClient),
 }
 
 pub struct RedisTarget {
@@ -99,6 +106,7 @@ impl RedisTarget {
                 Source::Fixed(redis::Client::open(info)?)
             }
             RedisConfig::Sentinel(s) => Source::Sentinel(Mutex::new(sentinel_client(s)?)),
+            RedisConfig::Cluster(c) => Source::Cluster(cluster_client(c)?),
         };
         let (changed, _) = watch::channel(0);
         Ok(RedisTarget {
@@ -111,6 +119,22 @@ impl RedisTarget {
 
     pub fn describe(&self) -> &str {
         &self.describe
+    }
+
+    /// How the stores name their keys on this deployment.
+    pub fn keyspace(&self) -> Keyspace {
+        match self.source {
+            Source::Cluster(_) => Keyspace::Sharded,
+            _ => Keyspace::Single,
+        }
+    }
+
+    /// The cluster client, on a Redis Cluster.
+    pub fn cluster_client(&self) -> Option<&redis::cluster::ClusterClient> {
+        match &self.source {
+            Source::Cluster(c) => Some(c),
+            _ => None,
+        }
     }
 
     /// A client for the current primary (Sentinel: asks the Sentinels now).
@@ -127,6 +151,10 @@ impl RedisTarget {
                     ))),
                 }
             }
+            Source::Cluster(_) => Err(RedisError::from((
+                ErrorKind::Client,
+                "a Redis Cluster has no single primary",
+            ))),
         }
     }
 
@@ -184,6 +212,56 @@ impl RedisTarget {
 /// 40 ms by the peer): 6 ms of a heartbeat's Redis step at 5,000 heartbeats/s in the benchmark.
 fn tcp_settings() -> redis::io::tcp::TcpSettings {
     redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
+/// Bounds for every cluster request: a frozen node fails its callers fast (the stores' own
+/// timeout stays the outer bound), and a node that went away is retried a few times while its
+/// replica is promoted (`cluster-node-timeout` plus the election: a few seconds).
+fn cluster_client(c: &ClusterConfig) -> RedisResult<redis::cluster::ClusterClient> {
+    let scheme = match c.tls {
+        RedisTls::Off => "redis",
+        RedisTls::Verify | RedisTls::Insecure => "rediss",
+    };
+    let fragment = if c.tls == RedisTls::Insecure {
+        tracing::warn!(
+            "REDIS_CLUSTER_TLS=insecure: TLS to the cluster nodes WITHOUT certificate verification."
+        );
+        "#insecure"
+    } else {
+        ""
+    };
+    let seeds: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|(h, p)| {
+            let host = if h.contains(':') {
+                format!("[{h}]")
+            } else {
+                h.clone()
+            };
+            format!("{scheme}://{host}:{p}/{fragment}")
+        })
+        .collect();
+    let mut b = redis::cluster::ClusterClientBuilder::new(seeds)
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .tcp_settings(tcp_settings())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(CONNECT_TIMEOUT)
+        .retries(6)
+        .min_retry_wait(50)
+        .max_retry_wait(500);
+    match c.tls {
+        RedisTls::Off => {}
+        RedisTls::Verify => b = b.tls(redis::TlsMode::Secure),
+        RedisTls::Insecure => b = b.tls(redis::TlsMode::Insecure),
+    }
+    if let Some(u) = &c.username {
+        b = b.username(u);
+    }
+    if let Some(p) = &c.password {
+        b = b.password(p);
+    }
+    b.build()
 }
 
 fn sentinel_client(s: &SentinelConfig) -> RedisResult<SentinelClient> {

@@ -128,12 +128,16 @@ DEVICE_JWT_SECRET JWT_SECRET INTERNAL_API_SECRET DATABASE_URL
 {{- end }}
 
 {{/* Whether the secret variable `.env` is passed to the gateway: REDIS_URL only without
-     Sentinel, the Sentinel credentials only with it (the gateway refuses the other mix), and
-     none that extraEnv sets itself (its entry, e.g. a valueFrom of another Secret, wins). */}}
+     Sentinel or Cluster, the data nodes' credentials (REDIS_USERNAME, REDIS_PASSWORD) only with
+     one of them, the Sentinel credentials only with Sentinel (the gateway refuses any other
+     mix), and none that extraEnv sets itself (its entry, e.g. a valueFrom of another Secret,
+     wins). */}}
 {{- define "vizora-gateway.secretApplies" -}}
 {{- $sentinel := not (empty .root.Values.config.redisSentinels) }}
+{{- $cluster := not (empty .root.Values.redis.clusterNodes) }}
 {{- if hasKey (.root.Values.extraEnv | default dict) .env }}
-{{- else if eq .env "REDIS_URL" }}{{ if not $sentinel }}true{{ end }}
+{{- else if eq .env "REDIS_URL" }}{{ if not (or $sentinel $cluster) }}true{{ end }}
+{{- else if has .env (list "REDIS_USERNAME" "REDIS_PASSWORD") }}{{ if or $sentinel $cluster }}true{{ end }}
 {{- else if hasPrefix "REDIS_" .env }}{{ if $sentinel }}true{{ end }}
 {{- else }}true
 {{- end }}
@@ -166,7 +170,7 @@ DEVICE_JWT_SECRET JWT_SECRET INTERNAL_API_SECRET DATABASE_URL
 {{- $value := index $.Values.secrets $key }}
 {{- if has $env $required }}
 {{ $env }}: {{ required (printf "secrets.%s is required (or set existingSecret)" $key) $value | b64enc | quote }}
-{{- else if and $value (or (ne $env "REDIS_URL") (not $.Values.config.redisSentinels)) }}
+{{- else if and $value (or (ne $env "REDIS_URL") (not (or $.Values.config.redisSentinels $.Values.redis.clusterNodes))) }}
 {{ $env }}: {{ $value | b64enc | quote }}
 {{- end }}
 {{- end }}
@@ -243,10 +247,22 @@ DEVICE_JWT_SECRET JWT_SECRET INTERNAL_API_SECRET DATABASE_URL
 {{- if and .Values.autoscaling.enabled .Values.autoscaling.targetSocketsPerPod (gt (int .Values.autoscaling.targetSocketsPerPod) (int $c.maxConnections)) }}
 {{- fail (printf "autoscaling.targetSocketsPerPod=%v is above config.maxConnections=%v: the HPA would never see it" .Values.autoscaling.targetSocketsPerPod $c.maxConnections) }}
 {{- end }}
+{{- $cluster := .Values.redis.clusterNodes }}
+{{- if and $cluster $c.redisSentinels }}
+{{- fail "redis.clusterNodes and config.redisSentinels are both set: the gateway uses one Redis (REDIS_CLUSTER_NODES for a Redis Cluster, or REDIS_SENTINELS for Sentinel); set only one of them" }}
+{{- end }}
+{{- if and (not $cluster) (ne (toString .Values.redis.clusterTls) "false") }}
+{{- fail (printf "redis.clusterTls=%v is only used with redis.clusterNodes" .Values.redis.clusterTls) }}
+{{- end }}
 {{- if not $c.redisSentinels }}
 {{- range $key := list "redisUsername" "redisPassword" "redisSentinelUsername" "redisSentinelPassword" }}
-{{- if index $.Values.secrets $key }}
-{{- fail (printf "secrets.%s is only used with config.redisSentinels; with REDIS_URL put the credentials in secrets.redisUrl" $key) }}
+{{- $dataNodes := has $key (list "redisUsername" "redisPassword") }}
+{{- if and (index $.Values.secrets $key) (not (and $dataNodes $cluster)) }}
+{{- if $cluster }}
+{{- fail (printf "secrets.%s is only used with config.redisSentinels; a Redis Cluster takes secrets.redisUsername and secrets.redisPassword" $key) }}
+{{- else }}
+{{- fail (printf "secrets.%s is only used with config.redisSentinels%s; with REDIS_URL put the credentials in secrets.redisUrl" $key (ternary " or redis.clusterNodes" "" $dataNodes)) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -254,6 +270,9 @@ DEVICE_JWT_SECRET JWT_SECRET INTERNAL_API_SECRET DATABASE_URL
        the probes depend on them). */}}
 {{- $managed := (include (print $.Template.BasePath "/configmap.yaml") . | fromYaml).data | default dict }}
 {{- range $name, $_ := .Values.extraEnv }}
+{{- if has $name (list "REDIS_CLUSTER_NODES" "REDIS_CLUSTER_TLS") }}
+{{- fail (printf "extraEnv.%s: use redis.clusterNodes / redis.clusterTls (the chart must know, to leave REDIS_URL out)" $name) }}
+{{- end }}
 {{- if or (hasKey $managed $name) (eq $name "REPLICA_ID") }}
 {{- fail (printf "extraEnv.%s: the chart sets %s itself; use the matching config.* value" $name $name) }}
 {{- end }}

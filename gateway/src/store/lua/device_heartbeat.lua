@@ -12,7 +12,11 @@
 -- Returns {code, commands, pending_playlist_or_empty, cooldown_held}: code 1 live,
 -- 0 superseded, 2 stale.
 -- Superseded: only a strictly newer epoch (stored, or in the lease) supersedes the socket;
--- none, or an older one, counts as the socket's.
+-- none, or an older one, counts as the socket's. A socket whose lease is gone while Redis still
+-- holds its epoch (swept, or released) writes its status but takes nothing queued (see
+-- take_queued.lua): a heartbeat frozen in a partition that runs after the heal must not take
+-- what the device's next socket is owed, and a live socket takes it once its refresh revives
+-- the lease.
 -- A socket whose bound token is no longer the device's (the marker, written by the revocation
 -- and rotation paths, says otherwise) writes nothing and takes nothing: it is about to go.
 local mine = tonumber(ARGV[9])
@@ -27,6 +31,7 @@ if lease then
     return {0, {}, '', 0}
   end
 end
+local takes = lease or stored ~= mine
 if ARGV[6] ~= '-' then
   local current = redis.call('GET', KEYS[5])
   if current and current ~= ARGV[6] then
@@ -38,12 +43,15 @@ redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[4])
 if ARGV[8] ~= '' then
   redis.call('SET', KEYS[7], ARGV[5], 'EX', ARGV[8])
 end
-local cmds = redis.call('LRANGE', KEYS[3], 0, -1)
-if #cmds > 0 then
-  redis.call('DEL', KEYS[3])
+local cmds = {}
+if takes then
+  cmds = redis.call('LRANGE', KEYS[3], 0, -1)
+  if #cmds > 0 then
+    redis.call('DEL', KEYS[3])
+  end
 end
 local pending = ''
-if ARGV[7] == '1' then
+if takes and ARGV[7] == '1' then
   pending = redis.call('GET', KEYS[6]) or ''
   if pending ~= '' then
     redis.call('DEL', KEYS[6])

@@ -1,6 +1,7 @@
 -- release: on disconnect, drop the lease unless a strictly newer epoch owns the device.
 -- Returns 1 when this was the offline transition, 0 when a newer socket owns the device or the
--- sweep already expired the lease.
+-- sweep already expired the lease, 2 when the sweep expired an older state's lease after this
+-- socket came online (see below).
 -- No epoch at all, or an OLDER one, means Redis lost its state or came back with older data (a
 -- restart without persistence, from a snapshot or AOF, a promoted lagging replica) and this
 -- socket was the device's latest: its release is the offline transition, at this socket's
@@ -22,6 +23,16 @@ if cur == mine and existed == 0 then
 end
 if cur ~= mine then
   redis.call('SET', KEYS[1], ARGV[2])
+end
+-- Rolled back, and the older lease is already gone: if a sweep expired it after this socket came
+-- online (the epoch is Redis TIME in µs at the acquire), the offline was announced then, and its
+-- notice scheduled. Announcing it again would show the screen leaving twice; the caller only
+-- brings the database to this epoch. An offline older than this socket (from the snapshot
+-- itself) was followed by this socket's online: this release is the transition.
+if existed == 0 then
+  if offline_announced_since(KEYS[4], mine) then
+    return 2
+  end
 end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

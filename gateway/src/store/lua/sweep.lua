@@ -10,8 +10,9 @@
 -- presence:grace-until: long enough for every live replica to re-assert its leases first.
 -- KEYS: 1 presence:deadlines 2 notify:due 3 presence:sweep-tick 4 presence:grace-until
 -- ARGV: 1 limit 2 offline_status_ttl_s 3 notify_delay_ms 4 last tick this replica wrote (0: none)
---       5 stall_ms 6 grace_ms (0: no grace)
--- Lease and status keys are derived from the id (single-instance Redis; see ARCHITECTURE.md).
+--       5 stall_ms 6 grace_ms (0: no grace) 7 key prefix of this shard ('' on one primary,
+--       the shard's hash tag on a cluster: the derived keys then share the slot of KEYS)
+-- Lease, status and notice keys are derived from the id and the prefix (store/keys.rs).
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prev = tonumber(redis.call('GET', KEYS[3]) or '')
@@ -29,14 +30,14 @@ end
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[1], id)
-  local raw = redis.call('GET', 'device:lease:' .. id)
+  local raw = redis.call('GET', ARGV[7] .. 'device:lease:' .. id)
   if raw then
-    redis.call('DEL', 'device:lease:' .. id)
+    redis.call('DEL', ARGV[7] .. 'device:lease:' .. id)
     local ok, l = pcall(cjson.decode, raw)
     if ok and type(l) == 'table' then
-      redis.call('SET', 'device:status:' .. id, cjson.encode({status = 'offline', lastHeartbeat = now_ms, socketId = cjson.null, organizationId = l.org}), 'EX', ARGV[2])
+      redis.call('SET', ARGV[7] .. 'device:status:' .. id, cjson.encode({status = 'offline', lastHeartbeat = now_ms, socketId = cjson.null, organizationId = l.org}), 'EX', ARGV[2])
       local due = now_ms + tonumber(ARGV[3])
-      redis.call('SET', 'notify:offline:' .. id, cjson.encode({deviceId = id, deviceName = id, organizationId = l.org, scheduledFor = due, disconnectedAt = now_ms}), 'PX', tonumber(ARGV[3]) + 300000)
+      redis.call('SET', ARGV[7] .. 'notify:offline:' .. id, cjson.encode({deviceId = id, deviceName = id, organizationId = l.org, scheduledFor = due, disconnectedAt = now_ms}), 'PX', tonumber(ARGV[3]) + 300000)
       redis.call('ZADD', KEYS[2], due, id)
       table.insert(out, id)
       table.insert(out, tostring(l.epoch))
