@@ -462,7 +462,8 @@ async fn resync_after_reconnects(
 /// `DRAIN_SETTLE_MS` for the load balancer to notice, live sockets' transports are closed in
 /// batches spread over the rest of 80 % of `DRAIN_SECONDS` (see `close_in_batches`); whatever is
 /// left (polling sessions) is closed at the end. Leases are handed over, not released, so no
-/// offline status or notification is produced for a screen that reconnects. `io.close()` skips
+/// offline status or notification is produced for a screen that reconnects within
+/// `HANDOVER_TTLS` lease TTLs (`Gateway::hand_over_leases`). `io.close()` skips
 /// disconnect handlers, which is fine: nothing is released anyway.
 async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
     gw.start_draining();
@@ -479,10 +480,13 @@ async fn drain_sockets<A: Adapter>(gw: &Arc<Gateway>, io: &SocketIo<A>) {
         window.saturating_sub(settle),
         || true,
         |n| gw.count_drain_closed(n),
+        Some(gw),
     )
     .await;
     // What is left (long-polling sessions have no connection to kill) ends with the server.
-    gw.count_drain_closed(io.sockets().len());
+    let rest: Vec<String> = io.sockets().iter().map(|s| s.id.to_string()).collect();
+    gw.hand_over_leases(&rest).await;
+    gw.count_drain_closed(rest.len());
     io.close().await;
 }
 
@@ -500,13 +504,16 @@ async fn close_in_batches<A: Adapter>(
     spread: Duration,
     go_on: impl Fn() -> bool,
     closing: impl Fn(usize),
+    hand_over: Option<&Arc<Gateway>>,
 ) {
     tokio::time::sleep(settle).await;
-    let leaving: Vec<Arc<crate::socket::SocketCtx>> = io
+    let leaving: Vec<(String, Arc<crate::socket::SocketCtx>)> = io
         .sockets()
         .iter()
-        .filter_map(|s| s.extensions.get::<Arc<crate::socket::SocketCtx>>())
-        .filter(|ctx| ctx.kill.is_some() && !ctx.is_leaving())
+        .filter_map(|s| {
+            let ctx = s.extensions.get::<Arc<crate::socket::SocketCtx>>()?;
+            (ctx.kill.is_some() && !ctx.is_leaving()).then(|| (s.id.to_string(), ctx))
+        })
         .collect();
     let per = leaving.len().div_ceil(DRAIN_BATCHES as usize).max(1);
     let pause = spread / DRAIN_BATCHES;
@@ -515,7 +522,11 @@ async fn close_in_batches<A: Adapter>(
             return;
         }
         closing(chunk.len());
-        for ctx in chunk {
+        if let Some(gw) = hand_over {
+            let sids: Vec<String> = chunk.iter().map(|(sid, _)| sid.clone()).collect();
+            gw.hand_over_leases(&sids).await;
+        }
+        for (_, ctx) in chunk {
             ctx.leave();
         }
         tokio::time::sleep(pause).await;
@@ -546,8 +557,9 @@ fn spawn_fencing<A: Adapter>(tasks: &Tasks, gw: &Arc<Gateway>, io: &SocketIo<A>)
             let batch = t.window / DRAIN_BATCHES;
             closer.spawn(async move {
                 let fenced = || gw.is_fenced() && !gw.is_draining();
-                close_in_batches(&io, batch, t.window, fenced, |_| {}).await;
-                close_in_batches(&io, Duration::ZERO, Duration::ZERO, fenced, |_| {}).await;
+                // No handover: a fenced replica cannot reach Redis.
+                close_in_batches(&io, batch, t.window, fenced, |_| {}, None).await;
+                close_in_batches(&io, Duration::ZERO, Duration::ZERO, fenced, |_| {}, None).await;
             });
         }
     });
@@ -575,11 +587,12 @@ fn spawn_rebalancing<A: Adapter>(tasks: &Tasks, gw: &Arc<Gateway>, io: &SocketIo
             if shed > 0 {
                 devices.sort_by_key(|(sid, _)| gw.device_connected_since(sid));
                 let pause = period / u32::try_from(shed).unwrap_or(u32::MAX);
-                for (_, ctx) in devices.into_iter().take(shed) {
+                for (sid, ctx) in devices.into_iter().take(shed) {
                     if !gw.is_shedding() || gw.is_draining() || gw.is_fenced() || ctx.is_leaving() {
                         break;
                     }
                     gw.count_rebalance_closed(1);
+                    gw.hand_over_leases(std::slice::from_ref(&sid)).await;
                     ctx.leave();
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}

@@ -92,6 +92,9 @@ const RAISED_LIMITS: [&str; 8] = [
     "MAX_TCP_CONNECTIONS_PER_IP",
 ];
 
+/// The lease TTL the harness gives every gateway (`LEASE_TTL_MS`).
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_millis(3000);
+
 /// Test timings: fast liveness and presence so failure scenarios finish in seconds.
 fn default_env() -> Vec<(&'static str, String)> {
     vec![
@@ -103,7 +106,7 @@ fn default_env() -> Vec<(&'static str, String)> {
         ("PING_INTERVAL_MS", "1000".into()),
         ("PING_TIMEOUT_MS", "2000".into()),
         ("CONNECT_TIMEOUT_MS", "3000".into()),
-        ("LEASE_TTL_MS", "3000".into()),
+        ("LEASE_TTL_MS", LEASE_TTL.as_millis().to_string()),
         ("PRESENCE_SWEEP_INTERVAL_MS", "500".into()),
         ("OFFLINE_NOTIFY_DELAY_MS", "1500".into()),
         ("LAST_SEEN_FLUSH_MS", "60000".into()),

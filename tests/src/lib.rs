@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use cluster::Cluster;
 pub use fixture::*;
-pub use gateway::{DbTarget, Gateway, GatewayOptions};
+pub use gateway::{DbTarget, Gateway, GatewayOptions, LEASE_TTL};
 pub use ports::free_port;
 pub use postgres::PgDatabase;
 pub use redis_cluster::RedisCluster;

@@ -21,6 +21,8 @@ pub struct Seen {
     refusals: Vec<String>,
     /// Events of the clients closed so far (the current client keeps its own).
     events: Vec<Event>,
+    /// How long each reconnect took, from the close seen to the next client in.
+    gaps: Vec<Duration>,
 }
 
 /// A screen or a dashboard that reconnects with `again` (every 100 ms until it gets in) each
@@ -61,6 +63,7 @@ impl Player {
                     s.events.extend(current.drain_events());
                     s.client = None;
                 }
+                let closed_at = Instant::now();
                 current = loop {
                     match vizora_sioclient::connect(again.clone()).await {
                         Ok(c) => break c,
@@ -76,7 +79,9 @@ impl Player {
                         }
                     }
                 };
-                s.lock().unwrap().client = Some(current.clone());
+                let mut s = s.lock().unwrap();
+                s.client = Some(current.clone());
+                s.gaps.push(closed_at.elapsed());
             }
         });
         Player { seen, task }
@@ -107,6 +112,11 @@ impl Player {
 
     pub fn closes(&self) -> Vec<CloseReason> {
         self.seen.lock().unwrap().closes.clone()
+    }
+
+    /// How long each reconnect took so far.
+    pub fn gaps(&self) -> Vec<Duration> {
+        self.seen.lock().unwrap().gaps.clone()
     }
 
     pub fn refusals(&self) -> Vec<String> {

@@ -394,3 +394,64 @@ async fn sigterm_drains_in_batches_to_the_other_replica_without_offline_reports(
         assert_eq!(c.lease(dev).await.unwrap()["sid"], m.sid());
     }
 }
+
+/// A screen the drain closed keeps its lease for three lease TTLs (`HANDOVER_TTLS`), not for
+/// what was left of one since the last refresh: a player that needs longer than a TTL to get in
+/// elsewhere (its backoff, replicas refusing while they shed) is not reported offline. The
+/// control: a screen that never comes back is reported offline once that longer lease runs out.
+#[tokio::test]
+async fn a_screen_the_drain_closed_may_take_two_lease_ttls_to_come_back() {
+    let (slow, gone) = (load_device(0), load_device(1));
+    let c = Cluster::start(2, 2, |o| o.env("DRAIN_SECONDS", 2)).await;
+    let dash = ws_dashboard(c.replicas[1].client(), ORG_A).await;
+    let mut screens = Vec::new();
+    for dev in [&slow, &gone] {
+        let s = device(c.replicas[0].client(), dev, Transport::Websocket)
+            .await
+            .unwrap();
+        c.wait_db_status(dev, "online").await;
+        screens.push(s);
+    }
+    dash.drain_events();
+
+    c.replicas[0].sigterm();
+    for s in &screens {
+        let reason = s.closed(T).await.expect("the drain closes the transport");
+        assert_ne!(reason, CloseReason::ServerDisconnect);
+    }
+    // What the sweep sees: the deadline is more than two TTLs away, where a refresh gives one.
+    let now_ms = {
+        let t: Vec<String> = c.redis.cmd(&["TIME"]).await;
+        t[0].parse::<u64>().unwrap() * 1000 + t[1].parse::<u64>().unwrap() / 1000
+    };
+    let deadline: f64 = c.redis.cmd(&["ZSCORE", "presence:deadlines", &slow]).await;
+    let left = Duration::from_millis((deadline as u64).saturating_sub(now_ms));
+    assert!(
+        left > LEASE_TTL * 2,
+        "the handed-over lease has {left:?} left"
+    );
+
+    // The slow player: back two lease TTLs after the close (the scenario, not a wait).
+    tokio::time::sleep(LEASE_TTL * 2).await;
+    let back = device(c.replicas[1].client(), &slow, Transport::Websocket)
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    record_until(
+        &dash,
+        &mut events,
+        T * 2,
+        "the screen that never came back offline",
+        |evs| offline_events(evs).contains(&gone),
+    )
+    .await;
+    events.extend(dash.drain_events());
+    let offline: Vec<String> = offline_events(&events)
+        .into_iter()
+        .filter(|d| *d != gone)
+        .collect();
+    assert!(offline.is_empty(), "{offline:?}");
+    assert_eq!(c.db_status(&slow).await, "online");
+    assert_eq!(c.lease(&slow).await.unwrap()["sid"], back.sid());
+    assert_eq!(c.db_status(&gone).await, "offline");
+}

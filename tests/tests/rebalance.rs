@@ -226,6 +226,13 @@ async fn a_replica_joining_gets_its_share_of_the_screens_and_nobody_notices() {
         "in the next 20 s: {late} more screens moved; {:?}",
         split(&c).await
     );
+    if let Some(p) = players.iter().max_by_key(|p| p.gaps().into_iter().max()) {
+        eprintln!(
+            "slowest reconnect: {:?}, refusals {:?}",
+            p.gaps(),
+            p.refusals()
+        );
+    }
     assert!(
         (late as f64) < N as f64 * 0.03,
         "{late} screens moved after the cluster was balanced"
@@ -250,7 +257,20 @@ async fn a_replica_joining_gets_its_share_of_the_screens_and_nobody_notices() {
     all_connected(&c, &players).await;
     assert!(watcher.closes().is_empty(), "{:?}", watcher.closes());
     let offline = offline_events(&watcher.events());
-    assert!(offline.is_empty(), "offline events: {offline:?}");
+    let why: Vec<String> = offline
+        .iter()
+        .filter_map(|d| d.strip_prefix("load-")?.parse::<usize>().ok())
+        .filter_map(|i| players.get(i))
+        .map(|p| {
+            format!(
+                "closes {:?}, reconnected after {:?}, refusals {:?}",
+                p.closes(),
+                p.gaps(),
+                p.refusals()
+            )
+        })
+        .collect();
+    assert!(offline.is_empty(), "offline events: {offline:?} ({why:?})");
     assert_eq!(c.all_notifications("device_offline").await, 0);
     assert_eq!(c.all_notifications("device_online").await, 0);
     let mut moving = 0;

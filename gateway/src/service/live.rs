@@ -16,6 +16,21 @@ pub struct LiveEntry {
     pub since: Instant,
     /// Set once the Socket.IO CONNECT was delivered; entries that never connect are reaped.
     pub connected: bool,
+    /// Set when a close path (the drain, rebalancing) handed the lease over with a longer
+    /// deadline: the refresh tick leaves it alone, or it would cut that deadline back.
+    pub handed_over: bool,
+}
+
+impl LiveEntry {
+    fn lease(&self, sid: &str) -> LiveLease {
+        LiveLease {
+            device_id: self.device_id.clone(),
+            org: self.org.clone(),
+            sid: sid.to_string(),
+            epoch: self.epoch,
+            pending: !self.connected,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -65,15 +80,22 @@ impl LiveRegistry {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
+    /// The leases the refresh tick keeps fresh: every live socket's but those handed over.
     pub fn leases(&self) -> Vec<LiveLease> {
         self.lock()
             .iter()
-            .map(|(sid, e)| LiveLease {
-                device_id: e.device_id.clone(),
-                org: e.org.clone(),
-                sid: sid.clone(),
-                epoch: e.epoch,
-                pending: !e.connected,
+            .filter(|(_, e)| !e.handed_over)
+            .map(|(sid, e)| e.lease(sid))
+            .collect()
+    }
+    /// Marks the connected sockets among `sids` as handed over and answers their leases.
+    pub fn hand_over(&self, sids: &[String]) -> Vec<LiveLease> {
+        let mut m = self.lock();
+        sids.iter()
+            .filter_map(|sid| {
+                let e = m.get_mut(sid).filter(|e| e.connected)?;
+                e.handed_over = true;
+                Some(e.lease(sid))
             })
             .collect()
     }

@@ -18,6 +18,8 @@ use crate::wire::outgoing::{DeviceStatus, Outgoing};
 const SWEEP_BATCH: usize = 1000;
 /// Leases refreshed per pipeline.
 const REFRESH_CHUNK: usize = 1000;
+/// A lease handed over by the drain or rebalancing lasts this many lease TTLs (90 s by default).
+pub const HANDOVER_TTLS: u64 = 3;
 
 impl Gateway {
     /// The acquire step, run in the connect middleware after auth: a new epoch, the older socket
@@ -46,6 +48,7 @@ impl Gateway {
                 epoch: a.epoch,
                 since: Instant::now(),
                 connected: false,
+                handed_over: false,
             },
         );
         self.hooks.pause().await;
@@ -106,6 +109,36 @@ impl Gateway {
     /// runs (a fence may have lifted meanwhile).
     pub fn hand_over_device(&self, sid: &str) {
         self.live.remove(sid);
+    }
+
+    /// Device sockets a close path (the drain, rebalancing) is about to close: their leases get
+    /// `HANDOVER_TTLS` lease TTLs before the sweep may call them offline, instead of whatever
+    /// was left since the last refresh, and the refresh tick leaves them alone from now on. A
+    /// screen sent away must find a replica that takes it, and the replicas still shedding
+    /// answer 503 `server_busy` meanwhile: a player retrying with backoff behind a balancer that
+    /// keeps picking them may need several lease TTLs (ARCHITECTURE.md, "Rebalancing"). A
+    /// failure only costs the longer deadline: the close goes ahead.
+    pub async fn hand_over_leases(self: &Arc<Self>, sids: &[String]) {
+        let leases = self.live.hand_over(sids);
+        let ttl = self.cfg.lease_ttl.as_millis() as u64 * HANDOVER_TTLS;
+        for chunk in leases.chunks(REFRESH_CHUNK) {
+            match self
+                .presence
+                .refresh(&self.cfg.replica_id, chunk, ttl)
+                .await
+            {
+                Ok(outcomes) => {
+                    for (l, o) in chunk.iter().zip(outcomes) {
+                        self.after_refresh(l, o).await;
+                    }
+                }
+                Err(e) => {
+                    self.metrics.store_error("redis", "handover");
+                    tracing::debug!(error = %e, "Lease handover failed.");
+                    return;
+                }
+            }
+        }
     }
 
     /// One release attempt. A failure is remembered and retried by the refresh tick: if Redis
