@@ -83,6 +83,15 @@ impl Cluster {
         self.db.all_notifications(kind).await
     }
 
+    /// The device's lease deadline in `presence:deadlines` (ms, Redis TIME), if it has one.
+    pub async fn lease_deadline_ms(&self, device: &str) -> Option<f64> {
+        let d: Option<String> = self
+            .redis
+            .cmd(&["ZSCORE", "presence:deadlines", device])
+            .await;
+        d.and_then(|d| d.parse().ok())
+    }
+
     /// Whether Redis holds a lease for the device.
     pub async fn lease(&self, device: &str) -> Option<serde_json::Value> {
         self.redis
@@ -134,19 +143,27 @@ impl DbTarget {
         sea_orm::Database::connect(self.url()).await.unwrap()
     }
 
-    /// `devices.status` straight from PostgreSQL.
-    pub async fn device_status(&self, device: &str) -> String {
+    /// The one value (`AS v`) of a query's one row.
+    async fn scalar<T: sea_orm::TryGetable>(&self, sql: String) -> T {
         use sea_orm::ConnectionTrait;
         let conn = self.connect().await;
         let row = conn
             .query_one_raw(sea_orm::Statement::from_string(
                 conn.get_database_backend(),
-                format!(r#"SELECT "status" AS s FROM devices WHERE "id" = '{device}'"#),
+                sql,
             ))
             .await
             .unwrap()
             .unwrap();
-        row.try_get::<String>("", "s").unwrap()
+        row.try_get::<T>("", "v").unwrap()
+    }
+
+    /// `devices.status` straight from PostgreSQL.
+    pub async fn device_status(&self, device: &str) -> String {
+        self.scalar(format!(
+            r#"SELECT "status" AS v FROM devices WHERE "id" = '{device}'"#
+        ))
+        .await
     }
 
     /// Waits (up to 15 s) until `devices.status` of `device` is `want`.
@@ -161,31 +178,17 @@ impl DbTarget {
 
     /// Number of `notifications` rows of a type for a device.
     pub async fn notifications(&self, device: &str, kind: &str) -> i64 {
-        use sea_orm::ConnectionTrait;
-        let conn = self.connect().await;
-        let row = conn
-            .query_one_raw(sea_orm::Statement::from_string(
-                conn.get_database_backend(),
-                format!(r#"SELECT COUNT(*) AS n FROM notifications WHERE "type" = '{kind}' AND "metadata"->>'deviceId' = '{device}'"#),
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        row.try_get::<i64>("", "n").unwrap()
+        self.scalar(format!(
+            r#"SELECT COUNT(*) AS v FROM notifications WHERE "type" = '{kind}' AND "metadata"->>'deviceId' = '{device}'"#
+        ))
+        .await
     }
 
     /// Number of `notifications` rows of a type, all devices together.
     pub async fn all_notifications(&self, kind: &str) -> i64 {
-        use sea_orm::ConnectionTrait;
-        let conn = self.connect().await;
-        let row = conn
-            .query_one_raw(sea_orm::Statement::from_string(
-                conn.get_database_backend(),
-                format!(r#"SELECT COUNT(*) AS n FROM notifications WHERE "type" = '{kind}'"#),
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        row.try_get::<i64>("", "n").unwrap()
+        self.scalar(format!(
+            r#"SELECT COUNT(*) AS v FROM notifications WHERE "type" = '{kind}'"#
+        ))
+        .await
     }
 }

@@ -130,3 +130,16 @@ pub async fn record_until(
         }
     }
 }
+
+/// Sends one heartbeat and asserts it was acknowledged with success within `timeout`.
+pub async fn assert_heartbeat_acked(screen: &vizora_sioclient::Client, timeout: Duration) {
+    let ack = screen
+        .emit_with_ack(
+            "heartbeat",
+            serde_json::json!({"metrics": {"cpuUsage": 1}}),
+            timeout,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack["success"], true, "{ack}");
+}

@@ -260,6 +260,12 @@ impl RedisServer {
         c.query_async(&mut self.conn().await).await.unwrap()
     }
 
+    /// The server's clock (`TIME`) in µs.
+    pub async fn time_us(&self) -> u64 {
+        let t: Vec<String> = self.cmd(&["TIME"]).await;
+        t[0].parse::<u64>().unwrap() * 1_000_000 + t[1].parse::<u64>().unwrap()
+    }
+
     pub async fn get(&self, key: &str) -> Option<String> {
         redis::cmd("GET")
             .arg(key)

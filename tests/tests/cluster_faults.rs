@@ -260,8 +260,7 @@ async fn epoch_stays_monotonic_across_a_redis_restart() {
     // what keeps epochs moving forward when the stored epoch is AHEAD of Redis's clock (written
     // through a primary whose clock ran ahead, or two acquires in one microsecond): store an
     // epoch an hour in Redis's future, and the next connection must get exactly that plus one.
-    let time: Vec<String> = c.redis.cmd(&["TIME"]).await;
-    let now_us = time[0].parse::<u64>().unwrap() * 1_000_000 + time[1].parse::<u64>().unwrap();
+    let now_us = c.redis.time_us().await;
     let ahead = now_us + 3_600 * 1_000_000;
     let _: String = c
         .redis
@@ -283,10 +282,7 @@ async fn epoch_stays_monotonic_across_a_redis_restart() {
         "the socket before it is superseded"
     );
     // The refresh finds it fresh (a stale lease would not have its deadline pushed forward).
-    let deadline = || async {
-        let d: Option<String> = c.redis.cmd(&["ZSCORE", "presence:deadlines", DEV_A1]).await;
-        d.unwrap().parse::<f64>().unwrap()
-    };
+    let deadline = || async { c.lease_deadline_ms(DEV_A1).await.unwrap() };
     let first_deadline = deadline().await;
     eventually(T, "a lease refresh after the connect", || async {
         (deadline().await > first_deadline).then_some(())

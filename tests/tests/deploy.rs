@@ -584,13 +584,7 @@ fn compose_and_chart_environments_pass_check_config() {
             .into_iter()
             .find(|s| s["metadata"]["annotations"].get("helm.sh/hook").is_none())
             .unwrap();
-        for (k, v) in secret["data"].as_object().unwrap() {
-            use base64::Engine;
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(v.as_str().unwrap())
-                .unwrap();
-            env.insert(k.clone(), Value::String(String::from_utf8(raw).unwrap()));
-        }
+        decode_secret_into(&secret["data"], &mut env);
         let (code, err) = check_config(&env);
         assert_eq!(code, Some(0), "chart {args:?}: {err}");
     }
@@ -699,13 +693,7 @@ fn redis_cluster_nodes_replace_redis_url() {
             .get("helm.sh/hook")
             .is_none()
         {
-            for (k, v) in data {
-                use base64::Engine;
-                let raw = base64::engine::general_purpose::STANDARD
-                    .decode(v.as_str().unwrap())
-                    .unwrap();
-                pod_env.insert(k.clone(), Value::String(String::from_utf8(raw).unwrap()));
-            }
+            decode_secret_into(&secret["data"], &mut pod_env);
         }
     }
     // The gateway takes the pod's environment as it is.
@@ -740,4 +728,15 @@ fn redis_cluster_nodes_replace_redis_url() {
     );
     let err = refused(&["--set", "redis.clusterTls=true"]);
     assert!(err.contains("redis.clusterTls"), "{err}");
+}
+
+/// A Secret's `data`, base64-decoded, added to an environment map (as the pod would see it).
+fn decode_secret_into(data: &Value, env: &mut serde_json::Map<String, Value>) {
+    use base64::Engine;
+    for (k, v) in data.as_object().unwrap() {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap();
+        env.insert(k.clone(), Value::String(String::from_utf8(raw).unwrap()));
+    }
 }

@@ -420,11 +420,8 @@ async fn a_screen_the_drain_closed_may_take_two_lease_ttls_to_come_back() {
         assert_ne!(reason, CloseReason::ServerDisconnect);
     }
     // What the sweep sees: the deadline is more than two TTLs away, where a refresh gives one.
-    let now_ms = {
-        let t: Vec<String> = c.redis.cmd(&["TIME"]).await;
-        t[0].parse::<u64>().unwrap() * 1000 + t[1].parse::<u64>().unwrap() / 1000
-    };
-    let deadline: f64 = c.redis.cmd(&["ZSCORE", "presence:deadlines", &slow]).await;
+    let now_ms = c.redis.time_us().await / 1000;
+    let deadline = c.lease_deadline_ms(&slow).await.unwrap();
     let left = Duration::from_millis((deadline as u64).saturating_sub(now_ms));
     assert!(
         left > LEASE_TTL * 2,

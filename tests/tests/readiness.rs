@@ -133,19 +133,6 @@ async fn wait_draining(gw: &Gateway) {
     .await;
 }
 
-/// Sends heartbeats until one is acknowledged (the screen is served through the outage).
-async fn heartbeat_acked(screen: &vizora_sioclient::Client) {
-    let ack = screen
-        .emit_with_ack(
-            "heartbeat",
-            json!({"metrics": {"cpuUsage": 5}}),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
-    assert_eq!(ack["success"], true, "{ack}");
-}
-
 /// Starts the outage with `freeze` while readiness is probed, and holds it until the gateway's
 /// own probe saw `dependency` gone (the control that the outage was real), the screen was served
 /// through it and the deep health reported it, and at least [`MIN_PROBING`] passed; then checks
@@ -161,7 +148,7 @@ async fn ready_through_outage(
     let outage = Instant::now();
     freeze();
     wait_dependency(gw, dependency, 0.0).await;
-    heartbeat_acked(screen).await;
+    assert_heartbeat_acked(screen, Duration::from_secs(10)).await;
     let (st, health) = gw.api().get("/api/health").await;
     assert_eq!(st, 200, "the deep health always answers 200");
     assert_eq!(health["status"], "unhealthy", "{health}");

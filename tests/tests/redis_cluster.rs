@@ -355,11 +355,7 @@ async fn a_killed_primary_strands_no_screen() {
         epochs.push(lease["epoch"].as_str().unwrap().parse::<u64>().unwrap());
     }
     for s in &screens {
-        let ack = s
-            .emit_with_ack("heartbeat", json!({"metrics": {"cpuUsage": 1}}), T)
-            .await
-            .unwrap();
-        assert_eq!(ack["success"], true, "{ack}");
+        assert_heartbeat_acked(s, T).await;
     }
     // Under load: every screen keeps heartbeating (ten rounds a second) through the kill and
     // the promotion; what is answered meanwhile is not asserted, only what comes after.
@@ -621,11 +617,7 @@ async fn replicas_on_a_redis_cluster_with_password_and_tls_act_as_one_gateway() 
     assert_eq!(online["deviceId"], DEV_A1, "{online}");
     assert_eq!(online["status"], "online");
     command_reaches(a, DEV_A1, &dev).await;
-    let ack = dev
-        .emit_with_ack("heartbeat", json!({"metrics": {"cpuUsage": 1}}), T)
-        .await
-        .unwrap();
-    assert_eq!(ack["success"], true, "{ack}");
+    assert_heartbeat_acked(&dev, T).await;
     // The lease really is in the cluster (read by the harness on a plain port, with the password).
     eventually(T, "the lease in the cluster", || async {
         f.lease(DEV_A1).await.map(|_| ())

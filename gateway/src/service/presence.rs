@@ -19,7 +19,7 @@ const SWEEP_BATCH: usize = 1000;
 /// Leases refreshed per pipeline.
 const REFRESH_CHUNK: usize = 1000;
 /// A lease handed over by the drain or rebalancing lasts this many lease TTLs (90 s by default).
-pub const HANDOVER_TTLS: u64 = 3;
+pub const HANDOVER_TTLS: u32 = 3;
 
 impl Gateway {
     /// The acquire step, run in the connect middleware after auth: a new epoch, the older socket
@@ -120,25 +120,31 @@ impl Gateway {
     /// failure only costs the longer deadline: the close goes ahead.
     pub async fn hand_over_leases(self: &Arc<Self>, sids: &[String]) {
         let leases = self.live.hand_over(sids);
-        let ttl = self.cfg.lease_ttl.as_millis() as u64 * HANDOVER_TTLS;
+        let ttl = self.cfg.lease_ttl * HANDOVER_TTLS;
+        if let Err(e) = self.refresh_leases(&leases, ttl).await {
+            self.metrics.store_error("redis", "handover");
+            tracing::debug!(error = %e, "Lease handover failed.");
+        }
+    }
+
+    /// Refreshes `leases` to `ttl` and acts on each outcome, one pipeline per chunk: a replica
+    /// with tens of thousands of sockets must not hold Redis for one giant batch. Stops at the
+    /// first chunk that fails.
+    async fn refresh_leases(
+        self: &Arc<Self>,
+        leases: &[crate::store::LiveLease],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         for chunk in leases.chunks(REFRESH_CHUNK) {
-            match self
+            let outcomes = self
                 .presence
-                .refresh(&self.cfg.replica_id, chunk, ttl)
-                .await
-            {
-                Ok(outcomes) => {
-                    for (l, o) in chunk.iter().zip(outcomes) {
-                        self.after_refresh(l, o).await;
-                    }
-                }
-                Err(e) => {
-                    self.metrics.store_error("redis", "handover");
-                    tracing::debug!(error = %e, "Lease handover failed.");
-                    return;
-                }
+                .refresh(&self.cfg.replica_id, chunk, ttl.as_millis() as u64)
+                .await?;
+            for (l, o) in chunk.iter().zip(outcomes) {
+                self.after_refresh(l, o).await;
             }
         }
+        Ok(())
     }
 
     /// One release attempt. A failure is remembered and retried by the refresh tick: if Redis
@@ -296,27 +302,15 @@ impl Gateway {
     pub async fn refresh_once(self: &Arc<Self>) {
         self.reap_unconnected().await;
         let leases = self.live.leases();
-        // One pipeline per chunk: a replica with tens of thousands of sockets must not hold
-        // Redis for one giant batch.
-        for chunk in leases.chunks(REFRESH_CHUNK) {
-            let ttl = self.cfg.lease_ttl.as_millis() as u64;
-            match self
-                .presence
-                .refresh(&self.cfg.replica_id, chunk, ttl)
-                .await
-            {
-                Err(e) => {
-                    self.metrics.store_error("redis", "refresh");
-                    self.set_redis_healthy(false);
-                    tracing::debug!(error = %e, "Lease refresh failed.");
-                    return;
-                }
-                Ok(outcomes) => {
-                    self.set_redis_healthy(true);
-                    for (l, o) in chunk.iter().zip(outcomes) {
-                        self.after_refresh(l, o).await;
-                    }
-                }
+        match self.refresh_leases(&leases, self.cfg.lease_ttl).await {
+            // Redis answered only if something was sent.
+            Ok(()) if !leases.is_empty() => self.set_redis_healthy(true),
+            Ok(()) => {}
+            Err(e) => {
+                self.metrics.store_error("redis", "refresh");
+                self.set_redis_healthy(false);
+                tracing::debug!(error = %e, "Lease refresh failed.");
+                return;
             }
         }
         // After the refresh, so a device that reconnected here re-asserts its newer epoch
